@@ -1,0 +1,5 @@
+import sys
+
+from loraplace.cli import main
+
+sys.exit(main())

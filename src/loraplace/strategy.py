@@ -1,0 +1,247 @@
+"""The strategy grammar: short strings that say where LoRA adapters go.
+
+```
+strategy := part ('+' part)*
+part     := groups ['@' layers] [':r' INT]
+groups   := group (',' group)*
+group    := all | attn | mlp | ffn | q | k | v | o | qkv | gate | up | down
+layers   := all | first:K | last:K | every:N[:OFFSET] | A-B | I,J,...   (0-based, A-B inclusive)
+```
+
+A strategy parses to a small immutable :class:`Strategy`; ``str()`` of it gives the canonical
+string back. Layer selectors are resolved against a model's layer count only when a strategy is
+compiled for that model (:meth:`LayerSelector.resolve`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from loraplace.errors import StrategyError
+
+__all__ = [
+    "ROLES",
+    "ATTN_ROLES",
+    "MLP_ROLES",
+    "GROUPS",
+    "PRESETS",
+    "LayerSelector",
+    "Part",
+    "Strategy",
+    "parse_strategy",
+]
+
+ATTN_ROLES: tuple[str, ...] = ("q", "k", "v", "o")
+MLP_ROLES: tuple[str, ...] = ("gate", "up", "down")
+ROLES: tuple[str, ...] = ATTN_ROLES + MLP_ROLES
+
+#: Each group names a set of roles; ``ffn`` is an alias of ``mlp``.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": ROLES,
+    "attn": ATTN_ROLES,
+    "mlp": MLP_ROLES,
+    "ffn": MLP_ROLES,
+    "qkv": ("q", "k", "v"),
+    **{role: (role,) for role in ROLES},
+}
+_GROUP_ALIASES = {"ffn": "mlp"}
+
+#: Named presets, usable wherever a strategy string is.
+PRESETS: dict[str, str] = {"baseline": "all", "attention-only": "attn", "ffn-only": "mlp"}
+
+_LAYER_FORMS = "all, first:K, last:K, every:N[:OFFSET], A-B, I,J,..."
+_RANK_SUFFIX = re.compile(r":r(\w*)$")
+_LAYER_HINT = f"; valid layer forms: {_LAYER_FORMS}"
+_RANK_HINT = "; write the rank as ':rN' with N >= 1, e.g. 'mlp:r16'"
+
+
+@dataclass(frozen=True)
+class LayerSelector:
+    """Which decoder layers a part applies to.
+
+    Attributes:
+        kind: one of ``all``, ``first``, ``last``, ``every``, ``range``, ``list``.
+        args: the integers of the selector (``K``; ``N, OFFSET``; ``A, B``; ``I, J, ...``).
+    """
+
+    kind: str = "all"
+    args: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "all"
+        if self.kind in ("first", "last"):
+            return f"{self.kind}:{self.args[0]}"
+        if self.kind == "every":
+            n, offset = self.args
+            return f"every:{n}" if offset == 0 else f"every:{n}:{offset}"
+        if self.kind == "range":
+            return f"{self.args[0]}-{self.args[1]}"
+        return ",".join(str(i) for i in self.args)
+
+    def resolve(self, num_layers: int) -> tuple[int, ...]:
+        """The sorted layer indices this selector picks in a model with ``num_layers`` layers.
+
+        Raises:
+            StrategyError: when the selector reaches outside ``0 .. num_layers-1``.
+        """
+        valid = f"the model has {num_layers} layers (0-{num_layers - 1})"
+        if self.kind == "all":
+            return tuple(range(num_layers))
+        if self.kind in ("first", "last"):
+            k = self.args[0]
+            if k > num_layers:
+                raise StrategyError(f"layer selector '{self}' asks for {k} layers but {valid}")
+            return tuple(range(k)) if self.kind == "first" else tuple(range(num_layers - k, num_layers))
+        if self.kind == "every":
+            n, offset = self.args
+            if offset >= num_layers:
+                raise StrategyError(f"layer selector '{self}' starts at layer {offset} but {valid}")
+            return tuple(range(offset, num_layers, n))
+        bad = [i for i in self.args if i >= num_layers]
+        if bad:
+            raise StrategyError(f"layer {bad[0]} in '{self}' is out of range: {valid}")
+        if self.kind == "range":
+            return tuple(range(self.args[0], self.args[1] + 1))
+        return tuple(sorted(set(self.args)))
+
+
+@dataclass(frozen=True)
+class Part:
+    """One ``groups[@layers][:rN]`` piece of a strategy.
+
+    Attributes:
+        groups: group names as written (``ffn`` canonicalised to ``mlp``), in order.
+        layers: the layer selector (``all`` when none was written).
+        rank: the part's own LoRA rank, or ``None`` to use the run's global rank.
+    """
+
+    groups: tuple[str, ...]
+    layers: LayerSelector = LayerSelector()
+    rank: int | None = None
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles this part adapts."""
+        return frozenset(role for group in self.groups for role in GROUPS[group])
+
+    def __str__(self) -> str:
+        text = ",".join(self.groups)
+        if self.layers.kind != "all":
+            text += f"@{self.layers}"
+        if self.rank is not None:
+            text += f":r{self.rank}"
+        return text
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A parsed placement strategy: one or more parts joined with ``+``."""
+
+    parts: tuple[Part, ...]
+
+    def __str__(self) -> str:
+        return "+".join(str(part) for part in self.parts)
+
+    @property
+    def has_part_ranks(self) -> bool:
+        """Whether any part sets its own rank with ``:rN``."""
+        return any(part.rank is not None for part in self.parts)
+
+    def with_rank(self, rank: int) -> "Strategy":
+        """The same placement with every part's rank set to ``rank``."""
+        return Strategy(tuple(Part(p.groups, p.layers, rank) for p in self.parts))
+
+
+def _int(text: str, what: str, piece: str, minimum: int = 0, hint: str = "") -> int:
+    kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
+    if not re.fullmatch(r"\d+", text):
+        raise StrategyError(f"'{piece}': {what} must be {kind}, got '{text}'{hint}")
+    value = int(text)
+    if value < minimum:
+        raise StrategyError(f"'{piece}': {what} must be at least {minimum}, got {value}{hint}")
+    return value
+
+
+def _parse_layers(text: str) -> LayerSelector:
+    if text == "":
+        raise StrategyError(f"empty layer selector after '@'; valid forms: {_LAYER_FORMS}")
+    if text == "all":
+        return LayerSelector()
+    head, _, rest = text.partition(":")
+    if head in ("first", "last"):
+        if not rest:
+            raise StrategyError(f"layer selector '{text}' needs a count, e.g. '{head}:8'")
+        return LayerSelector(head, (_int(rest, "the layer count", text, minimum=1, hint=_LAYER_HINT),))
+    if head == "every":
+        n_text, _, offset_text = rest.partition(":")
+        if not n_text:
+            raise StrategyError(f"layer selector '{text}' needs a step, e.g. 'every:2' or 'every:2:1'")
+        n = _int(n_text, "the step", text, minimum=1, hint=_LAYER_HINT)
+        offset = _int(offset_text, "the offset", text, hint=_LAYER_HINT) if offset_text else 0
+        return LayerSelector("every", (n, offset))
+    if rest:
+        raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
+    if "-" in text:
+        a_text, _, b_text = text.partition("-")
+        if not re.fullmatch(r"\d+", a_text) or not re.fullmatch(r"\d+", b_text):
+            raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
+        a, b = int(a_text), int(b_text)
+        if a > b:
+            raise StrategyError(f"layer range '{text}' is empty: its start is after its end (write {b}-{a})")
+        return LayerSelector("range", (a, b))
+    items = text.split(",")
+    if not all(re.fullmatch(r"\d+", item) for item in items):
+        raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
+    return LayerSelector("list", tuple(int(item) for item in items))
+
+
+def _parse_part(text: str) -> Part:
+    rank = None
+    match = _RANK_SUFFIX.search(text)
+    if match:
+        rank = _int(match.group(1), "the rank", text, minimum=1, hint=_RANK_HINT)
+        text = text[: match.start()]
+    groups_text, at, layers_text = text.partition("@")
+    layers = _parse_layers(layers_text) if at else LayerSelector()
+    groups: list[str] = []
+    for group in groups_text.split(","):
+        if group not in GROUPS:
+            hint = " (did you mean a layer selector after '@'?)" if ":" in group or group.isdigit() else ""
+            shown = group if group else "(empty)"
+            raise StrategyError(
+                f"unknown group '{shown}' in '{text}'; valid groups: {', '.join(GROUPS)}{hint}"
+            )
+        group = _GROUP_ALIASES.get(group, group)
+        if group not in groups:
+            groups.append(group)
+    return Part(tuple(groups), layers, rank)
+
+
+def parse_strategy(text: str) -> Strategy:
+    """Parse a strategy string (or preset name) into a :class:`Strategy`.
+
+    Args:
+        text: e.g. ``"all"``, ``"q,v"``, ``"attn@0-11+mlp@12-23"``, ``"mlp@every:2:r16"``,
+            or a preset such as ``"attention-only"``.
+
+    Returns:
+        The parsed strategy; ``str()`` of it is the canonical spelling.
+
+    Raises:
+        StrategyError: naming the bad piece and the valid choices.
+    """
+    if not isinstance(text, str):
+        raise StrategyError(f"a strategy must be a string, got {text!r}")
+    cleaned = "".join(text.split())
+    if not cleaned:
+        raise StrategyError(f"empty strategy; write e.g. 'all', 'attn', 'mlp@last:8' or a preset ({', '.join(PRESETS)})")
+    cleaned = PRESETS.get(cleaned, cleaned)
+    pieces = cleaned.split("+")
+    if not all(pieces):
+        raise StrategyError(
+            f"empty part in strategy '{cleaned}' (check for a doubled, leading or trailing '+'); "
+            f"each part is groups[@layers][:rN] with groups from: {', '.join(GROUPS)}"
+        )
+    return Strategy(tuple(_parse_part(piece) for piece in pieces))
