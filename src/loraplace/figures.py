@@ -1,0 +1,311 @@
+"""Report figures: the Pareto plot, training-loss curves and the placement map.
+
+Each function draws one PNG from plain data (summary rows, metric records, placements), so the
+figures can be tested and reused without a study directory. Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import EngFormatter, NullFormatter  # noqa: E402
+
+from loraplace.strategy import ATTN_ROLES, MLP_ROLES  # noqa: E402
+
+__all__ = [
+    "CATEGORIES",
+    "PlacementRow",
+    "role_category",
+    "role_label",
+    "plot_pareto",
+    "plot_curves",
+    "plot_placement",
+]
+
+_ROLE_LETTER = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "g", "up": "u", "down": "d"}
+
+#: Placement-map categories: (key, legend text, colour), in colour-index order.
+CATEGORIES: tuple[tuple[str, str, str], ...] = (
+    ("none", "no adapter", "#f2f2f2"),
+    ("attn", "attention (all of q,k,v,o)", "#1f77b4"),
+    ("attn-partial", "attention, some roles", "#9ecae1"),
+    ("mlp", "MLP (all of gate,up,down)", "#ff7f0e"),
+    ("mlp-partial", "MLP, some roles", "#fdd0a2"),
+    ("all", "attention + MLP (every role)", "#6a3d9a"),
+    ("mixed", "attention + MLP, some roles", "#cab2d6"),
+)
+_CATEGORY_INDEX = {key: i for i, (key, _, _) in enumerate(CATEGORIES)}
+_DARK = {"attn", "mlp", "all"}
+
+
+@dataclass(frozen=True)
+class PlacementRow:
+    """One strategy's row of the placement map."""
+
+    label: str
+    """Row label, e.g. ``"last-half  (all@last:15)"``."""
+    placement: Mapping[str, Mapping[str, int]]
+    """``{"<layer index>": {"<role>": rank}}`` as written in ``result.json``."""
+
+
+def role_category(roles: Sequence[str], available: Sequence[str] = ATTN_ROLES + MLP_ROLES) -> str:
+    """Classifies the set of adapted roles in one layer for the placement map.
+
+    Args:
+        roles: Roles adapted in the layer (``q k v o gate up down``).
+        available: Roles the architecture has; an MLP without ``gate`` is complete with
+            ``up,down``.
+
+    Returns:
+        One of the :data:`CATEGORIES` keys.
+    """
+    got = set(roles)
+    if not got:
+        return "none"
+    attn_all = {r for r in ATTN_ROLES if r in available} or set(ATTN_ROLES)
+    mlp_all = {r for r in MLP_ROLES if r in available} or set(MLP_ROLES)
+    has_attn, has_mlp = bool(got & attn_all), bool(got & mlp_all)
+    full_attn, full_mlp = attn_all <= got, mlp_all <= got
+    unknown = bool(got - attn_all - mlp_all)
+    if has_attn and has_mlp:
+        return "all" if full_attn and full_mlp and not unknown else "mixed"
+    if has_attn:
+        return "attn" if full_attn and not unknown else "attn-partial"
+    if has_mlp:
+        return "mlp" if full_mlp and not unknown else "mlp-partial"
+    return "mixed"
+
+
+def role_label(roles: Sequence[str]) -> str:
+    """Compact cell text: attention letters, then MLP letters on a second line (``"qkvo\\ngud"``)."""
+    got = set(roles)
+    attn = "".join(_ROLE_LETTER[r] for r in ATTN_ROLES if r in got)
+    mlp = "".join(_ROLE_LETTER[r] for r in MLP_ROLES if r in got)
+    other = ",".join(sorted(got - set(ATTN_ROLES) - set(MLP_ROLES)))
+    return "\n".join(s for s in (attn, mlp, other) if s)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _empty(ax: plt.Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _base_line(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], base: float | None) -> None:
+    """Dashed line at the base model's loss; kept off-scale when it would squash the data."""
+    if base is None:
+        return
+    lo = min(r["eval_loss_mean"] - (r.get("eval_loss_std") or 0.0) for r in pts)
+    hi = max(r["eval_loss_mean"] + (r.get("eval_loss_std") or 0.0) for r in pts)
+    span = max(hi - lo, 0.05 * max(abs(hi), 1e-9))
+    label = f"base model, no adapter ({base:.3f})"
+    if lo - 3 * span <= base <= hi + 3 * span:
+        ax.axhline(base, ls="--", color="gray", lw=1.2, label=label)
+        return
+    ax.set_ylim(lo - 0.6 * span, hi + 0.6 * span)
+    where = "above" if base > hi else "below"
+    ax.axhline(base, ls="--", color="gray", lw=1.2, label=f"{label}: {where} the plotted range")
+
+
+_LABEL_OFFSETS = ((7, 5), (7, -14), (7, 16), (7, -25), (7, 27), (7, -36))
+
+
+def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]]) -> None:
+    """Labels each point, trying a few offsets so that labels do not overlap one another."""
+    ax.figure.canvas.draw()  # fixes the axis limits, so data -> points is final
+    placed: list[tuple[float, float, float, float]] = []
+    for r in pts:
+        text = f"{r['strategy']} (n={r['n']})"
+        x, y = ax.transData.transform((r["trainable_params"], r["eval_loss_mean"])) * 72.0 / ax.figure.dpi
+        w, h = 4.6 * len(text), 9.0  # approximate extent of 8-pt text, in points
+        for dx, dy in _LABEL_OFFSETS:
+            box = (x + dx, y + dy, x + dx + w, y + dy + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (r["trainable_params"], r["eval_loss_mean"]), xytext=(dx, dy),
+                    textcoords="offset points", fontsize=8)
+
+
+def plot_pareto(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, base_eval_loss: float | None = None
+) -> Path:
+    """Trainable parameters (log x) against eval loss, mean ± std over seeds, front highlighted.
+
+    Args:
+        rows: Summary rows with ``strategy``, ``trainable_params``, ``eval_loss_mean``,
+            ``eval_loss_std``, ``n`` and ``pareto``.
+        path: Where to write the PNG.
+        base_eval_loss: Eval loss of the base model without adapters; drawn as a dashed line.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    pts = sorted((r for r in rows if r.get("eval_loss_mean") is not None and (r.get("trainable_params") or 0) > 0),
+                 key=lambda r: (r["trainable_params"], r["eval_loss_mean"]))
+    for r in pts:
+        on_front = bool(r.get("pareto"))
+        ax.errorbar(
+            r["trainable_params"], r["eval_loss_mean"], yerr=r.get("eval_loss_std") or 0.0,
+            fmt="o", ms=9 if on_front else 7, capsize=4, zorder=3,
+            color="#d62728" if on_front else "#1f77b4", mec="black" if on_front else None,
+        )
+    front = [(r["trainable_params"], r["eval_loss_mean"]) for r in pts if r.get("pareto")]
+    if front:
+        xs, ys = zip(*front)
+        ax.step(xs, ys, where="post", color="#d62728", lw=1.5, alpha=0.8, zorder=2,
+                label="Pareto front (non-dominated)")
+    ax.plot([], [], "o", color="#1f77b4", label="dominated strategy")
+    if pts:
+        _base_line(ax, pts, base_eval_loss)
+        ax.set_xscale("log")
+        xs = [r["trainable_params"] for r in pts]
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        # Within one decade the major ticks are too few: label the minor ones too.
+        ax.xaxis.set_minor_formatter(EngFormatter(sep="") if max(xs) / min(xs) < 10 else NullFormatter())
+        _label_points(ax, pts)
+        ax.legend(fontsize=8, loc="best")
+        ax.grid(True, which="both", alpha=0.3)
+    else:
+        _empty(ax, "no finished runs")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("eval loss (mean ± std over seeds)")
+    ax.set_title("Parameters vs quality: lower-left is better")
+    return _save(fig, path)
+
+
+def _aggregate(runs: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[np.ndarray, ...]:
+    per_step: dict[int, list[float]] = {}
+    for records in runs:
+        for rec in records:
+            loss = rec.get("loss")
+            if rec.get("step") is not None and loss is not None and np.isfinite(loss):
+                per_step.setdefault(int(rec["step"]), []).append(float(loss))
+    steps = np.array(sorted(per_step))
+    vals = [per_step[s] for s in steps]
+    return (steps, np.array([np.mean(v) for v in vals]), np.array([min(v) for v in vals]),
+            np.array([max(v) for v in vals]))
+
+
+def plot_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | Path) -> Path:
+    """Training loss against step per strategy: mean over seeds with a min–max band.
+
+    Args:
+        curves: ``{strategy: [run metrics, ...]}``, each run's metrics being the records of its
+            ``metrics.jsonl`` (``step``, ``loss``, ...).
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = 0
+    for i, (name, runs) in enumerate(curves.items()):
+        steps, mid, lo, hi = _aggregate(runs)
+        if len(steps) == 0:
+            continue
+        color = f"C{i % 10}"
+        n = sum(1 for r in runs if r)
+        ax.plot(steps, mid, color=color, lw=1.6, marker="." if len(steps) < 30 else None,
+                label=f"{name} (n={n})")
+        if n > 1:
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+        drawn += 1
+    if drawn:
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+    else:
+        _empty(ax, "no training metrics recorded")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss: mean over seeds, band = min–max across seeds")
+    return _save(fig, path)
+
+
+def _matrix(rows: Sequence[PlacementRow], num_layers: int) -> tuple[np.ndarray, list[list[str]], int | None]:
+    seen = {role for r in rows for roles in r.placement.values() for role in roles}
+    # result.json does not list the architecture's roles; an MLP never seen with a gate
+    # (GPT-2, OPT, ...) is taken to have only up/down, so "mlp" there still reads as complete.
+    available = ATTN_ROLES + MLP_ROLES if "gate" in seen or "up" not in seen else ATTN_ROLES + ("up", "down")
+    ranks = Counter(int(k) for r in rows for roles in r.placement.values() for k in roles.values())
+    usual = ranks.most_common(1)[0][0] if ranks else None
+    cats = np.zeros((len(rows), num_layers), dtype=int)
+    texts = [["" for _ in range(num_layers)] for _ in rows]
+    for i, row in enumerate(rows):
+        for layer, roles in row.placement.items():
+            j = int(layer)
+            if not 0 <= j < num_layers or not roles:
+                continue
+            cats[i, j] = _CATEGORY_INDEX[role_category(list(roles), available)]
+            text = role_label(list(roles))
+            cell_ranks = sorted({int(v) for v in roles.values()})
+            if cell_ranks != [usual]:  # only ranks that differ from the study's usual one
+                text += "\nr" + "/".join(map(str, cell_ranks))
+            texts[i][j] = text
+    return cats, texts, usual
+
+
+def plot_placement(rows: Sequence[PlacementRow], num_layers: int, path: str | Path) -> Path:
+    """Placement map: strategies (rows) × decoder layers (columns), coloured by adapted roles.
+
+    Cells also spell out the roles (``qkvo`` = attention projections, ``gud`` = gate/up/down)
+    when there is room, and a cell's rank when it differs from the study's most common rank.
+
+    Args:
+        rows: One :class:`PlacementRow` per strategy, top to bottom.
+        num_layers: Number of decoder layers of the model.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    num_layers = max(1, num_layers)
+    cats, texts, usual = _matrix(rows, num_layers)
+    width = min(22.0, 3.5 + 0.36 * num_layers)
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.55 * max(1, len(rows))))
+    cmap = ListedColormap([c for _, _, c in CATEGORIES])
+    ax.imshow(cats if len(rows) else np.zeros((1, num_layers), dtype=int), cmap=cmap,
+              vmin=0, vmax=len(CATEGORIES) - 1, aspect="auto", interpolation="nearest")
+    if num_layers <= 48:
+        for i, row_texts in enumerate(texts):
+            for j, text in enumerate(row_texts):
+                if text:
+                    dark = CATEGORIES[cats[i, j]][0] in _DARK
+                    ax.text(j, i, text, ha="center", va="center", fontsize=5.5, linespacing=0.9,
+                            color="white" if dark else "black")
+    ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+    step = 1 if num_layers <= 40 else 5
+    ax.set_xticks(range(0, num_layers, step))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xticks(np.arange(-0.5, num_layers, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, max(1, len(rows)), 1), minor=True)
+    ax.grid(which="minor", color="white", lw=1.2)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("decoder layer (0 = closest to the embeddings)")
+    rank_note = f"; rank {usual} unless shown" if usual is not None else ""
+    ax.set_title(f"Where the LoRA adapters go (q,k,v,o = attention; g,u,d = gate,up,down{rank_note})")
+    used = set(np.unique(cats)) | {0}
+    handles = [Patch(facecolor=c, edgecolor="gray", label=text)
+               for i, (_, text, c) in enumerate(CATEGORIES) if i in used]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    return _save(fig, path)
