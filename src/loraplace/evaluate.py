@@ -1,0 +1,105 @@
+"""Measurements after training: eval loss over completion tokens, and task accuracy.
+
+``eval_loss`` is the token-weighted mean cross-entropy over every scored eval token (the
+completion tokens; prompt tokens carry label -100), so ``perplexity = exp(eval_loss)`` is the
+perplexity of exactly those tokens. A mean of per-batch means would weight short batches too
+heavily and break that identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from loraplace.data import DynamicPaddingCollator, Example, encode_prompt, extract_final_number
+
+__all__ = ["eval_loss", "eval_accuracy", "autocast_for"]
+
+IGNORE_INDEX = -100
+
+
+def autocast_for(device: str, dtype: torch.dtype):
+    """bf16 autocast on CUDA when asked for; a no-op context elsewhere."""
+    if device.startswith("cuda") and dtype == torch.bfloat16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def eval_loss(model, features: list[dict], collator: DynamicPaddingCollator, *, batch_size: int,
+              device: str, dtype: torch.dtype = torch.float32) -> tuple[float, int]:
+    """Token-weighted mean cross-entropy over all scored tokens of ``features``.
+
+    Returns:
+        ``(eval_loss, scored_tokens)``. The loss is ``nan`` when the model produces non-finite
+        logits, so callers can report it instead of a misleading number.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch_ids in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+            batch = {k: v.to(device) for k, v in collator([features[i] for i in batch_ids]).items()}
+            labels = batch.pop("labels")
+            with autocast_for(device, dtype):
+                logits = model(**batch).logits
+            shift_logits = logits[:, :-1, :].float()
+            shift_labels = labels[:, 1:]
+            total += F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="sum",
+            ).item()
+            count += int((shift_labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no scored eval tokens: every eval example is fully masked")
+    loss = total / count
+    return (loss if math.isfinite(loss) else float("nan")), count
+
+
+@torch.inference_mode()
+def eval_accuracy(model, tokenizer, examples: list[Example], *, max_new_tokens: int, batch_size: int,
+                  device: str, dtype: torch.dtype = torch.float32) -> tuple[float | None, list[dict]]:
+    """Exact match of the final number from greedy decoding (GSM8K-style answers).
+
+    Returns:
+        ``(accuracy, samples)``; accuracy is ``None`` when no example has a reference answer.
+        ``samples`` holds each problem's reference, prediction and generated text.
+    """
+    scored = [e for e in examples if e.answer is not None]
+    if not scored:
+        return None, []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    samples = []
+    try:
+        prompts = [encode_prompt(tokenizer, e.prompt) for e in scored]
+        for start in range(0, len(scored), batch_size):
+            chunk = prompts[start:start + batch_size]
+            width = max(len(p) for p in chunk)
+            # Left padding, so every sequence's generation starts right after its own prompt.
+            input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            with autocast_for(device, dtype):
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                    do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                )
+            for example, row in zip(scored[start:start + batch_size], out[:, width:]):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                prediction = extract_final_number(text)
+                samples.append({"answer": example.answer, "prediction": prediction,
+                                "correct": prediction == example.answer, "generated": text})
+    finally:
+        model.train(was_training)
+    return sum(s["correct"] for s in samples) / len(samples), samples
