@@ -155,31 +155,35 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     device = raw.get("device")
     if device is not None and not (isinstance(device, str) and (device == "cpu" or device.startswith("cuda"))):
         problems.append(f"device must be 'cpu' or 'cuda', got {device!r}")
+    parsed_ok = {n: s for n, s in strategies.items() if not any(p.startswith(f"strategies.{n}:") for p in problems)}
+    model = raw.get("model", "smollm2-135m")
+    if check_model and isinstance(model, str) and model.strip() and parsed_ok:
+        problems += _check_against_model(model, parsed_ok, sections["lora"], match if not problems else None)
     if problems:
         raise ConfigError(problems)
-
-    config = StudyConfig(name=raw.get("name", "study"), model=raw.get("model", "smollm2-135m"),
-                         strategies={str(k): str(v) for k, v in strategies.items()}, reference=reference,
-                         match_params=match, device=device, **sections)
-    if check_model:
-        _check_against_model(config)
-    return config
+    return StudyConfig(name=raw.get("name", "study"), model=model,
+                       strategies={str(k): str(v) for k, v in strategies.items()}, reference=reference,
+                       match_params=match, device=device, **sections)
 
 
-def _check_against_model(config: StudyConfig) -> None:
+def _check_against_model(model: str, strategies: dict, lora: LoraSettings | None, match) -> list[str]:
+    """Compile each strategy for the model's config (no weights): layer ranges, fused roles."""
     from loraplace.placement import ModelPlanner
 
-    planner = ModelPlanner.for_model(config.model)
+    try:
+        planner = ModelPlanner.for_model(model)
+    except LoraplaceError as exc:
+        return [f"model: {exc}"]
+    rank = lora.rank if lora is not None else LoraSettings().rank
     problems = []
-    for name, spec in config.strategies.items():
+    for name, spec in strategies.items():
         try:
-            planner.plan({name: spec}, config.lora.rank)
+            planner.plan({name: spec}, rank)
         except LoraplaceError as exc:
             problems.append(f"strategies.{name}: {exc}")
-    if not problems and config.match_params is not None:
+    if not problems and match is not None:
         try:
-            planner.plan(config.strategies, config.lora.rank, config.match_params)
+            planner.plan(strategies, rank, match)
         except LoraplaceError as exc:
             problems.append(f"match_params: {exc}")
-    if problems:
-        raise ConfigError(problems)
+    return problems

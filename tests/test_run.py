@@ -1,0 +1,149 @@
+"""One training run on a tiny random LLaMA: the result record, its consistency, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from loraplace.data import DataConfig
+from loraplace.errors import LoraplaceError
+from loraplace.run import train_one
+from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
+from loraplace.workbench import Workbench
+
+SPEC_KEYS = {
+    "name": str, "spec": str, "seed": int, "ranks": dict, "targets": list, "status": str,
+    "trainable_params": int, "total_params": int, "trainable_pct": float, "eval_loss": float,
+    "perplexity": float, "base_eval_loss": float, "train_time_s": float, "train_tokens": int,
+    "tokens_per_s": float, "peak_memory_mb": float, "model": dict, "dataset": dict, "versions": dict,
+}
+
+TRAINING = TrainingSettings(steps=3, batch_size=4, learning_rate=1e-3, warmup_steps=0)
+EVAL = EvalSettings(accuracy_examples=4, max_new_tokens=6, batch_size=8)
+LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_model_dir, tiny_data_file):
+    return Workbench.load(str(tiny_model_dir), DataConfig(dataset=str(tiny_data_file), train_examples=24,
+                                                           eval_examples=12, max_length=96))
+
+
+def _run(bench, spec, seed, out, training=TRAINING):
+    plan = bench.planner.plan({spec: spec}, LORA.rank)[0]
+    return train_one(bench, plan, seed, out, lora=LORA, training=training, evaluation=EVAL, show_progress=False)
+
+
+def _base_state(bench):
+    return {k: v.detach().clone() for k, v in bench.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def attn_run(bench, tmp_path_factory):
+    before = _base_state(bench)
+    out = tmp_path_factory.mktemp("run") / "attn--seed0"
+    result = _run(bench, "attn", 0, out)
+    return result, out, before
+
+
+def test_result_has_every_spec_key_with_its_type(attn_run):
+    result, out, _ = attn_run
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for key, kind in SPEC_KEYS.items():
+        assert isinstance(on_disk[key], kind), (key, on_disk[key])
+    assert on_disk["status"] == "finished" and on_disk["error"] is None
+    assert on_disk["accuracy"] is None or 0.0 <= on_disk["accuracy"] <= 1.0
+    assert set(on_disk["versions"]) >= {"torch", "transformers", "peft"}
+
+
+def test_perplexity_is_exp_of_eval_loss(attn_run):
+    result, _, _ = attn_run
+    assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]), rel=1e-12)
+
+
+def test_counts_equal_peft_on_the_wrapped_model(bench, attn_run):
+    from peft import get_peft_model
+
+    result, _, _ = attn_run
+    plan = bench.planner.plan({"attn": "attn"}, LORA.rank)[0]
+    trainable, total = get_peft_model(bench.fresh_model(), plan.lora_config(8, 0.0)).get_nb_trainable_parameters()
+    assert (result["trainable_params"], result["total_params"]) == (trainable, total)
+    assert result["trainable_pct"] == pytest.approx(100 * trainable / total)
+
+
+def test_train_tokens_are_the_non_padding_tokens_of_the_trained_batches(attn_run):
+    result, out, _ = attn_run
+    curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [1, 2, 3]
+    assert curve[-1]["tokens"] == result["train_tokens"]
+    assert all(a["tokens"] < b["tokens"] for a, b in zip(curve, curve[1:]))
+    assert result["tokens_per_s"] == pytest.approx(result["train_tokens"] / result["train_time_s"], rel=1e-2)
+
+
+def test_base_weights_are_not_modified_by_a_run(bench, attn_run):
+    _, _, before = attn_run
+    after = _base_state(bench)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(hasattr(m, "lora_A") for m in bench.model.modules())
+
+
+def test_same_seed_same_result_and_other_seed_differs(bench, attn_run, tmp_path):
+    result, _, _ = attn_run
+    again = _run(bench, "attn", 0, tmp_path / "again")
+    other = _run(bench, "attn", 1, tmp_path / "other")
+    assert again["eval_loss"] == result["eval_loss"]
+    assert other["eval_loss"] != result["eval_loss"]
+
+
+def test_saved_adapter_loads_with_plain_peft_and_reproduces_eval_loss(bench, attn_run):
+    from peft import PeftModel
+
+    from loraplace.evaluate import eval_loss
+
+    result, out, _ = attn_run
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    loaded = PeftModel.from_pretrained(bench.fresh_model(), out / "adapter")
+    loss, tokens = eval_loss(loaded, bench.eval_features, bench.collator, batch_size=8, device="cpu")
+    assert tokens == result["eval_tokens"]
+    assert loss == pytest.approx(result["eval_loss"], rel=1e-6)
+
+
+def test_non_finite_loss_fails_the_run_with_nan_loss(bench, tmp_path):
+    absurd = TrainingSettings(steps=3, batch_size=4, learning_rate=1e30, warmup_steps=0)
+    result = _run(bench, "all", 0, tmp_path / "nan", training=absurd)
+    assert result["status"] == "failed"
+    assert result["error"] == "nan_loss"
+    assert result["eval_loss"] is None and result["perplexity"] is None
+    assert json.loads((tmp_path / "nan" / "result.json").read_text())["error"] == "nan_loss"
+
+
+def test_last_k_strategy_computes_no_gradient_below_its_lowest_layer(bench):
+    """The frozen layers below the lowest adapter must not be part of the backward graph."""
+    from peft import get_peft_model
+
+    plan = bench.planner.plan({"s": "all@last:1"}, LORA.rank)[0]
+    model = get_peft_model(bench.fresh_model(), plan.lora_config(8, 0.0))
+    seen = {}
+    layers = model.base_model.model.model.layers
+    for index, layer in enumerate(layers):
+        layer.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+    batch = bench.collator(bench.train_features[:2])
+    model(**batch).loss.backward()
+    assert not seen[0].requires_grad
+    assert seen[len(layers) - 1].requires_grad
+
+
+def test_run_command_refuses_to_overwrite_a_finished_run(tiny_model_dir, tiny_data_file, attn_run):
+    from loraplace.cli import main
+
+    _, out, _ = attn_run
+    before = (out / "result.json").read_text()
+    code = main(["run", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_file), "--strategy", "attn",
+                 "--out", str(out)])
+    assert code == 2
+    assert (out / "result.json").read_text() == before

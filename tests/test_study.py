@@ -1,0 +1,163 @@
+"""Studies on a tiny model: validation, resume after kill -9, refusal, failure isolation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraplace.config import load_study_config
+from loraplace.errors import ConfigError, LoraplaceError
+from loraplace.study import run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_study(model_dir, data_file, **overrides) -> dict:
+    raw = {
+        "name": "tiny",
+        "model": str(model_dir),
+        "data": {"dataset": str(data_file), "train_examples": 24, "eval_examples": 8, "max_length": 96},
+        "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+        "training": {"steps": 3, "batch_size": 4, "learning_rate": 1e-3, "seeds": [0, 1]},
+        "eval": {"accuracy_examples": 2, "max_new_tokens": 4},
+        "strategies": {"baseline": "all", "attention-only": "attn", "top": "mlp@last:1"},
+        "reference": "baseline",
+    }
+    raw.update(overrides)
+    return raw
+
+
+def test_every_config_problem_is_reported_at_once(tiny_model_dir, tiny_data_file):
+    raw = tiny_study(tiny_model_dir, tiny_data_file, reference="basline", stratgies={})
+    raw["training"] = {**raw["training"], "seeds": [0, "one"]}
+    raw["strategies"] = {**raw["strategies"], "deep": "attn@0-9", "worse": "qq"}
+    with pytest.raises(ConfigError) as info:
+        load_study_config(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "unknown key 'stratgies' (did you mean 'strategies'?)" in message
+    assert "training.seeds" in message and "'one'" in message
+    assert "reference 'basline'" in message and "did you mean 'baseline'" in message
+    assert "strategies.worse: unknown group 'qq'" in message
+    assert "strategies.deep: layer 9 in '0-9' is out of range" in message
+
+
+def test_layers_out_of_range_are_caught_before_training(tiny_model_dir, tiny_data_file, tmp_path):
+    raw = tiny_study(tiny_model_dir, tiny_data_file, strategies={"deep": "attn@5"}, reference="deep")
+    with pytest.raises(ConfigError, match="strategies.deep: layer 5 in '5' is out of range"):
+        load_study_config(raw)
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "loraplace", "study", str(config_file), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
+    import loraplace.executors as executors
+
+    real = executors.train_one
+
+    def flaky(bench, plan, seed, out_dir, **kwargs):
+        if plan.name == "attention-only" and seed == 1:
+            raise RuntimeError("simulated crash in one run")
+        return real(bench, plan, seed, out_dir, **kwargs)
+
+    monkeypatch.setattr(executors, "train_one", flaky)
+    config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
+    out = tmp_path / "study"
+    code = run_study(config, out, show_progress=False)
+    assert code == 1
+    rows = _rows(out)
+    assert len(rows) == 6
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [(r["name"], r["seed"]) for r in failed] == [("attention-only", "1")]
+    assert "simulated crash" in failed[0]["error"]
+    assert (out / "runs" / "attention-only--seed1" / "traceback.txt").is_file()
+    assert (out / "report" / "summary.csv").is_file()
+    assert "simulated crash" in (out / "report" / "report.md").read_text()
+
+    # A different config is refused in the same directory; nothing there changes.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = load_study_config(tiny_study(tiny_model_dir, tiny_data_file, lora={"rank": 8, "alpha": 16, "dropout": 0.0}))
+    with pytest.raises(LoraplaceError, match="different config.*lora.*--out"):
+        run_study(other, out, show_progress=False)
+    assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    # Rerunning the same config redoes nothing; --retry-failed reruns only the failure.
+    monkeypatch.setattr(executors, "train_one", real)
+    stamps = {r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows}
+    assert run_study(config, out, show_progress=False, report=False) == 1
+    assert stamps == {r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows}
+    assert run_study(config, out, show_progress=False, retry_failed=True, report=False) == 0
+    assert all(r["status"] == "finished" for r in _rows(out))
+
+
+def _launch(config_file: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "loraplace", "study", str(config_file), "--out", str(out),
+                             "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, "study finished before the kill point"
+        assert time.time() < deadline, "kill point never reached"
+        time.sleep(0.05)
+
+
+def test_kill_9_at_several_points_then_resume_completes_without_duplicates(tiny_model_dir, tiny_data_file, tmp_path):
+    raw = tiny_study(tiny_model_dir, tiny_data_file)
+    raw["eval"] = {"accuracy_examples": 0}
+    config_file = tmp_path / "study.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    runs = out / "runs"
+
+    # Kill point 1: in the middle of the first run's training (its curve has started).
+    proc = _launch(config_file, out)
+    _wait_for(lambda: (runs / "baseline--seed0" / "metrics.jsonl").is_file()
+              and (runs / "baseline--seed0" / "metrics.jsonl").stat().st_size > 0, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (runs / "baseline--seed0" / "result.json").exists()
+
+    # Kill point 2: right after a run completed, while the next one is under way.
+    proc = _launch(config_file, out)
+    _wait_for(lambda: len(list(runs.glob("*/result.json"))) >= 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.parent.name: p.read_text() for p in runs.glob("*/result.json")}
+    assert len(done_before) >= 2
+
+    proc = _launch(config_file, out)
+    assert proc.wait(timeout=600) == 0
+    rows = _rows(out)
+    pairs = [(r["name"], r["seed"]) for r in rows]
+    assert sorted(pairs) == sorted((name, str(seed)) for name in raw["strategies"] for seed in (0, 1))
+    assert len(set(pairs)) == len(pairs) == 6
+    # Finished runs were not redone: their records are byte-identical.
+    assert all((runs / name / "result.json").read_text() == text for name, text in done_before.items())
+    for row in rows:
+        result = json.loads((out / row["run_dir"] / "result.json").read_text())
+        assert result["status"] == "finished"
+        lines = (out / row["run_dir"] / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
