@@ -109,6 +109,13 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_dat
     assert run_study(config, out, show_progress=False, retry_failed=True, report=False) == 0
     assert all(r["status"] == "finished" for r in _rows(out))
 
+    # Changing only the seed list is allowed in place: runs are keyed by seed, nothing is redone.
+    raw = tiny_study(tiny_model_dir, tiny_data_file)
+    raw["training"] = {**raw["training"], "seeds": [1]}
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert sorted(r["seed"] for r in _rows(out)) == ["1", "1", "1"]
+    assert yaml.safe_load((out / "study.yaml").read_text())["training"]["seeds"] == [1]
+
 
 def _launch(config_file: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "TQDM_DISABLE": "1"}

@@ -253,7 +253,9 @@ def _alpaca(record: Record) -> Example:
     extra = _field(record, "input", "alpaca", optional=True)
     output = _field(record, "output", "alpaca")
     content = instruction + ("\n\n" + extra if extra.strip() else "")
-    return Example(prompt=[{"role": "user", "content": content}], completion=output, answer=None)
+    # Outputs that end GSM8K-style ('#### N') carry a reference answer, so accuracy is scored.
+    answer = extract_final_number(output) if "####" in output else None
+    return Example(prompt=[{"role": "user", "content": content}], completion=output, answer=answer)
 
 
 def _text(record: Record) -> Example:

@@ -34,6 +34,10 @@ class Plan:
         base_params: parameters of the base model.
         num_layers: decoder layers in the model (for placement maps).
         fan_in_fan_out: whether targets are transformers ``Conv1D`` (GPT-2 family).
+        matched_to: the parameter budget this plan's rank was matched to, if any.
+        alpha_rank: the rank at which the study's ``alpha`` is given (its global rank); every
+            module gets ``alpha * r / alpha_rank``, so the LoRA scaling ``alpha / r`` is the same
+            for every module of every strategy in a study.
     """
 
     name: str
@@ -48,6 +52,7 @@ class Plan:
     num_layers: int
     fan_in_fan_out: bool = False
     matched_to: int | None = field(default=None)
+    alpha_rank: int | None = field(default=None)
 
     @property
     def targets(self) -> list[str]:
@@ -70,17 +75,19 @@ class Plan:
         """The PEFT ``LoraConfig`` for this plan.
 
         Modules are named explicitly (no suffix matching), so exactly the planned modules are
-        adapted. Modules whose rank differs from :attr:`rank` get ``rank_pattern`` entries, and
-        ``alpha_pattern`` keeps the LoRA scaling ``alpha / r`` the same for every module, so a
-        different rank changes capacity, not the effective step size.
+        adapted. Modules whose rank differs from :attr:`rank` get ``rank_pattern`` entries. Alpha
+        is scaled with the rank (``alpha * r / alpha_rank``) so the scaling ``alpha / r`` is the
+        same for every module of every strategy: a per-part or parameter-matched rank changes
+        capacity, not the effective step size.
         """
         from peft import LoraConfig
 
+        scaling = alpha / (self.alpha_rank or self.rank)
         rank_pattern = {name: r for name, r in self.module_ranks.items() if r != self.rank}
-        alpha_pattern = {name: alpha * r / self.rank for name, r in rank_pattern.items()}
+        alpha_pattern = {name: scaling * r for name, r in rank_pattern.items()}
         return LoraConfig(
             r=self.rank,
-            lora_alpha=alpha,
+            lora_alpha=scaling * self.rank,
             lora_dropout=dropout,
             target_modules=self.targets,
             rank_pattern=rank_pattern,
@@ -120,7 +127,7 @@ def _placement_of(strategy: Strategy, arch: ArchInfo, rank: int) -> dict[int, di
 
 
 def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_params: int,
-                 name: str | None = None) -> Plan:
+                 name: str | None = None, alpha_rank: int | None = None) -> Plan:
     """Compile ``strategy`` for the model described by ``arch``.
 
     Args:
@@ -129,6 +136,7 @@ def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_pa
         rank: the global LoRA rank, used by parts without ``:rN``.
         base_params: parameter count of the base model.
         name: the strategy's name (defaults to its canonical spec).
+        alpha_rank: the rank at which alpha is given (defaults to ``rank``).
 
     Raises:
         StrategyError: layers out of range, a role that exists only fused with roles the
@@ -196,11 +204,12 @@ def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_pa
         base_params=base_params,
         num_layers=arch.num_layers,
         fan_in_fan_out=fan_in_fan_out,
+        alpha_rank=alpha_rank or rank,
     )
 
 
 def match_rank(strategy: Strategy, arch: ArchInfo, budget: int, *, base_params: int,
-               name: str | None = None) -> Plan:
+               name: str | None = None, alpha_rank: int | None = None) -> Plan:
     """The plan of ``strategy`` with the single rank whose trainable count is closest to ``budget``.
 
     Trainable parameters grow linearly with a uniform rank, so the best integer rank is one of
@@ -219,7 +228,7 @@ def match_rank(strategy: Strategy, arch: ArchInfo, budget: int, *, base_params: 
     unit = compile_plan(strategy, arch, 1, base_params=base_params, name=name).trainable_params
     low = max(1, budget // unit)
     best = min((low, low + 1), key=lambda r: (abs(r * unit - budget), r))
-    plan = compile_plan(strategy, arch, best, base_params=base_params, name=name)
+    plan = compile_plan(strategy, arch, best, base_params=base_params, name=name, alpha_rank=alpha_rank)
     return Plan(**{**plan.__dict__, "matched_to": budget})
 
 
@@ -255,4 +264,4 @@ def plan_strategies(named: dict[str, str], arch: ArchInfo, rank: int, *, base_pa
                     f"strategies: {', '.join(parsed)}"
                 ) from None
         budget = compile_plan(reference, arch, rank, base_params=base_params).trainable_params
-    return [match_rank(s, arch, budget, base_params=base_params, name=n) for n, s in parsed.items()]
+    return [match_rank(s, arch, budget, base_params=base_params, name=n, alpha_rank=rank) for n, s in parsed.items()]

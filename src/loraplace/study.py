@@ -95,23 +95,35 @@ def prepare_study_dir(config: StudyConfig, out: Path) -> None:
     existing = out / "study.yaml"
     if existing.exists():
         try:
-            previous = yaml.safe_load(existing.read_text())
+            previous = yaml.safe_load(existing.read_text()) or {}
         except yaml.YAMLError:
-            previous = None
-        if _normalised(previous or {}) != _normalised(resolved):
-            changed = sorted(k for k in set(resolved) | set(previous or {})
-                             if (previous or {}).get(k) != resolved.get(k))
+            previous = {}
+        if _normalised(_without_seeds(previous)) != _normalised(_without_seeds(resolved)):
+            changed = sorted(k for k in set(resolved) | set(previous) if previous.get(k) != resolved.get(k))
             raise LoraplaceError(
                 f"'{out}' holds a study with a different config (differs in: {', '.join(changed) or 'format'}); "
                 f"nothing was changed there: choose another directory with --out"
             )
+        if _normalised(previous) != _normalised(resolved):
+            # Only the seed list changed: every run's own config is the same, so the study can
+            # grow (or be reported on fewer seeds) in place; existing runs stay valid.
+            _write_yaml_atomic(existing, resolved)
         return
     if out.exists() and any(out.iterdir()):
         raise LoraplaceError(f"'{out}' exists and is not a loraplace study directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".study.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, existing)
+    _write_yaml_atomic(existing, resolved)
+
+
+def _without_seeds(config_dict: dict) -> dict:
+    training = {k: v for k, v in (config_dict.get("training") or {}).items() if k != "seeds"}
+    return {**config_dict, "training": training}
+
+
+def _write_yaml_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
 
 
 def collect_results(config: StudyConfig, out: Path) -> list[dict]:

@@ -1,0 +1,49 @@
+"""The Ray executor on a local Ray instance with a tiny model: same layout, same resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from loraplace.config import load_study_config
+from loraplace.study import run_study
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+
+def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_data_file, tmp_path):
+    from test_study import tiny_study
+
+    raw = tiny_study(tiny_model_dir, tiny_data_file, strategies={"baseline": "all", "top": "mlp@last:1"})
+    raw["training"]["seeds"] = [0, 1]
+    raw["eval"] = {"accuracy_examples": 0}
+    raw["ray"] = {"cpus_per_run": 1}
+    config = load_study_config(raw)
+    out = tmp_path / "ray-study"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
+        results = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
+        assert sorted(results) == ["baseline--seed0", "baseline--seed1", "top--seed0", "top--seed1"]
+        assert all(r["status"] == "finished" for r in results.values())
+        assert all((out / "runs" / name / "adapter" / "adapter_config.json").is_file() for name in results)
+
+        # Resume: a lost run is redone, the others are kept byte for byte.
+        kept = {n: (out / "runs" / n / "result.json").read_text() for n in results if n != "top--seed1"}
+        shutil.rmtree(out / "runs" / "top--seed1")
+        assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
+        assert all((out / "runs" / n / "result.json").read_text() == text for n, text in kept.items())
+        assert json.loads((out / "runs" / "top--seed1" / "result.json").read_text())["status"] == "finished"
+    finally:
+        ray.shutdown()
+
+    # Ray and local runs of the same (strategy, seed) agree: the executor changes nothing.
+    local_out = tmp_path / "local-study"
+    assert run_study(config, local_out, show_progress=False, report=False) == 0
+    for name in results:
+        ray_loss = json.loads((out / "runs" / name / "result.json").read_text())["eval_loss"]
+        local_loss = json.loads((local_out / "runs" / name / "result.json").read_text())["eval_loss"]
+        assert ray_loss == pytest.approx(local_loss, rel=1e-5)
