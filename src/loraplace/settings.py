@@ -7,7 +7,7 @@ the field (as it is spelled in a study YAML) and the bad value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from loraplace.errors import ConfigError
 
@@ -111,7 +111,3 @@ class EvalSettings:
         })
         if problems:
             raise ConfigError(problems)
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]
