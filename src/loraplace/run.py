@@ -172,6 +172,12 @@ def failed_result(record: dict, error: str) -> dict:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _record_failure(out_dir: Path, record: dict, error: str) -> dict:
+    result = failed_result(record, error)
+    write_json_atomic(out_dir / "result.json", result)
+    return result
+
+
 def train_one(bench: Workbench, plan: Plan, seed: int, out_dir: Path, *, lora: LoraSettings,
               training: TrainingSettings, evaluation: EvalSettings, show_progress: bool = True) -> dict:
     """Train ``plan`` with ``seed`` on the workbench's base model; write and return ``result.json``.
@@ -224,16 +230,12 @@ def train_one(bench: Workbench, plan: Plan, seed: int, out_dir: Path, *, lora: L
                    "base_eval_loss": base["eval_loss"], "base_perplexity": math.exp(base["eval_loss"]),
                    "base_accuracy": base["accuracy"]})
     if measure.nonfinite:
-        result = failed_result(record, "nan_loss")
-        write_json_atomic(out_dir / "result.json", result)
-        return result
+        return _record_failure(out_dir, record, "nan_loss")
 
     loss, scored = eval_loss(model, bench.eval_features, bench.collator, batch_size=evaluation.batch_size,
                              device=bench.device, dtype=bench.dtype)
     if not math.isfinite(loss):
-        result = failed_result(record, "nan_loss")
-        write_json_atomic(out_dir / "result.json", result)
-        return result
+        return _record_failure(out_dir, record, "nan_loss")
     accuracy, samples = None, []
     if evaluation.accuracy_examples:
         accuracy, samples = eval_accuracy(model, bench.tokenizer, bench.eval_examples[:evaluation.accuracy_examples],
