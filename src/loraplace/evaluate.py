@@ -9,6 +9,7 @@ heavily and break that identity.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 
 import torch
@@ -16,9 +17,50 @@ import torch.nn.functional as F
 
 from loraplace.data import DynamicPaddingCollator, Example, encode_prompt, extract_final_number
 
-__all__ = ["eval_loss", "eval_accuracy", "autocast_for"]
+__all__ = ["eval_loss", "eval_accuracy", "autocast_for", "completion_positions", "completion_logits",
+           "completion_loss", "accepts_logits_mask"]
 
 IGNORE_INDEX = -100
+
+
+def completion_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(batch, length)`` mask of the positions whose *next* token is scored.
+
+    Only these positions need logits: prompt and padding positions carry no loss, and the LM
+    head (a ``hidden x vocabulary`` matmul, ~21% of SmolLM2-135M's forward FLOPs) and its
+    log-softmax are skipped there.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def accepts_logits_mask(model) -> bool:
+    """Whether the causal LM's ``forward`` takes ``logits_to_keep`` (a boolean mask is then supported)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def completion_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``(scored positions, vocabulary)`` logits, whether the model already selected them or not."""
+    return logits if logits.dim() == 2 else logits[keep]
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean",
+                    num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy over the scored tokens of ``labels``.
+
+    ``logits`` are either the model's full ``(batch, length, vocabulary)`` output or only the
+    rows at :func:`completion_positions` (a model called with ``logits_to_keep=mask``); both give
+    the same loss as the usual shifted cross-entropy with ``ignore_index=-100``. ``"mean"``
+    divides the summed loss by ``num_items`` (the scored-token count when not given).
+    """
+    keep = completion_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]
+    total = F.cross_entropy(completion_logits(logits, keep).float(), targets, reduction="sum")
+    if reduction == "sum":
+        return total
+    return total / (num_items if num_items is not None else max(targets.numel(), 1))
 
 
 def autocast_for(device: str, dtype: torch.dtype):
@@ -45,19 +87,17 @@ def eval_loss(model, features: list[dict], collator: DynamicPaddingCollator, *, 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    mask_logits = accepts_logits_mask(model)
     try:
         for batch_ids in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
             batch = {k: v.to(device) for k, v in collator([features[i] for i in batch_ids]).items()}
             labels = batch.pop("labels")
+            if mask_logits:
+                batch["logits_to_keep"] = completion_positions(labels)
             with autocast_for(device, dtype):
                 logits = model(**batch).logits
-            shift_logits = logits[:, :-1, :].float()
-            shift_labels = labels[:, 1:]
-            total += F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum",
-            ).item()
-            count += int((shift_labels != IGNORE_INDEX).sum())
+            total += completion_loss(logits, labels, reduction="sum").item()
+            count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     if count == 0:

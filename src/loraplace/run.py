@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from loraplace.data import length_grouped_batches
-from loraplace.evaluate import eval_accuracy, eval_loss
+from loraplace.evaluate import accepts_logits_mask, completion_loss, completion_positions, eval_accuracy, eval_loss
 from loraplace.placement import ModelPlanner
 from loraplace.plan import Plan
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
@@ -133,6 +133,25 @@ class _PeakMemory:
         return round(self.peak_bytes / 2**20, 1)
 
 
+class _CompletionBatches:
+    """The study's collator, plus the mask of positions that need logits (see ``completion_positions``)."""
+
+    def __init__(self, collator, mask_logits: bool):
+        self.collator = collator
+        self.mask_logits = mask_logits
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collator(features)
+        if self.mask_logits:
+            batch["logits_to_keep"] = completion_positions(batch["labels"])
+        return batch
+
+
+def _training_loss(outputs, labels, num_items_in_batch=None):
+    """Mean next-token cross-entropy over the batch's scored tokens (``Trainer``'s ``compute_loss_func``)."""
+    return completion_loss(outputs.logits, labels, num_items=num_items_in_batch)
+
+
 def _ordered_features(features: list[dict], batch_size: int, steps: int, seed: int) -> tuple[list[dict], list[int]]:
     """The exact training sequence: ``steps`` length-grouped batches, new epochs as needed."""
     lengths = [len(f["input_ids"]) for f in features]
@@ -212,8 +231,9 @@ def train_one(bench: Workbench, plan: Plan, seed: int, out_dir: Path, *, lora: L
             train_sampling_strategy="sequential", dataloader_num_workers=0, remove_unused_columns=False,
             use_cpu=not cuda, bf16=cuda and bench.dtype == torch.bfloat16,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=ordered, data_collator=bench.collator,
-                          callbacks=[measure])
+        trainer = Trainer(model=model, args=args, train_dataset=ordered,
+                          data_collator=_CompletionBatches(bench.collator, accepts_logits_mask(model)),
+                          compute_loss_func=_training_loss, callbacks=[measure])
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its prints
         try:
             with _PeakMemory(bench.device) as memory:
