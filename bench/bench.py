@@ -94,7 +94,7 @@ def study_vs_naive(args) -> None:
         config = {"name": "bench", "model": "smollm2-135m",
                   "data": {"dataset": "gsm8k", "train_examples": 64, "eval_examples": args.eval_examples,
                            "max_length": 512},
-                  "lora": {"rank": 8, "alpha": 16, "dropout": 0.05},
+                  "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
                   "training": {"steps": args.steps, "batch_size": 4, "learning_rate": 2.0e-4, "warmup_steps": 2,
                                "seeds": [0]},
                   "eval": {"accuracy_examples": 0},

@@ -58,7 +58,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # reloaded every run
         train_set = [encode(tokenizer, e, args.max_length) for e in train]
         eval_set = [encode(tokenizer, e, args.max_length) for e in evaluation]
-        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=modules.split(","),
+        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=modules.split(","),
                             layers_to_transform=[int(i) for i in layers.split(",")] if layers else None,
                             task_type="CAUSAL_LM")
         torch.manual_seed(args.seed)

@@ -89,7 +89,7 @@ def add_run_arguments(p) -> None:
     p.add_argument("--name", default=None, help="run name (default: the strategy's canonical spec)")
     p.add_argument("--rank", type=_positive_int, default=8, help="global LoRA rank (default 8)")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    p.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for LoRA init, dropout and data order (default 0)")
     p.add_argument("--steps", type=_positive_int, default=24, help="optimizer steps (default 24)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="examples per step (default 4)")
