@@ -168,3 +168,20 @@ def test_kill_9_at_several_points_then_resume_completes_without_duplicates(tiny_
         assert result["status"] == "finished"
         lines = (out / row["run_dir"] / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))
+
+
+def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(tiny_model_dir, tiny_data_file, tmp_path):
+    # When a Ray worker dies, no workbench is left to describe the run: the driver writes the
+    # failed result from the plan alone, and the study treats it like any other failure.
+    from loraplace.executors import _record_ray_failure
+    from loraplace.placement import ModelPlanner
+    from loraplace.study import RunSpec
+
+    config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
+    _record_ray_failure(config, tmp_path, RunSpec("top", 1), MemoryError("worker killed"))
+    result = json.loads((tmp_path / "runs" / "top--seed1" / "result.json").read_text())
+    plan = {p.name: p for p in ModelPlanner.for_model(str(tiny_model_dir)).plan(config.strategies, 4)}["top"]
+    assert (result["status"], result["error"]) == ("failed", "out_of_memory: worker killed")
+    assert (result["name"], result["seed"], result["spec"]) == ("top", 1, "mlp@last:1")
+    assert result["trainable_params"] == plan.trainable_params > 0
+    assert result["eval_loss"] is None and result["finished_at"]

@@ -17,7 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from loraplace.config import StudyConfig
-from loraplace.run import base_record, failed_result, run_dir_name, summary_line, train_one, write_json_atomic
+from loraplace.run import (base_record, failed_result, plan_record, run_dir_name, summary_line, train_one,
+                           write_json_atomic)
 from loraplace.workbench import Workbench
 
 __all__ = ["run_local", "run_ray", "execute_run"]
@@ -139,12 +140,10 @@ def run_ray(config: StudyConfig, out: Path, pending: list, *, show_progress: boo
 
 
 def _record_ray_failure(config: StudyConfig, out: Path, spec, exc: BaseException) -> None:
+    """A failed ``result.json`` for a run whose Ray worker died before it could write one."""
     from loraplace.placement import ModelPlanner
 
     plan = {p.name: p for p in ModelPlanner.for_model(config.model).plan(
         config.strategies, config.lora.rank, config.match_params)}[spec.name]
-    record = {"name": plan.name, "spec": plan.spec, "seed": spec.seed, "ranks": plan.part_ranks,
-              "targets": plan.targets, "placement": {str(k): v for k, v in plan.placement.items()},
-              "num_layers": plan.num_layers, "trainable_params": plan.trainable_params,
-              "total_params": plan.total_params, "trainable_pct": plan.trainable_pct}
-    write_json_atomic(out / "runs" / spec.dirname / "result.json", failed_result(record, _error_reason(exc)))
+    write_json_atomic(out / "runs" / spec.dirname / "result.json",
+                      failed_result(plan_record(plan, spec.seed), _error_reason(exc)))

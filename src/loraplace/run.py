@@ -30,7 +30,7 @@ from loraplace.plan import Plan
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.workbench import Workbench, hardware, versions
 
-__all__ = ["run_dir_name", "train_one", "write_json_atomic", "failed_result", "run_command"]
+__all__ = ["run_dir_name", "plan_record", "base_record", "train_one", "write_json_atomic", "failed_result", "run_command"]
 
 
 def run_dir_name(name: str, seed: int) -> str:
@@ -168,16 +168,22 @@ def _ordered_features(features: list[dict], batch_size: int, steps: int, seed: i
     return ordered, tokens
 
 
+def plan_record(plan: Plan, seed: int) -> dict:
+    """The part of ``result.json`` that the plan alone decides (all a lost Ray worker leaves)."""
+    return {
+        "name": plan.name, "spec": plan.spec, "seed": seed, "ranks": plan.part_ranks,
+        "targets": plan.targets, "placement": {str(k): v for k, v in plan.placement.items()},
+        "num_layers": plan.num_layers, "matched_to": plan.matched_to, "status": None, "error": None,
+        "trainable_params": plan.trainable_params, "total_params": plan.total_params,
+        "trainable_pct": plan.trainable_pct,
+    }
+
+
 def base_record(plan: Plan, seed: int, bench: Workbench, lora: LoraSettings, training: TrainingSettings,
                 evaluation: EvalSettings) -> dict:
     """The part of ``result.json`` known before training (also the body of a failed result)."""
     return {
-        "name": plan.name, "spec": plan.spec, "seed": seed, "ranks": plan.part_ranks,
-        "targets": plan.targets, "placement": {str(k): v for k, v in plan.placement.items()},
-        "num_layers": plan.num_layers, "available_roles": sorted(bench.arch.roles_present),
-        "matched_to": plan.matched_to, "status": None, "error": None,
-        "trainable_params": plan.trainable_params, "total_params": plan.total_params,
-        "trainable_pct": plan.trainable_pct,
+        **plan_record(plan, seed), "available_roles": sorted(bench.arch.roles_present),
         "model": bench.source.describe(), "dataset": bench.data, "versions": versions(),
         "hardware": hardware(bench.device),
         "config": {"lora": vars(lora), "training": {k: v for k, v in vars(training).items() if k != "seeds"},
