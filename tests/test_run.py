@@ -19,6 +19,7 @@ SPEC_KEYS = {
     "trainable_params": int, "total_params": int, "trainable_pct": float, "eval_loss": float,
     "perplexity": float, "base_eval_loss": float, "train_time_s": float, "train_tokens": int,
     "tokens_per_s": float, "peak_memory_mb": float, "model": dict, "dataset": dict, "versions": dict,
+    "eval_time_s": float,
 }
 
 TRAINING = TrainingSettings(steps=3, batch_size=4, learning_rate=1e-3, warmup_steps=0)

@@ -65,9 +65,11 @@ def run_local(config: StudyConfig, out: Path, pending: list, *, show_progress: b
     bench = Workbench.load(config.model, config.data, config.device)
     plans = _plans(bench, config)
     print(f"loaded in {time.perf_counter() - start:.1f} s; evaluating the base model once ...", flush=True)
+    start = time.perf_counter()
     base = bench.base_metrics(config.eval)
     acc = "" if base["accuracy"] is None else f", accuracy {100 * base['accuracy']:.1f}%"
-    print(f"base model: eval loss {base['eval_loss']:.4f} on {base['eval_tokens']:,} tokens{acc}", flush=True)
+    print(f"base model: eval loss {base['eval_loss']:.4f} on {base['eval_tokens']:,} tokens{acc} "
+          f"({time.perf_counter() - start:.1f} s, reused by every run)", flush=True)
     bar = tqdm(total=len(pending), desc="study", unit="run", disable=not show_progress, dynamic_ncols=True)
     try:
         for spec in pending:

@@ -258,6 +258,7 @@ def train_one(bench: Workbench, plan: Plan, seed: int, out_dir: Path, *, lora: L
     if measure.nonfinite:
         return _record_failure(out_dir, record, "nan_loss")
 
+    eval_start = time.perf_counter()
     loss, scored = eval_loss(model, bench.eval_features, bench.collator, batch_size=evaluation.batch_size,
                              device=bench.device, dtype=bench.dtype)
     if not math.isfinite(loss):
@@ -273,6 +274,7 @@ def train_one(bench: Workbench, plan: Plan, seed: int, out_dir: Path, *, lora: L
     model.save_pretrained(out_dir / "adapter")
     record.update({"status": "finished", "eval_loss": loss, "perplexity": math.exp(loss), "eval_tokens": scored,
                    "accuracy": accuracy, "accuracy_examples": len(samples),
+                   "eval_time_s": round(time.perf_counter() - eval_start, 3),
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     write_json_atomic(out_dir / "result.json", record)
     return record
