@@ -30,6 +30,9 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
         assert sorted(results) == ["baseline--seed0", "top--seed0"]
         assert all(r["status"] == "finished" for r in results.values())
         assert all((out / "runs" / name / "adapter" / "adapter_config.json").is_file() for name in results)
+        # The base model was evaluated by a worker and its record kept for every other worker.
+        base = json.loads((out / "base.json").read_text())
+        assert all(r["base_eval_loss"] == base["eval_loss"] for r in results.values())
 
         # Resume: a lost run is redone, the others are kept byte for byte.
         kept = {n: (out / "runs" / n / "result.json").read_text() for n in results if n != "top--seed0"}

@@ -117,6 +117,44 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_dat
     assert yaml.safe_load((out / "study.yaml").read_text())["training"]["seeds"] == [1]
 
 
+def test_the_base_evaluation_is_stored_once_and_reused_on_resume(tiny_model_dir, tiny_data_file, tmp_path,
+                                                                  monkeypatch):
+    import loraplace.workbench as workbench
+
+    calls = []
+    real = workbench.eval_loss
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workbench, "eval_loss", counting)
+    raw = tiny_study(tiny_model_dir, tiny_data_file, strategies={"top": "mlp@last:1"}, reference="top")
+    raw["training"] = {**raw["training"], "seeds": [0]}
+    out = tmp_path / "study"
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert len(calls) == 1
+    base = json.loads((out / "base.json").read_text())
+    assert base["settings"]["device"] == "cpu" and base["eval_time_s"] > 0
+
+    # A new process on the same study (here: one more seed) reads the record instead of evaluating.
+    raw["training"] = {**raw["training"], "seeds": [0, 1]}
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert len(calls) == 1
+    seed1 = json.loads((out / "runs" / "top--seed1" / "result.json").read_text())
+    assert (seed1["base_eval_loss"], seed1["base_accuracy"]) == (base["eval_loss"], base["accuracy"])
+
+    # A record made under other settings (another device) is not trusted: evaluated again.
+    (out / "base.json").write_text(json.dumps({**base, "settings": {**base["settings"], "device": "cuda"},
+                                               "eval_loss": 99.0}))
+    raw["training"] = {**raw["training"], "seeds": [0, 1, 2]}
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert len(calls) == 2
+    seed2 = json.loads((out / "runs" / "top--seed2" / "result.json").read_text())
+    assert seed2["base_eval_loss"] == pytest.approx(base["eval_loss"], rel=1e-6)
+    assert json.loads((out / "base.json").read_text())["settings"]["device"] == "cpu"
+
+
 def _launch(config_file: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     return subprocess.Popen([sys.executable, "-m", "loraplace", "study", str(config_file), "--out", str(out),

@@ -21,7 +21,10 @@ from loraplace.run import (base_record, failed_result, plan_record, run_dir_name
                            write_json_atomic)
 from loraplace.workbench import Workbench
 
-__all__ = ["run_local", "run_ray", "execute_run"]
+__all__ = ["run_local", "run_ray", "execute_run", "BASE_FILE"]
+
+BASE_FILE = "base.json"
+"""The study directory's record of the base model's eval metrics, reused on resume and by Ray workers."""
 
 
 def _error_reason(exc: BaseException) -> str:
@@ -64,12 +67,12 @@ def run_local(config: StudyConfig, out: Path, pending: list, *, show_progress: b
           flush=True)
     bench = Workbench.load(config.model, config.data, config.device)
     plans = _plans(bench, config)
-    print(f"loaded in {time.perf_counter() - start:.1f} s; evaluating the base model once ...", flush=True)
-    start = time.perf_counter()
-    base = bench.base_metrics(config.eval)
+    print(f"loaded in {time.perf_counter() - start:.1f} s; base model metrics ...", flush=True)
+    base = bench.base_metrics(config.eval, out / BASE_FILE)
     acc = "" if base["accuracy"] is None else f", accuracy {100 * base['accuracy']:.1f}%"
+    how = f"read from {out / BASE_FILE}" if base["stored"] else f"evaluated in {base['eval_time_s']:.1f} s"
     print(f"base model: eval loss {base['eval_loss']:.4f} on {base['eval_tokens']:,} tokens{acc} "
-          f"({time.perf_counter() - start:.1f} s, reused by every run)", flush=True)
+          f"({how}; shared by every run)", flush=True)
     bar = tqdm(total=len(pending), desc="study", unit="run", disable=not show_progress, dynamic_ncols=True)
     try:
         for spec in pending:
@@ -97,6 +100,7 @@ def _ray_task(config_dict: dict, out: str, name: str, seed: int) -> dict:
         bench = Workbench.load(config.model, config.data, config.device)
         _WORKER_BENCH[key] = (bench, _plans(bench, config))
     bench, plans = _WORKER_BENCH[key]
+    bench.base_metrics(config.eval, Path(out) / BASE_FILE)  # computed by the first worker, read by the rest
     return execute_run(bench, config, plans, name, seed, Path(out), show_progress=False)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from loraplace.data import length_grouped_batches
 from loraplace.evaluate import accepts_logits_mask, completion_loss, completion_positions, eval_accuracy, eval_loss
+from loraplace.files import write_json_atomic
 from loraplace.placement import ModelPlanner
 from loraplace.plan import Plan
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
@@ -36,17 +36,6 @@ __all__ = ["run_dir_name", "plan_record", "base_record", "train_one", "write_jso
 def run_dir_name(name: str, seed: int) -> str:
     safe = "".join(c if c.isalnum() or c in "-_.," else "_" for c in name)
     return f"{safe}--seed{seed}"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so a reader sees the old file or the whole new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class _NonFiniteLoss(Exception):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import time
@@ -21,6 +20,7 @@ import yaml
 
 from loraplace.config import StudyConfig, load_study_config, preset_path
 from loraplace.errors import LoraplaceError
+from loraplace.files import read_json
 from loraplace.run import run_dir_name
 
 __all__ = ["RunSpec", "pending_runs", "prepare_study_dir", "write_results_csv", "run_study", "study_command",
@@ -60,11 +60,8 @@ def all_runs(config: StudyConfig) -> list[RunSpec]:
 
 def read_result(run_dir: Path) -> dict | None:
     """A run's result, or ``None`` when it is missing or unreadable (i.e. not complete)."""
-    try:
-        result = json.loads((run_dir / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("status") in ("finished", "failed") else None
+    result = read_json(run_dir / "result.json")
+    return result if result is not None and result.get("status") in ("finished", "failed") else None
 
 
 def pending_runs(config: StudyConfig, out: Path, *, retry_failed: bool = False) -> list[RunSpec]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import platform
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from loraplace.arch import ArchInfo, classify
 from loraplace.data import DataConfig, DynamicPaddingCollator, Example, load_dataset_split, tokenize_examples
 from loraplace.errors import DataError
 from loraplace.evaluate import eval_accuracy, eval_loss
+from loraplace.files import read_json, write_json_atomic
 from loraplace.models import ModelSource, count_params, load_model, load_tokenizer, resolve_model
 from loraplace.placement import ModelPlanner
 from loraplace.settings import EvalSettings
@@ -124,10 +127,26 @@ class Workbench:
         memo.update({id(b): b for b in self.model.buffers()})
         return copy.deepcopy(self.model, memo)
 
-    def base_metrics(self, settings: EvalSettings) -> dict:
-        """Eval loss (and accuracy) of the un-adapted model, computed once and reused."""
+    def base_metrics(self, settings: EvalSettings, store: Path | None = None) -> dict:
+        """Eval loss (and accuracy) of the un-adapted model, computed once and reused.
+
+        Args:
+            store: a JSON file (a study's ``base.json``) that keeps the result across processes:
+                read when it was computed with the same eval settings, device and dtype, written
+                (atomically) otherwise. A resumed study or a Ray worker then skips the base eval.
+        """
         key = (settings.accuracy_examples, settings.max_new_tokens)
-        if key not in self._base:
+        if key in self._base:
+            return self._base[key]
+        identity = {"accuracy_examples": settings.accuracy_examples, "max_new_tokens": settings.max_new_tokens,
+                    "batch_size": settings.batch_size, "eval_examples": len(self.eval_features),
+                    "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
+        stored = read_json(store) if store is not None else None
+        if stored is not None and stored.get("settings") == identity:
+            metrics = {**{k: stored.get(k) for k in ("eval_loss", "eval_tokens", "accuracy", "eval_time_s")},
+                       "stored": True}
+        else:
+            start = time.perf_counter()
             loss, tokens = eval_loss(self.model, self.eval_features, self.collator,
                                      batch_size=settings.batch_size, device=self.device, dtype=self.dtype)
             accuracy = None
@@ -135,5 +154,11 @@ class Workbench:
                 accuracy, _ = eval_accuracy(self.model, self.tokenizer, self.eval_examples[:settings.accuracy_examples],
                                             max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                                             device=self.device, dtype=self.dtype)
-            self._base[key] = {"eval_loss": loss, "eval_tokens": tokens, "accuracy": accuracy}
-        return self._base[key]
+            metrics = {"eval_loss": loss, "eval_tokens": tokens, "accuracy": accuracy,
+                       "eval_time_s": round(time.perf_counter() - start, 3)}
+            if store is not None:
+                write_json_atomic(store, {"settings": identity, **metrics})
+            metrics["stored"] = False
+        self._base[key] = metrics
+        return metrics
+
