@@ -202,6 +202,20 @@ def test_single_seed_study(tmp_path):
     assert "Within noise" not in md and "Significantly" not in md
 
 
+def test_only_the_listed_seeds_are_reported(tmp_path):
+    # A study grown to 3 seeds and then reported on 2 (study.yaml lists [0, 1]): seed 2 stays
+    # on disk but is not part of the summary, as in results.csv.
+    root = make_study(tmp_path / "s", MAIN)
+    cfg = yaml.safe_load((root / "study.yaml").read_text())
+    cfg["training"]["seeds"] = [0, 1]
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+    rows = {r["strategy"]: r for r in summarize(root)}
+    assert rows["baseline"]["n"] == 2
+    assert rows["baseline"]["eval_loss_mean"] == pytest.approx((1.0 + 1.1) / 2)
+    assert rows["attention-only"]["p_value_vs_reference"] == pytest.approx(_welch([1.02, 1.12], [1.0, 1.1]))
+    assert (root / "runs" / "baseline--seed2" / "result.json").is_file()
+
+
 def test_cheapest_within_noise_of_best(tmp_path):
     strategies = {
         "baseline": ("all", 1000, _placement({**ATTN, **MLP}), [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)]),

@@ -104,6 +104,21 @@ def _config_strategies(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _config_seeds(config: dict[str, Any]) -> set[int] | None:
+    seeds = (config.get("training") or {}).get("seeds")
+    try:
+        return {int(seed) for seed in seeds} if isinstance(seeds, list) and seeds else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _dir_seed(name: str) -> int | None:
+    try:
+        return int(name.rsplit("--seed", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     out = []
     if path.is_file():
@@ -138,7 +153,10 @@ def load_study(study_dir: str | Path) -> Study:
     config = yaml.safe_load(text) or {} if text else {}
     records, metrics, incomplete = [], {}, []
     run_dirs = sorted(p for p in (root / "runs").glob("*") if p.is_dir()) if (root / "runs").is_dir() else []
+    seeds = _config_seeds(config)
     for run_dir in run_dirs:
+        if seeds is not None and _dir_seed(run_dir.name) not in seeds:
+            continue  # a seed taken out of the study's list: on disk, not part of this study
         try:
             rec = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
