@@ -228,6 +228,27 @@ def test_cheapest_within_noise_of_best(tmp_path):
     assert "cheapest strategy within noise of it is `attention-only`" in notes
 
 
+def test_a_cheaper_strategy_with_one_seed_is_untested_not_worse(tmp_path):
+    # The best strategy has 2 seeds, a cheaper one only 1 (a study in progress): there is no
+    # p-value for it, so the finding must not call it outside the noise.
+    strategies = {
+        "baseline": ("all", 1000, _placement({**ATTN, **MLP}), [(1.0, 1.0), (1.1, 1.0)]),
+        "attention-only": ("attn", 400, _placement(ATTN), [(1.3, 1.0)]),
+        "ffn-only": ("mlp", 600, _placement(MLP), [(2.0, 1.0), (2.01, 1.0)]),
+    }
+    study = load_study(make_study(tmp_path / "s", strategies))
+    note = next(n for n in findings(study, summarize_study(study)) if n.startswith("Lowest mean eval loss"))
+    assert "No tested strategy with fewer trainable parameters is within noise of it" in note  # ffn-only: p < 0.05
+    assert "Whether the cheaper `attention-only` is within noise of it cannot be tested" in note
+    assert _welch([2.0, 2.01], [1.0, 1.1]) < 0.05
+
+    only_untested = {k: v for k, v in strategies.items() if k != "ffn-only"}
+    study = load_study(make_study(tmp_path / "t", only_untested))
+    note = next(n for n in findings(study, summarize_study(study)) if n.startswith("Lowest mean eval loss"))
+    assert "No tested strategy" not in note and "No strategy with fewer" not in note
+    assert "cannot be tested" in note
+
+
 def test_reference_with_only_failed_runs(tmp_path):
     strategies = {
         "baseline": ("all", 1000, _placement({**ATTN, **MLP}), [(None, 1.0), (None, 1.0)]),

@@ -275,15 +275,27 @@ def _cheapest_within_noise(study: Study, rows: list[dict[str, Any]]) -> str:
     if best["n"] < 2:
         return head + " It has a single finished seed, so which cheaper strategies are within noise of it cannot be tested."
     best_loss = study.eval_losses(best["strategy"])
-    close = [r for r in scored if r is best or (welch_p_value(study.eval_losses(r["strategy"]), best_loss) or 0.0) >= ALPHA]
+    p_values = {r["strategy"]: welch_p_value(study.eval_losses(r["strategy"]), best_loss) for r in scored if r is not best}
+    close = [best] + [r for r in scored if r is not best and (p_values[r["strategy"]] or 0.0) >= ALPHA]
     cheapest = min(close, key=lambda r: (r["trainable_params"] or math.inf, r["eval_loss_mean"]))
+
+    def cheaper(r: dict[str, Any]) -> bool:
+        return r is not best and (r["trainable_params"] or math.inf) < (cheapest["trainable_params"] or math.inf)
+
+    # A strategy with fewer than 2 finished seeds has no p-value: it is neither within noise
+    # nor significantly worse, and the sentence must not imply either.
+    untested = [r for r in scored if cheaper(r) and p_values[r["strategy"]] is None]
+    caveat = (f" Whether the cheaper {_names(untested)} {'is' if len(untested) == 1 else 'are'} within noise of it "
+              f"cannot be tested (fewer than 2 finished seeds)." if untested else "")
     if cheapest is best:
-        return head + f" No strategy with fewer trainable parameters is within noise of it (p >= {ALPHA})."
+        if any(cheaper(r) and p_values[r["strategy"]] is not None for r in scored):
+            return head + f" No tested strategy with fewer trainable parameters is within noise of it (p < {ALPHA})." + caveat
+        return head + (caveat or " No strategy has fewer trainable parameters.")
     p = welch_p_value(study.eval_losses(cheapest["strategy"]), best_loss)
     return head + (
         f" The cheapest strategy within noise of it is `{cheapest['strategy']}` with "
         f"{cheapest['trainable_params']:,} trainable parameters vs {best['trainable_params']:,} "
-        f"(loss {cheapest['eval_loss_mean']:.4f}, Welch p = {p:.3g} vs the best)."
+        f"(loss {cheapest['eval_loss_mean']:.4f}, Welch p = {p:.3g} vs the best)." + caveat
     )
 
 
