@@ -216,6 +216,16 @@ def test_only_the_listed_seeds_are_reported(tmp_path):
     assert (root / "runs" / "baseline--seed2" / "result.json").is_file()
 
 
+def test_curves_average_only_the_seeds_every_strategy_finished(study_dir, tmp_path):
+    # MAIN: three strategies finished seeds 0-2, `last_half` only seed 0 (seed 1 failed).
+    from loraplace.report import curve_seeds
+
+    seeds, caption = curve_seeds(load_study(study_dir))
+    assert seeds == {0} and "(0)" in caption
+    complete = {n: v for n, v in MAIN.items() if n != "last_half"}
+    assert curve_seeds(load_study(make_study(tmp_path / "c", complete)))[0] is None
+
+
 def test_cheapest_within_noise_of_best(tmp_path):
     strategies = {
         "baseline": ("all", 1000, _placement({**ATTN, **MLP}), [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)]),

@@ -393,10 +393,33 @@ def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def curve_seeds(study: Study) -> tuple[set | None, str]:
+    """The seeds the training curves average over, and the figure's caption.
+
+    All strategies of a seed train on the same batches, and the per-step loss depends mostly on
+    the batch. While strategies have different finished seeds (a study in progress), only the
+    seeds every strategy finished are drawn, so each curve averages the same batches.
+    ``None`` means every finished seed.
+    """
+    finished = [{r.get("seed") for r in study.runs(name, "finished")} for name in study.strategies]
+    finished = [s for s in finished if s]
+    common = set.intersection(*finished) if finished else set()
+    if not finished or all(s == common for s in finished):
+        return None, "Training loss per step: mean over finished seeds, band = min–max."
+    if not common:
+        return None, ("Training loss per step: mean over finished seeds, band = min–max. The strategies have no "
+                      "finished seed in common, so their curves average different batches.")
+    listed = ", ".join(str(s) for s in sorted(common))
+    return common, (f"Training loss per step over the seeds every strategy finished ({listed}), band = min–max; "
+                    "other finished seeds are left out so that every curve sees the same batches.")
+
+
 def _write_figures(study: Study, rows: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
     base = mean([r.get("base_eval_loss") for r in study.records])
     figures.plot_pareto(rows, out / "pareto.png", base)
-    curves = {name: [study.metrics.get((name, r.get("seed")), []) for r in study.runs(name, "finished")]
+    seeds, caption = curve_seeds(study)
+    curves = {name: [study.metrics.get((name, r.get("seed")), []) for r in study.runs(name, "finished")
+                     if seeds is None or r.get("seed") in seeds]
               for name in study.strategies}
     figures.plot_curves(curves, out / "curves.png")
     placements = []
@@ -407,7 +430,7 @@ def _write_figures(study: Study, rows: list[dict[str, Any]], out: Path) -> list[
                  + [int(k) + 1 for p in placements for k in p.placement], default=1)
     figures.plot_placement(placements, layers, out / "placement.png")
     return [("pareto.png", "Trainable parameters vs eval loss (mean ± std over seeds); the red line is the non-dominated front."),
-            ("curves.png", "Training loss per step: mean over finished seeds, band = min–max."),
+            ("curves.png", caption),
             ("placement.png", "Placement map: which roles carry an adapter in each decoder layer.")]
 
 
