@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from loraplace import figures
+from loraplace.files import read_json
 from loraplace.report_render import _first, _num, render_html, render_markdown, render_tex, tex_escape
 from loraplace.stats import ci95, mean, pareto_front, std, welch_p_value
 
@@ -157,9 +158,8 @@ def load_study(study_dir: str | Path) -> Study:
     for run_dir in run_dirs:
         if seeds is not None and _dir_seed(run_dir.name) not in seeds:
             continue  # a seed taken out of the study's list: on disk, not part of this study
-        try:
-            rec = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        rec = read_json(run_dir / "result.json")
+        if rec is None:
             incomplete.append(run_dir.name)
             continue
         rec.setdefault("name", run_dir.name.split("--seed")[0])
@@ -291,7 +291,7 @@ def _cheapest_within_noise(study: Study, rows: list[dict[str, Any]]) -> str:
         if any(cheaper(r) and p_values[r["strategy"]] is not None for r in scored):
             return head + f" No tested strategy with fewer trainable parameters is within noise of it (p < {ALPHA})." + caveat
         return head + (caveat or " No strategy has fewer trainable parameters.")
-    p = welch_p_value(study.eval_losses(cheapest["strategy"]), best_loss)
+    p = p_values[cheapest["strategy"]]
     return head + (
         f" The cheapest strategy within noise of it is `{cheapest['strategy']}` with "
         f"{cheapest['trainable_params']:,} trainable parameters vs {best['trainable_params']:,} "

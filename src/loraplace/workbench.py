@@ -135,12 +135,12 @@ class Workbench:
                 read when it was computed with the same eval settings, device and dtype, written
                 (atomically) otherwise. A resumed study or a Ray worker then skips the base eval.
         """
-        key = (settings.accuracy_examples, settings.max_new_tokens)
-        if key in self._base:
-            return self._base[key]
         identity = {"accuracy_examples": settings.accuracy_examples, "max_new_tokens": settings.max_new_tokens,
                     "batch_size": settings.batch_size, "eval_examples": len(self.eval_features),
                     "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
+        key = tuple(identity.values())
+        if key in self._base:
+            return self._base[key]
         stored = read_json(store) if store is not None else None
         if stored is not None and stored.get("settings") == identity:
             metrics = {**{k: stored.get(k) for k in ("eval_loss", "eval_tokens", "accuracy", "eval_time_s")},
