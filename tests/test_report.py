@@ -159,7 +159,7 @@ def test_markdown_report(report_dir):
     md = (report_dir / "report.md").read_text()
     for png in ("pareto.png", "curves.png", "placement.png"):
         assert f"]({png})" in md
-    failed = md.split("## Failed runs")[1].split("##")[0]
+    failed = md.split("## Failed and unfinished runs")[1].split("##")[0]
     assert "`last_half` seed 1: nan_loss" in failed and "last_half--seed2" in failed
     assert "tiny-llama" in md and "test-cpu" in md and "toy_study" in md
     assert "Within noise of the reference: `attention-only`" in md

@@ -371,7 +371,7 @@ def findings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
                    "so small accuracy differences are noise.")
     failed = sum(r["n_failed"] for r in rows)
     if failed:
-        out.append(f"{failed} run(s) failed and are excluded from the statistics (see Failed runs).")
+        out.append(f"{failed} run(s) failed and are excluded from the statistics (see Failed and unfinished runs).")
     out.append("Perplexity is exp(mean eval loss over seeds), not the mean of per-seed perplexities.")
     return out
 
