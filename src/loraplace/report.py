@@ -23,7 +23,7 @@ import yaml
 
 from loraplace import figures
 from loraplace.files import read_json
-from loraplace.report_render import _first, _num, render_html, render_markdown, render_tex, tex_escape
+from loraplace.report_render import FAILURES_HEADING, _first, _num, render_html, render_markdown, render_tex, tex_escape
 from loraplace.stats import ci95, mean, pareto_front, std, welch_p_value
 
 __all__ = [
@@ -371,7 +371,7 @@ def findings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
                    "so small accuracy differences are noise.")
     failed = sum(r["n_failed"] for r in rows)
     if failed:
-        out.append(f"{failed} run(s) failed and are excluded from the statistics (see Failed and unfinished runs).")
+        out.append(f"{failed} run(s) failed and are excluded from the statistics (see {FAILURES_HEADING}).")
     out.append("Perplexity is exp(mean eval loss over seeds), not the mean of per-seed perplexities.")
     return out
 

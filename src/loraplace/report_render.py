@@ -125,6 +125,10 @@ def _provenance(study: Study) -> list[tuple[str, str]]:
             ("Hardware (device / name / cpus)", hw), ("Runs", span)]
 
 
+FAILURES_HEADING = "Failed and unfinished runs"
+"""Report section listing failed runs and run directories without a readable result.json."""
+
+
 def _failures(study: Study) -> list[str]:
     out = [f"`{r['name']}` seed {r.get('seed')}: {r.get('error') or 'no error recorded'}"
            for r in study.records if r.get("status") != "finished"]
@@ -169,7 +173,7 @@ def render_markdown(study: Study, rows: list[dict[str, Any]], notes: list[str], 
           *_md_table(_HEADERS, [_display(r) for r in rows]), "", _TABLE_NOTE, "", "## Figures", ""]
     for file, caption in figs:
         md += [f"![{caption}]({file})", "", f"*{caption}*", ""]
-    md += ["## Failed and unfinished runs", "", *([f"- {f}" for f in _failures(study)] or ["None."]), "",
+    md += [f"## {FAILURES_HEADING}", "", *([f"- {f}" for f in _failures(study)] or ["None."]), "",
            "## Per-run results", "", *_md_table(_RUN_HEADERS, _run_rows(study)), "", "## Provenance", "",
            *(f"- **{k}**: {v}" for k, v in _provenance(study)), "", "## Study config", "", "```yaml",
            study.config_text.rstrip() or "# study.yaml not found", "```", ""]
@@ -208,7 +212,7 @@ def render_html(study: Study, rows: list[dict[str, Any]], notes: list[str], figs
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     fails = _failures(study)
-    parts += ["<h2>Failed and unfinished runs</h2>", "<ul>" + "".join(f"<li>{_inline(f)}</li>" for f in fails) + "</ul>" if fails else "<p>None.</p>",
+    parts += [f"<h2>{FAILURES_HEADING}</h2>", "<ul>" + "".join(f"<li>{_inline(f)}</li>" for f in fails) + "</ul>" if fails else "<p>None.</p>",
               "<h2>Per-run results</h2>", _html_table(_RUN_HEADERS, _run_rows(study)), "<h2>Provenance</h2><ul>",
               *(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in _provenance(study)), "</ul>",
               "<h2>Study config</h2>", f"<pre>{html.escape(study.config_text or '# study.yaml not found')}</pre>",
