@@ -166,6 +166,7 @@ def test_markdown_report(report_dir):
     assert "Significantly worse (higher eval loss) than the reference: `ffn-only`" in md
     assert "Significantly better" not in md
     assert "Unequal parameter counts" in md and "match_params: baseline" in md
+    assert "or `match_params: attention-only` (at the smallest strategy's count" in md  # 400 of 1000
     assert "no statistical claim is made for: `last_half`" in md
     assert "Pareto front of trainable parameters vs mean eval loss: `attention-only`, `last_half`" in md
 
@@ -236,6 +237,22 @@ def test_cheapest_within_noise_of_best(tmp_path):
     notes = " ".join(findings(study, summarize_study(study)))
     assert "Lowest mean eval loss: `baseline`" in notes
     assert "cheapest strategy within noise of it is `attention-only`" in notes
+
+
+def test_train_time_spread_and_match_hint(tmp_path):
+    # Train times 8, 10, 12 s: mean 10.0, sample std 2.0, shown next to the mean. The reference
+    # is the smallest strategy here, so the equal-budget hint names only the reference.
+    strategies = {
+        "baseline": ("attn", 400, _placement(ATTN), [(1.0, 8.0), (1.1, 10.0), (1.2, 12.0)]),
+        "all": ("all", 1000, _placement({**ATTN, **MLP}), [(1.0, 20.0), (1.1, 20.0), (1.2, 20.0)]),
+    }
+    out = write_report(make_study(tmp_path / "s", strategies))
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| baseline |"))
+    assert "| 10.0 ± 2.0 |" in row
+    assert "| 20.0 ± 0.0 |" in next(line for line in md.splitlines() if line.startswith("| all |"))
+    assert "Train time (s) ± std" in md and "10.0 $\\pm$ 2.0" in (out / "summary.tex").read_text()
+    assert "rerun with `match_params: baseline`." in md and "smallest strategy's count" not in md
 
 
 def test_a_cheaper_strategy_with_one_seed_is_untested_not_worse(tmp_path):

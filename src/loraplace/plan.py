@@ -78,7 +78,8 @@ class Plan:
         adapted. Modules whose rank differs from :attr:`rank` get ``rank_pattern`` entries. Alpha
         is scaled with the rank (``alpha * r / alpha_rank``) so the scaling ``alpha / r`` is the
         same for every module of every strategy: a per-part or parameter-matched rank changes
-        capacity, not the effective step size.
+        capacity, not the scaling (the per-step movement of ``B @ A`` still grows with the rank;
+        see docs/CONCEPTS.md, "Alpha").
         """
         from peft import LoraConfig
 

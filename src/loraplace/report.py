@@ -299,14 +299,24 @@ def _cheapest_within_noise(study: Study, rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _match_hint(rows: list[dict[str, Any]], ref: dict[str, Any]) -> str:
+    """How to rerun at an equal budget: match to the reference, or to the smallest strategy,
+    which keeps every rank at or below the configured one (cheaper runs, no larger adapters)."""
+    hint = f" To compare placements at an equal budget, rerun with `match_params: {ref['strategy']}`"
+    smallest = min((r for r in rows if r["trainable_params"]), key=lambda r: r["trainable_params"])
+    if smallest is ref:
+        return hint + "."
+    return (hint + f" (every strategy at the reference's count) or `match_params: {smallest['strategy']}` "
+            f"(at the smallest strategy's count, so no rank exceeds the configured one).")
+
+
 def _param_findings(study: Study, rows: list[dict[str, Any]], ref: dict[str, Any]) -> list[str]:
     out = []
     unequal = [r for r in rows if r is not ref and r["trainable_params"] and ref["trainable_params"]
                and abs(r["trainable_params"] / ref["trainable_params"] - 1.0) > PARAM_TOLERANCE]
     if unequal:
         detail = "; ".join(f"`{r['strategy']}` {r['trainable_params']:,} ({-r['param_reduction_pct']:+.0f}%)" for r in unequal)
-        hint = ("" if study.config.get("match_params") else
-                f" To compare placements at an equal budget, rerun with `match_params: {ref['strategy']}`.")
+        hint = "" if study.config.get("match_params") else _match_hint(rows, ref)
         out.append(
             f"Unequal parameter counts: vs `{ref['strategy']}` ({ref['trainable_params']:,} trainable), "
             f"{detail} differ by more than {PARAM_TOLERANCE:.0%}. Their loss differences mix the effect of "
