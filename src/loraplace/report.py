@@ -301,7 +301,7 @@ def _cheapest_within_noise(study: Study, rows: list[dict[str, Any]]) -> str:
 
 def _match_hint(rows: list[dict[str, Any]], ref: dict[str, Any]) -> str:
     """How to rerun at an equal budget: match to the reference, or to the smallest strategy,
-    which keeps every rank at or below the configured one (cheaper runs, no larger adapters)."""
+    which keeps every rank at or below the configured one."""
     hint = f" To compare placements at an equal budget, rerun with `match_params: {ref['strategy']}`"
     smallest = min((r for r in rows if r["trainable_params"]), key=lambda r: r["trainable_params"])
     if smallest is ref:

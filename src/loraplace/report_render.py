@@ -46,11 +46,11 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return _DASH if value is None else format(value, spec) + suffix
 
 
-def _loss_text(row: dict[str, Any]) -> str:
-    if row["eval_loss_mean"] is None:
+def _mean_pm(mean: float | None, spread: float | None, spec: str) -> str:
+    """``mean ± spread`` (the spread left out when there is none, e.g. one seed)."""
+    if mean is None:
         return _DASH
-    ci = row["eval_loss_ci95"]
-    return f"{row['eval_loss_mean']:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")
+    return format(mean, spec) + (f" ± {format(spread, spec)}" if spread is not None else "")
 
 
 def _p_text(p: float | None) -> str:
@@ -61,22 +61,17 @@ _HEADERS = ("Strategy", "Spec", "n", "Trainable params", "% of model", "Reductio
             "Perplexity", "Accuracy", "Train time (s) ± std", "Speedup", "p vs ref", "vs ref", "Pareto")
 
 
-def _time_text(row: dict[str, Any]) -> str:
-    """Mean train time with the spread over seeds: one machine's speed varies from run to run,
-    and a speedup (a ratio of means) is only as firm as that spread."""
-    if row["train_time_s_mean"] is None:
-        return _DASH
-    std = row.get("train_time_s_std")
-    return f"{row['train_time_s_mean']:.1f}" + (f" ± {std:.1f}" if std is not None else "")
-
-
 def _display(row: dict[str, Any]) -> list[str]:
     acc = row["accuracy_mean"]
     return [
         row["strategy"], row["spec"] or "", str(row["n"]), _fmt(row["trainable_params"], ","),
-        _fmt(row["trainable_pct"], ".3f", "%"), _fmt(row["param_reduction_pct"], ".1f", "%"), _loss_text(row),
+        _fmt(row["trainable_pct"], ".3f", "%"), _fmt(row["param_reduction_pct"], ".1f", "%"),
+        _mean_pm(row["eval_loss_mean"], row["eval_loss_ci95"], ".4f"),
         _fmt(row["perplexity"], ".3f"), _DASH if acc is None else f"{100 * acc:.1f}%",
-        _time_text(row), _fmt(row["speedup_vs_reference"], ".2f", "×"),
+        # Train time with its spread: one machine's speed varies from run to run, and a speedup
+        # (a ratio of means) is only as firm as that spread.
+        _mean_pm(row["train_time_s_mean"], row["train_time_s_std"], ".1f"),
+        _fmt(row["speedup_vs_reference"], ".2f", "×"),
         _p_text(row["p_value_vs_reference"]), row["vs_reference"] or _DASH, "yes" if row["pareto"] else "no",
     ]
 
