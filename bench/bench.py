@@ -28,9 +28,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["all", "attn", "mlp", "all@last:8"]
-STUDY = {"baseline": ("all", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
-         "attention-only": ("attn", "q_proj,k_proj,v_proj,o_proj"),
-         "ffn-only": ("mlp", "gate_proj,up_proj,down_proj")}
+STUDY = {
+    "baseline": ("all", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+    "attention-only": ("attn", "q_proj,k_proj,v_proj,o_proj"),
+    "ffn-only": ("mlp", "gate_proj,up_proj,down_proj"),
+}
 
 
 def matmul_rates(size: int = 2048, repeats: int = 8, sustain_s: float = 5.0) -> tuple[float, float]:
@@ -67,7 +69,7 @@ def flops_per_token(bench, plan) -> float:
     scored_fraction = scored / sum(len(f["input_ids"]) for f in bench.train_features)
     head = bench.model.get_output_embeddings().weight.numel() * scored_fraction
     forward = 2 * (sum(per_layer) + head)
-    backward = 2 * (sum(per_layer[plan.lowest_layer:]) + head)
+    backward = 2 * (sum(per_layer[plan.lowest_layer :]) + head)
     return forward + backward + 6 * plan.trainable_params
 
 
@@ -85,23 +87,40 @@ def throughput(args, peak: float, sustained: float) -> None:
     from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
     from loraplace.workbench import Workbench
 
-    bench = Workbench.load("smollm2-135m", DataConfig(train_examples=64, eval_examples=4, max_length=args.max_length))
+    bench = Workbench.load(
+        "smollm2-135m", DataConfig(train_examples=64, eval_examples=4, max_length=args.max_length)
+    )
     lora, evaluation = LoraSettings(), EvalSettings(accuracy_examples=0)
     training = TrainingSettings(steps=args.steps, batch_size=4, warmup_steps=0)
-    print(f"\ntraining throughput ({args.steps} steps of 4 length-grouped GSM8K examples, max_length {args.max_length}; "
-          f"tokens/s after step 1):")
-    print(f"{'strategy':<12} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'of sustained':>13} {'GFLOP/token':>12}")
+    print(
+        f"\ntraining throughput ({args.steps} steps of 4 length-grouped GSM8K examples, max_length {args.max_length}; "
+        f"tokens/s after step 1):"
+    )
+    print(
+        f"{'strategy':<12} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'of sustained':>13} {'GFLOP/token':>12}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         for spec in STRATEGIES:
             plan = bench.planner.plan({spec: spec}, lora.rank)[0]
             run_dir = Path(scratch) / spec.replace(":", "_")
-            train_one(bench, plan, 0, run_dir, lora=lora, training=training, evaluation=evaluation,
-                      show_progress=False)
+            train_one(
+                bench,
+                plan,
+                0,
+                run_dir,
+                lora=lora,
+                training=training,
+                evaluation=evaluation,
+                show_progress=False,
+            )
             rate = steady_tokens_per_s(run_dir)
             per_token = flops_per_token(bench, plan)
             achieved = rate * per_token / 1e9
-            print(f"{spec:<12} {rate:>9.1f} {achieved:>8.1f} {achieved / peak:>8.1%} {achieved / sustained:>13.1%} "
-                  f"{per_token / 1e9:>12.3f}", flush=True)
+            print(
+                f"{spec:<12} {rate:>9.1f} {achieved:>8.1f} {achieved / peak:>8.1%} {achieved / sustained:>13.1%} "
+                f"{per_token / 1e9:>12.3f}",
+                flush=True,
+            )
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -116,28 +135,64 @@ def study_vs_naive(args) -> None:
     import yaml
 
     with tempfile.TemporaryDirectory() as scratch:
-        config = {"name": "bench", "model": "smollm2-135m",
-                  "data": {"dataset": "gsm8k", "train_examples": 64, "eval_examples": args.eval_examples,
-                           "max_length": 512},
-                  "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-                  "training": {"steps": args.steps, "batch_size": 4, "learning_rate": 2.0e-4, "warmup_steps": 2,
-                               "seeds": [0]},
-                  "eval": {"accuracy_examples": 0},
-                  "strategies": {name: spec for name, (spec, _) in STUDY.items()}}
+        config = {
+            "name": "bench",
+            "model": "smollm2-135m",
+            "data": {
+                "dataset": "gsm8k",
+                "train_examples": 64,
+                "eval_examples": args.eval_examples,
+                "max_length": 512,
+            },
+            "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
+            "training": {
+                "steps": args.steps,
+                "batch_size": 4,
+                "learning_rate": 2.0e-4,
+                "warmup_steps": 2,
+                "seeds": [0],
+            },
+            "eval": {"accuracy_examples": 0},
+            "strategies": {name: spec for name, (spec, _) in STUDY.items()},
+        }
         path = Path(scratch) / "bench.yaml"
         path.write_text(yaml.safe_dump(config))
-        study_time, _ = timed([sys.executable, "-m", "loraplace", "study", str(path), "--out",
-                               str(Path(scratch) / "out"), "--no-report"])
+        study_time, _ = timed(
+            [
+                sys.executable,
+                "-m",
+                "loraplace",
+                "study",
+                str(path),
+                "--out",
+                str(Path(scratch) / "out"),
+                "--no-report",
+            ]
+        )
         losses = {}
         import json
 
         for name in STUDY:
-            losses[name] = json.loads((Path(scratch) / "out" / "runs" / f"{name}--seed0" / "result.json").read_text())["eval_loss"]
-        naive_time, output = timed([sys.executable, str(ROOT / "bench" / "naive_peft.py"), "--steps", str(args.steps),
-                                    "--eval-examples", str(args.eval_examples), "--max-length", "512"]
-                                   + [f"--targets={name}:{modules}" for name, (_, modules) in STUDY.items()])
+            losses[name] = json.loads(
+                (Path(scratch) / "out" / "runs" / f"{name}--seed0" / "result.json").read_text()
+            )["eval_loss"]
+        naive_time, output = timed(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "naive_peft.py"),
+                "--steps",
+                str(args.steps),
+                "--eval-examples",
+                str(args.eval_examples),
+                "--max-length",
+                "512",
+            ]
+            + [f"--targets={name}:{modules}" for name, (_, modules) in STUDY.items()]
+        )
     naive = dict(re.findall(r"naive (\S+): eval_loss ([\d.]+)", output))
-    print(f"\n3-strategy study ({args.steps} steps x 4 examples each, 1 seed, {args.eval_examples} eval examples):")
+    print(
+        f"\n3-strategy study ({args.steps} steps x 4 examples each, 1 seed, {args.eval_examples} eval examples):"
+    )
     print(f"  loraplace study          : {study_time:7.1f} s")
     print(f"  naive PEFT + Trainer     : {naive_time:7.1f} s   (pad to 512, reload per run)")
     print(f"  speed-up                 : {naive_time / study_time:7.2f}x")
@@ -149,15 +204,19 @@ def study_vs_naive(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and examples")
-    parser.add_argument("--skip-study", action="store_true", help="only the matmul peak and throughput")
+    parser.add_argument(
+        "--skip-study", action="store_true", help="only the matmul peak and throughput"
+    )
     args = parser.parse_args()
     args.steps = 3 if args.quick else 8
     args.max_length = 384
     args.eval_examples = 8 if args.quick else 16
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak, sustained = matmul_rates()
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 8 x 2048^3); sustained: {sustained:.1f} GFLOP/s "
-          f"(mean over 5 s of back-to-back 2048^3)")
+    print(
+        f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 8 x 2048^3); sustained: {sustained:.1f} GFLOP/s "
+        f"(mean over 5 s of back-to-back 2048^3)"
+    )
     throughput(args, peak, sustained)
     if not args.skip_study:
         study_vs_naive(args)

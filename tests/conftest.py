@@ -45,11 +45,13 @@ def _training_corpus(n: int = 400) -> list[str]:
         numbers = [str(rng.randint(0, 2000)) for _ in range(rng.randint(1, 3))]
         sentence = " ".join(words[:3] + numbers[:1] + words[3:] + numbers[1:]).capitalize()
         corpus.append(sentence + rng.choice([".", "?", "!", ":"]))
-        corpus.append(f"{numbers[0]} * 2 = <<{numbers[0]}*2={int(numbers[0]) * 2}>>{int(numbers[0]) * 2}\n#### {numbers[-1]}")
+        corpus.append(
+            f"{numbers[0]} * 2 = <<{numbers[0]}*2={int(numbers[0]) * 2}>>{int(numbers[0]) * 2}\n#### {numbers[-1]}"
+        )
     return corpus
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_backend_json(vocab_size: int) -> str:
     """Train the byte-level BPE once per process; callers get fresh copies from its JSON."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -105,11 +107,19 @@ def make_tiny_model_dir(path, *, layers: int = 2, hidden: int = 32, seed: int = 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = make_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
@@ -125,8 +135,16 @@ def write_alpaca_jsonl(path, n: int = 48, seed: int = 0):
     with open(path, "w") as handle:
         for _ in range(n):
             a, b = rng.randint(1, 50), rng.randint(1, 50)
-            handle.write(json.dumps({"instruction": f"How many apples are {a} apples plus {b} apples?",
-                                     "input": "", "output": f"{a} + {b} = {a + b}\n#### {a + b}"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "instruction": f"How many apples are {a} apples plus {b} apples?",
+                        "input": "",
+                        "output": f"{a} + {b} = {a + b}\n#### {a + b}",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 

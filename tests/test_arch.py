@@ -35,15 +35,27 @@ from loraplace.plan import compile_plan
 from loraplace.strategy import parse_strategy
 
 H, INTER, VOCAB = 64, 128, 128
-GQA = dict(hidden_size=H, intermediate_size=INTER, num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB)
+GQA = dict(
+    hidden_size=H,
+    intermediate_size=INTER,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+)
 LLAMA_ROLES = {
-    "self_attn.q_proj": ("q",), "self_attn.k_proj": ("k",), "self_attn.v_proj": ("v",),
-    "self_attn.o_proj": ("o",), "mlp.gate_proj": ("gate",), "mlp.up_proj": ("up",),
+    "self_attn.q_proj": ("q",),
+    "self_attn.k_proj": ("k",),
+    "self_attn.v_proj": ("v",),
+    "self_attn.o_proj": ("o",),
+    "mlp.gate_proj": ("gate",),
+    "mlp.up_proj": ("up",),
     "mlp.down_proj": ("down",),
 }
 FALCON_BLOOM_ROLES = {
-    "self_attention.query_key_value": ("q", "k", "v"), "self_attention.dense": ("o",),
-    "mlp.dense_h_to_4h": ("up",), "mlp.dense_4h_to_h": ("down",),
+    "self_attention.query_key_value": ("q", "k", "v"),
+    "self_attention.dense": ("o",),
+    "mlp.dense_h_to_4h": ("up",),
+    "mlp.dense_4h_to_h": ("down",),
 }
 
 
@@ -69,45 +81,153 @@ class ArchCase:
 
 
 ARCHS = [
-    ArchCase("llama", LlamaConfig, dict(GQA, num_hidden_layers=3), "model.layers", 3, LLAMA_ROLES,
-             extra_strategies=("q,v", "q,v@0,2+down@1:r4")),
-    ArchCase("mistral", MistralConfig, dict(GQA, num_hidden_layers=2), "model.layers", 2, LLAMA_ROLES,
-             extra_strategies=("q,v",)),
-    ArchCase("qwen2", Qwen2Config, dict(GQA, num_hidden_layers=2), "model.layers", 2, LLAMA_ROLES,
-             extra_strategies=("k,o@every:2",)),
+    ArchCase(
+        "llama",
+        LlamaConfig,
+        dict(GQA, num_hidden_layers=3),
+        "model.layers",
+        3,
+        LLAMA_ROLES,
+        extra_strategies=("q,v", "q,v@0,2+down@1:r4"),
+    ),
+    ArchCase(
+        "mistral",
+        MistralConfig,
+        dict(GQA, num_hidden_layers=2),
+        "model.layers",
+        2,
+        LLAMA_ROLES,
+        extra_strategies=("q,v",),
+    ),
+    ArchCase(
+        "qwen2",
+        Qwen2Config,
+        dict(GQA, num_hidden_layers=2),
+        "model.layers",
+        2,
+        LLAMA_ROLES,
+        extra_strategies=("k,o@every:2",),
+    ),
     # Gemma: head_dim * heads (96) differs from the hidden size; multi-query k/v.
-    ArchCase("gemma", GemmaConfig, dict(GQA, num_hidden_layers=2, num_key_value_heads=1, head_dim=24),
-             "model.layers", 2, LLAMA_ROLES, extra_strategies=("q,v",)),
-    ArchCase("gpt2", GPT2Config, dict(n_embd=H, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64),
-             "transformer.h", 2,
-             {"attn.c_attn": ("q", "k", "v"), "attn.c_proj": ("o",), "mlp.c_fc": ("up",), "mlp.c_proj": ("down",)},
-             fused_qkv=True, extra_strategies=("qkv@0:r4+up,down@1", "o,down@0")),
-    ArchCase("gpt_neox", GPTNeoXConfig, dict(hidden_size=H, intermediate_size=INTER, num_hidden_layers=2,
-                                             num_attention_heads=4, vocab_size=VOCAB),
-             "gpt_neox.layers", 2,
-             {"attention.query_key_value": ("q", "k", "v"), "attention.dense": ("o",),
-              "mlp.dense_h_to_4h": ("up",), "mlp.dense_4h_to_h": ("down",)},
-             fused_qkv=True),
-    ArchCase("opt", OPTConfig, dict(hidden_size=H, ffn_dim=INTER, num_hidden_layers=2, num_attention_heads=4,
-                                    vocab_size=VOCAB, word_embed_proj_dim=H, max_position_embeddings=64),
-             "model.decoder.layers", 2,
-             {"self_attn.q_proj": ("q",), "self_attn.k_proj": ("k",), "self_attn.v_proj": ("v",),
-              "self_attn.out_proj": ("o",), "fc1": ("up",), "fc2": ("down",)},
-             extra_strategies=("q,v",)),
-    ArchCase("phi3", Phi3Config, dict(GQA, num_hidden_layers=2, pad_token_id=0), "model.layers", 2,
-             {"self_attn.qkv_proj": ("q", "k", "v"), "self_attn.o_proj": ("o",),
-              "mlp.gate_up_proj": ("gate", "up"), "mlp.down_proj": ("down",)},
-             fused_qkv=True, extra_strategies=("gate,up@0+o", "o,down@0")),
+    ArchCase(
+        "gemma",
+        GemmaConfig,
+        dict(GQA, num_hidden_layers=2, num_key_value_heads=1, head_dim=24),
+        "model.layers",
+        2,
+        LLAMA_ROLES,
+        extra_strategies=("q,v",),
+    ),
+    ArchCase(
+        "gpt2",
+        GPT2Config,
+        dict(n_embd=H, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64),
+        "transformer.h",
+        2,
+        {
+            "attn.c_attn": ("q", "k", "v"),
+            "attn.c_proj": ("o",),
+            "mlp.c_fc": ("up",),
+            "mlp.c_proj": ("down",),
+        },
+        fused_qkv=True,
+        extra_strategies=("qkv@0:r4+up,down@1", "o,down@0"),
+    ),
+    ArchCase(
+        "gpt_neox",
+        GPTNeoXConfig,
+        dict(
+            hidden_size=H,
+            intermediate_size=INTER,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+        ),
+        "gpt_neox.layers",
+        2,
+        {
+            "attention.query_key_value": ("q", "k", "v"),
+            "attention.dense": ("o",),
+            "mlp.dense_h_to_4h": ("up",),
+            "mlp.dense_4h_to_h": ("down",),
+        },
+        fused_qkv=True,
+    ),
+    ArchCase(
+        "opt",
+        OPTConfig,
+        dict(
+            hidden_size=H,
+            ffn_dim=INTER,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+            word_embed_proj_dim=H,
+            max_position_embeddings=64,
+        ),
+        "model.decoder.layers",
+        2,
+        {
+            "self_attn.q_proj": ("q",),
+            "self_attn.k_proj": ("k",),
+            "self_attn.v_proj": ("v",),
+            "self_attn.out_proj": ("o",),
+            "fc1": ("up",),
+            "fc2": ("down",),
+        },
+        extra_strategies=("q,v",),
+    ),
+    ArchCase(
+        "phi3",
+        Phi3Config,
+        dict(GQA, num_hidden_layers=2, pad_token_id=0),
+        "model.layers",
+        2,
+        {
+            "self_attn.qkv_proj": ("q", "k", "v"),
+            "self_attn.o_proj": ("o",),
+            "mlp.gate_up_proj": ("gate", "up"),
+            "mlp.down_proj": ("down",),
+        },
+        fused_qkv=True,
+        extra_strategies=("gate,up@0+o", "o,down@0"),
+    ),
     # Falcon (7B-style): multi-query attention, fused query_key_value of width hidden + 2 * head_dim.
-    ArchCase("falcon", FalconConfig, dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4,
-                                          vocab_size=VOCAB), "transformer.h", 2, FALCON_BLOOM_ROLES,
-             fused_qkv=True),
+    ArchCase(
+        "falcon",
+        FalconConfig,
+        dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB),
+        "transformer.h",
+        2,
+        FALCON_BLOOM_ROLES,
+        fused_qkv=True,
+    ),
     # Falcon (40B-style): grouped key/value heads.
-    ArchCase("falcon_new", FalconConfig, dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4,
-                                              num_kv_heads=2, new_decoder_architecture=True, vocab_size=VOCAB),
-             "transformer.h", 2, FALCON_BLOOM_ROLES, fused_qkv=True),
-    ArchCase("bloom", BloomConfig, dict(hidden_size=H, n_layer=2, n_head=4, vocab_size=VOCAB),
-             "transformer.h", 2, FALCON_BLOOM_ROLES, fused_qkv=True),
+    ArchCase(
+        "falcon_new",
+        FalconConfig,
+        dict(
+            hidden_size=H,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            vocab_size=VOCAB,
+        ),
+        "transformer.h",
+        2,
+        FALCON_BLOOM_ROLES,
+        fused_qkv=True,
+    ),
+    ArchCase(
+        "bloom",
+        BloomConfig,
+        dict(hidden_size=H, n_layer=2, n_head=4, vocab_size=VOCAB),
+        "transformer.h",
+        2,
+        FALCON_BLOOM_ROLES,
+        fused_qkv=True,
+    ),
 ]
 ARCH_BY_NAME = {case.name: case for case in ARCHS}
 
@@ -194,8 +314,9 @@ PLAN_ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("arch_name, strategy, words", PLAN_ERROR_CASES,
-                         ids=[f"{c[0]}-{c[1]}" for c in PLAN_ERROR_CASES])
+@pytest.mark.parametrize(
+    "arch_name, strategy, words", PLAN_ERROR_CASES, ids=[f"{c[0]}-{c[1]}" for c in PLAN_ERROR_CASES]
+)
 def test_plan_errors(arch_name, strategy, words):
     meta = meta_model(ARCH_BY_NAME[arch_name])
     with pytest.raises(StrategyError) as info:
@@ -214,8 +335,13 @@ class ToyLM(nn.Module):
 
     def __init__(self, linears: dict[str, tuple[int, int]], num_layers: int = 3, **config):
         super().__init__()
-        self.config = SimpleNamespace(model_type="toy", hidden_size=H, num_hidden_layers=num_layers,
-                                      num_attention_heads=4, **config)
+        self.config = SimpleNamespace(
+            model_type="toy",
+            hidden_size=H,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            **config,
+        )
         self.embed = nn.Embedding(VOCAB, H)
         self.blocks = nn.ModuleList(self._block(linears) for _ in range(num_layers))
         self.head = nn.Linear(H, VOCAB)
@@ -236,30 +362,76 @@ class ToyLM(nn.Module):
 
 # (case id, block linears name -> (in, out) in definition order, extra config, expected roles)
 TOY_CASES = [
-    ("square-attn",
-     {"attention.a": (H, H), "attention.b": (H, H), "attention.c": (H, H), "attention.d": (H, H),
-      "mlp.x": (H, 96), "mlp.y": (96, H)},
-     dict(intermediate_size=96),
-     {"attention.a": ("q",), "attention.b": ("k",), "attention.c": ("v",), "attention.d": ("o",),
-      "mlp.x": ("up",), "mlp.y": ("down",)}),
-    ("gqa-gated",
-     {"attention.a": (H, H), "attention.b": (H, 32), "attention.c": (H, 32), "attention.d": (H, H),
-      "feed_forward.x": (H, 96), "feed_forward.z": (H, 96), "feed_forward.y": (96, H)},
-     dict(intermediate_size=96, num_key_value_heads=2),
-     {"attention.a": ("q",), "attention.b": ("k",), "attention.c": ("v",), "attention.d": ("o",),
-      "feed_forward.x": ("gate",), "feed_forward.z": ("up",), "feed_forward.y": ("down",)}),
-    ("fused",
-     {"attn.packed": (H, 3 * H), "attn.back": (H, H), "mlp.both": (H, 2 * 96), "mlp.back": (96, H)},
-     dict(intermediate_size=96),
-     {"attn.packed": ("q", "k", "v"), "attn.back": ("o",), "mlp.both": ("gate", "up"), "mlp.back": ("down",)}),
-    ("no-block-names",
-     {"wide": (H, 4 * H), "narrow": (4 * H, H)},
-     {},
-     {"wide": ("up",), "narrow": ("down",)}),
+    (
+        "square-attn",
+        {
+            "attention.a": (H, H),
+            "attention.b": (H, H),
+            "attention.c": (H, H),
+            "attention.d": (H, H),
+            "mlp.x": (H, 96),
+            "mlp.y": (96, H),
+        },
+        dict(intermediate_size=96),
+        {
+            "attention.a": ("q",),
+            "attention.b": ("k",),
+            "attention.c": ("v",),
+            "attention.d": ("o",),
+            "mlp.x": ("up",),
+            "mlp.y": ("down",),
+        },
+    ),
+    (
+        "gqa-gated",
+        {
+            "attention.a": (H, H),
+            "attention.b": (H, 32),
+            "attention.c": (H, 32),
+            "attention.d": (H, H),
+            "feed_forward.x": (H, 96),
+            "feed_forward.z": (H, 96),
+            "feed_forward.y": (96, H),
+        },
+        dict(intermediate_size=96, num_key_value_heads=2),
+        {
+            "attention.a": ("q",),
+            "attention.b": ("k",),
+            "attention.c": ("v",),
+            "attention.d": ("o",),
+            "feed_forward.x": ("gate",),
+            "feed_forward.z": ("up",),
+            "feed_forward.y": ("down",),
+        },
+    ),
+    (
+        "fused",
+        {
+            "attn.packed": (H, 3 * H),
+            "attn.back": (H, H),
+            "mlp.both": (H, 2 * 96),
+            "mlp.back": (96, H),
+        },
+        dict(intermediate_size=96),
+        {
+            "attn.packed": ("q", "k", "v"),
+            "attn.back": ("o",),
+            "mlp.both": ("gate", "up"),
+            "mlp.back": ("down",),
+        },
+    ),
+    (
+        "no-block-names",
+        {"wide": (H, 4 * H), "narrow": (4 * H, H)},
+        {},
+        {"wide": ("up",), "narrow": ("down",)},
+    ),
 ]
 
 
-@pytest.mark.parametrize("linears, config, expected", [c[1:] for c in TOY_CASES], ids=[c[0] for c in TOY_CASES])
+@pytest.mark.parametrize(
+    "linears, config, expected", [c[1:] for c in TOY_CASES], ids=[c[0] for c in TOY_CASES]
+)
 def test_structural_fallback(linears, config, expected):
     arch = classify(ToyLM(linears, **config))
     assert arch.num_layers == 3 and arch.layers_path == "blocks"
@@ -273,7 +445,11 @@ def test_structural_fallback(linears, config, expected):
 
 def test_unclassifiable_module_lists_linears():
     with pytest.raises(ArchitectureError) as info:
-        classify(ToyLM({"attention.a": (H, 3 * H), "attention.d": (H, H), "foo": (H, 17), "bar": (17, H)}))
+        classify(
+            ToyLM(
+                {"attention.a": (H, 3 * H), "attention.d": (H, H), "foo": (H, 17), "bar": (17, H)}
+            )
+        )
     message = str(info.value)
     assert "\n" not in message
     for piece in ("foo 64->17", "bar 17->64", "attention.a 64->192", "attention.d 64->64"):

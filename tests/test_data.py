@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_tiny_tokenizer
+
 from loraplace import data as data_module
 from loraplace.data import (
     DataConfig,
@@ -52,15 +52,21 @@ def test_gsm8k_split_is_disjoint_deterministic_and_sized():
     assert not {_key(e) for e in train} & {_key(e) for e in evals}
     assert len({_key(e) for e in train}) == 200
     assert prov["total_available"] == GSM8K_TOTAL
-    assert prov["train_examples"] == 200 and prov["eval_examples"] == 100 and prov["split_seed"] == 0
+    assert (
+        prov["train_examples"] == 200 and prov["eval_examples"] == 100 and prov["split_seed"] == 0
+    )
     assert prov["format"] == "gsm8k" and prov["dataset"] == "gsm8k"
     assert Path(prov["source"]).is_file()
     json.dumps(prov)  # JSON-able
 
-    again_train, again_eval, _ = load_dataset_split(DataConfig(train_examples=200, eval_examples=100, split_seed=0))
+    again_train, again_eval, _ = load_dataset_split(
+        DataConfig(train_examples=200, eval_examples=100, split_seed=0)
+    )
     assert again_train == train and again_eval == evals
 
-    other_train, other_eval, _ = load_dataset_split(DataConfig(train_examples=200, eval_examples=100, split_seed=1))
+    other_train, other_eval, _ = load_dataset_split(
+        DataConfig(train_examples=200, eval_examples=100, split_seed=1)
+    )
     assert {_key(e) for e in other_eval} != {_key(e) for e in evals}
     assert {_key(e) for e in other_train} != {_key(e) for e in train}
 
@@ -73,9 +79,15 @@ def test_gsm8k_eval_set_does_not_depend_on_train_size():
 
 
 def test_gsm8k_examples_match_the_file():
-    rows = [json.loads(line) for line in _gsm8k_file().read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in _gsm8k_file().read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     assert len(rows) == GSM8K_TOTAL
-    train, evals, _ = load_dataset_split(DataConfig(train_examples=GSM8K_TOTAL - 1, eval_examples=1))
+    train, evals, _ = load_dataset_split(
+        DataConfig(train_examples=GSM8K_TOTAL - 1, eval_examples=1)
+    )
     by_question = {e.prompt[0]["content"]: e for e in train + evals}
     assert len(by_question) == GSM8K_TOTAL
     first = by_question[rows[0]["question"]]
@@ -185,16 +197,25 @@ FILE_CASES = [
         "math.jsonl",
         _jsonl([{"question": f"q{i}", "answer": f"step\n#### {i},500"} for i in range(1, 4)]),
         "gsm8k",
-        [Example([{"role": "user", "content": f"q{i}"}], f"step\n#### {i},500", str(i * 1000 + 500)) for i in range(1, 4)],
+        [
+            Example(
+                [{"role": "user", "content": f"q{i}"}], f"step\n#### {i},500", str(i * 1000 + 500)
+            )
+            for i in range(1, 4)
+        ],
     ),
 ]
 
 
-@pytest.mark.parametrize("name,filename,content,fmt,expected", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+@pytest.mark.parametrize(
+    "name,filename,content,fmt,expected", FILE_CASES, ids=[c[0] for c in FILE_CASES]
+)
 def test_local_files_are_read_and_detected(tmp_path, name, filename, content, fmt, expected):
     path = tmp_path / filename
     path.write_text(content, encoding="utf-8")
-    train, evals, prov = load_dataset_split(DataConfig(dataset=str(path), train_examples=2, eval_examples=1))
+    train, evals, prov = load_dataset_split(
+        DataConfig(dataset=str(path), train_examples=2, eval_examples=1)
+    )
     assert prov["format"] == fmt
     assert prov["total_available"] == len(expected)
     assert Path(prov["source"]) == path.resolve()
@@ -205,9 +226,13 @@ def test_local_files_are_read_and_detected(tmp_path, name, filename, content, fm
 
 def test_explicit_format_overrides_detection(tmp_path):
     path = tmp_path / "both.jsonl"
-    path.write_text(_jsonl([{"instruction": f"i{k}", "output": f"o{k}", "text": f"t{k}"} for k in range(3)]))
+    path.write_text(
+        _jsonl([{"instruction": f"i{k}", "output": f"o{k}", "text": f"t{k}"} for k in range(3)])
+    )
     detected = load_dataset_split(DataConfig(dataset=str(path), train_examples=2, eval_examples=1))
-    forced = load_dataset_split(DataConfig(dataset=str(path), train_examples=2, eval_examples=1, format="text"))
+    forced = load_dataset_split(
+        DataConfig(dataset=str(path), train_examples=2, eval_examples=1, format="text")
+    )
     assert detected[2]["format"] == "alpaca" and forced[2]["format"] == "text"
     assert {e.completion for e in detected[0] + detected[1]} == {"o0", "o1", "o2"}
     assert {e.completion for e in forced[0] + forced[1]} == {"t0", "t1", "t2"}
@@ -233,22 +258,53 @@ BAD_FILE_CASES = [
     (
         "messages-missing-content",
         "m.jsonl",
-        _jsonl([MESSAGES_ROWS[0], {"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}]),
+        _jsonl(
+            [
+                MESSAGES_ROWS[0],
+                {"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]},
+            ]
+        ),
         None,
         ["m.jsonl", "line 2", "content"],
     ),
     (
         "messages-without-assistant",
         "m.jsonl",
-        _jsonl([MESSAGES_ROWS[0], MESSAGES_ROWS[0], {"messages": [{"role": "user", "content": "q"}]}]),
+        _jsonl(
+            [MESSAGES_ROWS[0], MESSAGES_ROWS[0], {"messages": [{"role": "user", "content": "q"}]}]
+        ),
         None,
         ["m.jsonl", "line 3", "assistant"],
     ),
-    ("messages-field-missing", "m.jsonl", _jsonl([{"text": "x"}]), "messages", ["m.jsonl", "line 1", "'messages'"]),
-    ("gsm8k-missing-answer", "g.jsonl", _jsonl([{"question": "q"}]), "gsm8k", ["g.jsonl", "line 1", "'answer'"]),
-    ("invalid-json-line", "b.jsonl", _jsonl(ALPACA_ROWS) + "{not json\n", None, ["b.jsonl", "line 4", "invalid JSON"]),
+    (
+        "messages-field-missing",
+        "m.jsonl",
+        _jsonl([{"text": "x"}]),
+        "messages",
+        ["m.jsonl", "line 1", "'messages'"],
+    ),
+    (
+        "gsm8k-missing-answer",
+        "g.jsonl",
+        _jsonl([{"question": "q"}]),
+        "gsm8k",
+        ["g.jsonl", "line 1", "'answer'"],
+    ),
+    (
+        "invalid-json-line",
+        "b.jsonl",
+        _jsonl(ALPACA_ROWS) + "{not json\n",
+        None,
+        ["b.jsonl", "line 4", "invalid JSON"],
+    ),
     ("record-not-object", "b.jsonl", "[1, 2]\n", None, ["b.jsonl", "line 1", "JSON object"]),
-    ("unknown-fields", "u.jsonl", _jsonl([{"foo": 1, "bar": 2}]), None, ["u.jsonl", "line 1", "bar, foo", "format"]),
+    (
+        "unknown-fields",
+        "u.jsonl",
+        _jsonl([{"foo": 1, "bar": 2}]),
+        None,
+        ["u.jsonl", "line 1", "bar, foo", "format"],
+    ),
     ("empty-file", "e.jsonl", "\n\n", None, ["e.jsonl", "empty"]),
     ("empty-text", "e.txt", "\n  \n", None, ["e.txt", "no text"]),
     ("text-with-other-format", "t.txt", "abc\n", "alpaca", ["t.txt", "'text'"]),
@@ -256,12 +312,18 @@ BAD_FILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,filename,content,fmt,expected", BAD_FILE_CASES, ids=[c[0] for c in BAD_FILE_CASES])
-def test_malformed_files_raise_one_line_data_error(tmp_path, name, filename, content, fmt, expected):
+@pytest.mark.parametrize(
+    "name,filename,content,fmt,expected", BAD_FILE_CASES, ids=[c[0] for c in BAD_FILE_CASES]
+)
+def test_malformed_files_raise_one_line_data_error(
+    tmp_path, name, filename, content, fmt, expected
+):
     path = tmp_path / filename
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError) as info:
-        load_dataset_split(DataConfig(dataset=str(path), format=fmt, train_examples=1, eval_examples=1))
+        load_dataset_split(
+            DataConfig(dataset=str(path), format=fmt, train_examples=1, eval_examples=1)
+        )
     message = str(info.value)
     assert "\n" not in message
     for piece in expected:
@@ -300,19 +362,27 @@ def test_hub_dataset_with_train_and_test_keeps_the_official_split(monkeypatch):
     train_rows = [{"question": f"train {i}", "answer": f"#### {i}"} for i in range(30)]
     test_rows = [{"question": f"test {i}", "answer": f"#### {i}"} for i in range(10)]
     calls: list = []
-    monkeypatch.setitem(sys.modules, "datasets", _fake_datasets({"train": train_rows, "test": test_rows}, calls))
-    train, evals, prov = load_dataset_split(DataConfig(dataset="openai/gsm8k", train_examples=20, eval_examples=5))
+    monkeypatch.setitem(
+        sys.modules, "datasets", _fake_datasets({"train": train_rows, "test": test_rows}, calls)
+    )
+    train, evals, prov = load_dataset_split(
+        DataConfig(dataset="openai/gsm8k", train_examples=20, eval_examples=5)
+    )
     assert calls == [("openai/gsm8k", "main")]
     assert all(e.prompt[0]["content"].startswith("train") for e in train) and len(train) == 20
     assert all(e.prompt[0]["content"].startswith("test") for e in evals) and len(evals) == 5
-    assert prov["format"] == "gsm8k" and prov["total_available"] == 40 and prov["eval_split"] == "test"
+    assert (
+        prov["format"] == "gsm8k" and prov["total_available"] == 40 and prov["eval_split"] == "test"
+    )
 
 
 def test_hub_dataset_with_one_split_is_split_like_a_file(monkeypatch):
     rows = [{"instruction": f"i{k}", "output": f"o{k}"} for k in range(12)]
     calls: list = []
     monkeypatch.setitem(sys.modules, "datasets", _fake_datasets({"train": rows}, calls))
-    train, evals, prov = load_dataset_split(DataConfig(dataset="me/alpaca:default", train_examples=8, eval_examples=4))
+    train, evals, prov = load_dataset_split(
+        DataConfig(dataset="me/alpaca:default", train_examples=8, eval_examples=4)
+    )
     assert calls == [("me/alpaca", "default")]
     assert sorted(e.completion for e in train + evals) == sorted(r["output"] for r in rows)
     assert prov["total_available"] == 12 and prov["format"] == "alpaca"
@@ -379,7 +449,9 @@ PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content"
 
 def test_format_prompt_uses_chat_template_with_generation_prompt(tiny_tokenizer):
     text = format_prompt(tiny_tokenizer, PROMPT)
-    assert text == tiny_tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    assert text == tiny_tokenizer.apply_chat_template(
+        PROMPT, tokenize=False, add_generation_prompt=True
+    )
     assert "How many eggs?" in text and "Be brief." in text
     assert text.endswith("assistant\n")
     assert format_prompt(tiny_tokenizer, []) == ""
@@ -400,7 +472,9 @@ def test_tokenize_masks_exactly_the_prompt(tiny_tokenizer):
     features, stats = tokenize_examples(examples, tiny_tokenizer, max_length=512)
     assert stats["examples"] == 2 and stats["dropped"] == 0 and stats["truncated"] == 0
     for example, feature in zip(examples, features):
-        prompt_ids = tiny_tokenizer(format_prompt(tiny_tokenizer, example.prompt), add_special_tokens=False)["input_ids"]
+        prompt_ids = tiny_tokenizer(
+            format_prompt(tiny_tokenizer, example.prompt), add_special_tokens=False
+        )["input_ids"]
         ids, labels = feature["input_ids"], feature["labels"]
         assert len(ids) == len(labels)
         assert ids[: len(prompt_ids)] == prompt_ids
@@ -411,16 +485,25 @@ def test_tokenize_masks_exactly_the_prompt(tiny_tokenizer):
         assert tiny_tokenizer.decode(scored) == example.completion + tiny_tokenizer.eos_token
         assert encode_prompt(tiny_tokenizer, example.prompt) == prompt_ids
     assert stats["tokens"] == sum(len(f["input_ids"]) for f in features)
-    assert stats["completion_tokens"] == sum(sum(label != -100 for label in f["labels"]) for f in features)
+    assert stats["completion_tokens"] == sum(
+        sum(label != -100 for label in f["labels"]) for f in features
+    )
     assert stats["mean_length"] == pytest.approx(stats["tokens"] / 2)
 
 
 def test_tokenize_plain_text_scores_every_token(tiny_tokenizer):
-    features, stats = tokenize_examples([Example([], "Some plain text here.", None)], tiny_tokenizer, 512)
+    features, stats = tokenize_examples(
+        [Example([], "Some plain text here.", None)], tiny_tokenizer, 512
+    )
     (feature,) = features
     assert feature["labels"] == feature["input_ids"]
-    assert tiny_tokenizer.decode(feature["input_ids"]) == "Some plain text here." + tiny_tokenizer.eos_token
-    assert stats["completion_tokens"] == len(feature["input_ids"]) - 1  # the first token has no context
+    assert (
+        tiny_tokenizer.decode(feature["input_ids"])
+        == "Some plain text here." + tiny_tokenizer.eos_token
+    )
+    assert (
+        stats["completion_tokens"] == len(feature["input_ids"]) - 1
+    )  # the first token has no context
 
 
 def test_tokenize_truncates_the_completion_end_and_drops_prompt_only(tiny_tokenizer):
@@ -438,7 +521,10 @@ def test_tokenize_truncates_the_completion_end_and_drops_prompt_only(tiny_tokeni
     assert tiny_tokenizer.decode(cut["labels"][prompt_len:]) == tiny_tokenizer.decode(
         tiny_tokenizer(long.completion, add_special_tokens=False)["input_ids"][:5]
     )
-    assert kept["input_ids"][-1] == tiny_tokenizer.eos_token_id and len(kept["input_ids"]) <= max_length
+    assert (
+        kept["input_ids"][-1] == tiny_tokenizer.eos_token_id
+        and len(kept["input_ids"]) <= max_length
+    )
     assert stats["longest"] == max_length
 
 
@@ -447,14 +533,22 @@ def test_tokenize_without_template_keeps_the_tokenizers_bos_in_the_prompt():
     tokenizer.chat_template = None
     tokenizer.add_bos_token = True  # like LLaMA base tokenizers
     bos = tokenizer.bos_token_id
-    examples = [Example([], "hello there", None), Example([{"role": "user", "content": "q"}], "a b", None)]
+    examples = [
+        Example([], "hello there", None),
+        Example([{"role": "user", "content": "q"}], "a b", None),
+    ]
     (text, chat), stats = tokenize_examples(examples, tokenizer, 64)
     assert text["input_ids"][0] == bos and text["labels"][0] == -100
     assert tokenizer.decode(text["labels"][1:]) == "hello there" + tokenizer.eos_token
     assert chat["input_ids"][0] == bos and chat["input_ids"].count(bos) == 1
-    assert encode_prompt(tokenizer, examples[1].prompt) == chat["input_ids"][: chat["labels"].count(-100)]
+    assert (
+        encode_prompt(tokenizer, examples[1].prompt)
+        == chat["input_ids"][: chat["labels"].count(-100)]
+    )
     assert tokenizer.decode([t for t in chat["labels"] if t != -100]) == "a b" + tokenizer.eos_token
-    assert stats["completion_tokens"] == sum(sum(t != -100 for t in f["labels"]) for f in (text, chat))
+    assert stats["completion_tokens"] == sum(
+        sum(t != -100 for t in f["labels"]) for f in (text, chat)
+    )
 
 
 def test_tokenize_needs_an_eos_token():
@@ -469,10 +563,16 @@ def test_tokenize_needs_an_eos_token():
 
 
 def _features(lengths: list[int]) -> list[dict]:
-    return [{"input_ids": list(range(10, 10 + n)), "labels": [-100] * (n // 2) + list(range(n // 2, n))} for n in lengths]
+    return [
+        {"input_ids": list(range(10, 10 + n)), "labels": [-100] * (n // 2) + list(range(n // 2, n))}
+        for n in lengths
+    ]
 
 
-@pytest.mark.parametrize("lengths,multiple,width", [([3, 7, 5], None, 7), ([1], None, 1), ([3, 7, 5], 8, 8), ([9], 8, 16)])
+@pytest.mark.parametrize(
+    "lengths,multiple,width",
+    [([3, 7, 5], None, 7), ([1], None, 1), ([3, 7, 5], 8, 8), ([9], 8, 16)],
+)
 def test_collator_pads_to_the_batch_longest(tiny_tokenizer, lengths, multiple, width):
     collate = DynamicPaddingCollator(tiny_tokenizer, pad_to_multiple_of=multiple)
     features = _features(lengths)
@@ -499,7 +599,10 @@ def test_collator_on_tokenized_examples_ignores_max_length(tiny_tokenizer):
 # Length-grouped batches
 
 
-@pytest.mark.parametrize("n,batch_size,mult", [(0, 4, 16), (1, 4, 16), (10, 3, 2), (100, 8, 16), (257, 4, 1), (64, 64, 1)])
+@pytest.mark.parametrize(
+    "n,batch_size,mult",
+    [(0, 4, 16), (1, 4, 16), (10, 3, 2), (100, 8, 16), (257, 4, 1), (64, 64, 1)],
+)
 def test_length_grouped_batches_cover_every_index_once(n, batch_size, mult):
     lengths = [random.Random(n).randint(1, 500) for _ in range(n)]
     batches = length_grouped_batches(lengths, batch_size, seed=3, mega_batch_mult=mult)
@@ -543,10 +646,16 @@ def test_sampler_epochs_differ_and_set_epoch_replays():
 
 
 def test_sampler_drives_a_dataloader(tiny_tokenizer):
-    examples = [Example([{"role": "user", "content": f"q{k}"}], "x " * k, None) for k in range(1, 21)]
+    examples = [
+        Example([{"role": "user", "content": f"q{k}"}], "x " * k, None) for k in range(1, 21)
+    ]
     features, _ = tokenize_examples(examples, tiny_tokenizer, 512)
     sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in features], 4, seed=0)
-    loader = torch.utils.data.DataLoader(features, batch_sampler=sampler, collate_fn=DynamicPaddingCollator(tiny_tokenizer))
+    loader = torch.utils.data.DataLoader(
+        features, batch_sampler=sampler, collate_fn=DynamicPaddingCollator(tiny_tokenizer)
+    )
     batches = list(loader)
     assert len(batches) == len(sampler) == 5
-    assert sum(b["attention_mask"].sum().item() for b in batches) == sum(len(f["input_ids"]) for f in features)
+    assert sum(b["attention_mask"].sum().item() for b in batches) == sum(
+        len(f["input_ids"]) for f in features
+    )

@@ -27,9 +27,13 @@ def test_study_on_the_embedded_default_model(tmp_path, capsys):
     assert main(["study", str(config), "--out", str(out)]) == 0
     result = json.loads((out / "runs" / "top-mlp--seed0" / "result.json").read_text())
     assert result["status"] == "finished"
-    assert result["trainable_params"] == 2 * 4 * (576 + 1536 + 576 + 1536 + 1536 + 576)  # gate, up, down at r4
+    assert result["trainable_params"] == 2 * 4 * (
+        576 + 1536 + 576 + 1536 + 1536 + 576
+    )  # gate, up, down at r4
     assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
-    assert 0 < result["eval_loss"] < 5 and 0 < result["base_eval_loss"] < 5  # a real model, not random
+    assert (
+        0 < result["eval_loss"] < 5 and 0 < result["base_eval_loss"] < 5
+    )  # a real model, not random
     assert result["model"]["id"] == "smollm2-135m"
     with open(out / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 1

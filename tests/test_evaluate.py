@@ -17,8 +17,10 @@ from loraplace.workbench import Workbench
 
 @pytest.fixture(scope="module")
 def bench(tiny_model_dir, tiny_data_file):
-    return Workbench.load(str(tiny_model_dir), DataConfig(dataset=str(tiny_data_file), train_examples=16,
-                                                           eval_examples=10, max_length=96))
+    return Workbench.load(
+        str(tiny_model_dir),
+        DataConfig(dataset=str(tiny_data_file), train_examples=16, eval_examples=10, max_length=96),
+    )
 
 
 def _batch(bench, n=5):
@@ -60,9 +62,17 @@ class _NoMask(nn.Module):
 def test_eval_loss_is_the_same_with_and_without_the_logits_mask(bench):
     fallback = _NoMask(bench.model)
     assert accepts_logits_mask(bench.model) and not accepts_logits_mask(fallback)
-    masked, n_masked = eval_loss(bench.model, bench.eval_features, bench.collator, batch_size=4, device="cpu")
-    full, n_full = eval_loss(fallback, bench.eval_features, bench.collator, batch_size=4, device="cpu")
-    assert n_masked == n_full == sum(sum(t != -100 for t in f["labels"][1:]) for f in bench.eval_features)
+    masked, n_masked = eval_loss(
+        bench.model, bench.eval_features, bench.collator, batch_size=4, device="cpu"
+    )
+    full, n_full = eval_loss(
+        fallback, bench.eval_features, bench.collator, batch_size=4, device="cpu"
+    )
+    assert (
+        n_masked
+        == n_full
+        == sum(sum(t != -100 for t in f["labels"][1:]) for f in bench.eval_features)
+    )
     assert masked == pytest.approx(full, rel=1e-6)
 
 
@@ -71,8 +81,16 @@ def test_first_training_loss_is_the_base_models_loss_on_the_first_batch(bench, t
     # the first step must be transformers' own loss of the base model on the first batch.
     training = TrainingSettings(steps=1, batch_size=4, learning_rate=1e-3, warmup_steps=0)
     plan = bench.planner.plan({"all": "all"}, 4)[0]
-    train_one(bench, plan, 3, tmp_path / "run", lora=LoraSettings(rank=4, alpha=8, dropout=0.0), training=training,
-              evaluation=EvalSettings(accuracy_examples=0), show_progress=False)
+    train_one(
+        bench,
+        plan,
+        3,
+        tmp_path / "run",
+        lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
+        training=training,
+        evaluation=EvalSettings(accuracy_examples=0),
+        show_progress=False,
+    )
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     ordered, _ = _ordered_features(bench.train_features, 4, 1, 3)
     with torch.no_grad():

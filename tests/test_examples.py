@@ -21,10 +21,14 @@ def test_examples_exist():
 def test_example_config_is_valid_and_says_how_to_run_it(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # data paths in examples are relative to the repository root
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
-    assert any("loraplace study" in line for line in header), f"{path.name}: no run command in its header"
+    assert any("loraplace study" in line for line in header), (
+        f"{path.name}: no run command in its header"
+    )
     config = load_study_config(path)
     assert config.reference in config.strategies
-    assert len(config.training.seeds) >= 2, "a study needs at least 2 seeds for any statistical claim"
+    assert len(config.training.seeds) >= 2, (
+        "a study needs at least 2 seeds for any statistical claim"
+    )
 
 
 @pytest.mark.parametrize("name", ["default", "smoke"])
@@ -32,7 +36,9 @@ def test_presets_are_valid(name):
     assert name in preset_names()
     config = load_study_config(preset_path(name))
     assert {"all", "attn", "mlp"} <= set(config.strategies.values())
-    assert any("@" in spec for spec in config.strategies.values()), "the research question needs a layer subset"
+    assert any("@" in spec for spec in config.strategies.values()), (
+        "the research question needs a layer subset"
+    )
 
 
 def test_default_example_is_the_default_preset():
@@ -47,7 +53,9 @@ def test_parameter_matched_example_matches_counts():
     from loraplace.placement import ModelPlanner
 
     config = load_study_config(ROOT / "examples" / "param-matched.yaml")
-    plans = ModelPlanner.for_model(config.model).plan(config.strategies, config.lora.rank, config.match_params)
+    plans = ModelPlanner.for_model(config.model).plan(
+        config.strategies, config.lora.rank, config.match_params
+    )
     budget = plans[0].matched_to
     assert budget == next(p for p in plans if p.name == "attention-only").trainable_params
     assert all(abs(p.trainable_params - budget) / budget < 0.10 for p in plans)

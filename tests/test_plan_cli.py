@@ -53,18 +53,32 @@ COUNT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("model, strategy, rank, trainable", COUNT_CASES,
-                         ids=[f"{c[0]}-{c[1]}-r{c[2]}" for c in COUNT_CASES])
+@pytest.mark.parametrize(
+    "model, strategy, rank, trainable",
+    COUNT_CASES,
+    ids=[f"{c[0]}-{c[1]}-r{c[2]}" for c in COUNT_CASES],
+)
 def test_plan_counts(capsys, model_dirs, model, strategy, rank, trainable):
-    result = plan_json(capsys, "--model", model_dirs / model, "--strategy", strategy, "--rank", rank)
+    result = plan_json(
+        capsys, "--model", model_dirs / model, "--strategy", strategy, "--rank", rank
+    )
     (entry,) = result["strategies"]
     assert entry["trainable_params"] == trainable
 
 
 def test_plan_json_contract(capsys, model_dirs):
     model = str(model_dirs / "llama7b")
-    result = plan_json(capsys, "--model", model, "--strategy", "q,v", "--strategy", "late=mlp@last:8:r16",
-                       "--strategy", "attention-only")
+    result = plan_json(
+        capsys,
+        "--model",
+        model,
+        "--strategy",
+        "q,v",
+        "--strategy",
+        "late=mlp@last:8:r16",
+        "--strategy",
+        "attention-only",
+    )
     assert set(result) >= {"model", "total_params", "strategies"}
     assert result["model"] == model
     assert isinstance(result["total_params"], int)
@@ -73,20 +87,32 @@ def test_plan_json_contract(capsys, model_dirs):
     assert [s["name"] for s in result["strategies"]] == ["q,v", "late", "attention-only"]
     assert [s["spec"] for s in result["strategies"]] == ["q,v", "mlp@last:8:r16", "attn"]
     for entry in result["strategies"]:
-        assert set(entry) >= {"name", "spec", "trainable_params", "trainable_pct", "ranks", "targets"}
+        assert set(entry) >= {
+            "name",
+            "spec",
+            "trainable_params",
+            "trainable_pct",
+            "ranks",
+            "targets",
+        }
         assert isinstance(entry["trainable_params"], int)
         assert isinstance(entry["ranks"], dict) and entry["ranks"]
         total = entry.get("total_params", result["total_params"] + entry["trainable_params"])
         assert total == result["total_params"] + entry["trainable_params"]
-        assert entry["trainable_pct"] == pytest.approx(100 * entry["trainable_params"] / total, rel=1e-12)
+        assert entry["trainable_pct"] == pytest.approx(
+            100 * entry["trainable_params"] / total, rel=1e-12
+        )
         assert len(entry["targets"]) == len(set(entry["targets"]))
         assert all(t.startswith("model.layers.") for t in entry["targets"])
     qv, late, attn = result["strategies"]
-    assert sorted(qv["targets"]) == sorted(f"model.layers.{i}.self_attn.{m}_proj" for i in range(32) for m in "qv")
+    assert sorted(qv["targets"]) == sorted(
+        f"model.layers.{i}.self_attn.{m}_proj" for i in range(32) for m in "qv"
+    )
     assert qv["ranks"] == {"q,v": 8}
     assert late["ranks"] == {"mlp@last:8": 16}
     assert sorted(late["targets"]) == sorted(
-        f"model.layers.{i}.mlp.{m}_proj" for i in range(24, 32) for m in ("gate", "up", "down"))
+        f"model.layers.{i}.mlp.{m}_proj" for i in range(24, 32) for m in ("gate", "up", "down")
+    )
     assert late["trainable_params"] == 16 * 8 * (2 * (4096 + 11008) + (11008 + 4096))
     assert len(attn["targets"]) == 4 * 32
 
@@ -133,8 +159,18 @@ def test_match_params(capsys, model_dirs, budget_arg, budget):
 
 
 def test_plan_table(capsys, model_dirs):
-    code, out, err = run_cli(capsys, "plan", "--model", model_dirs / "gpt2", "--strategy", "qkv",
-                             "--strategy", "mlp@last:2", "--rank", 8)
+    code, out, err = run_cli(
+        capsys,
+        "plan",
+        "--model",
+        model_dirs / "gpt2",
+        "--strategy",
+        "qkv",
+        "--strategy",
+        "mlp@last:2",
+        "--rank",
+        8,
+    )
     assert code == 0, err
     assert "294,912" in out
     assert f"{8 * 2 * GPT2_UNIT['mlp']:,}" in out
@@ -143,11 +179,40 @@ def test_plan_table(capsys, model_dirs):
 
 # (model directory, what inspect must print)
 INSPECT_CASES = [
-    ("gpt2", ["12 layers", "transformer.h", "attn.c_attn", "q,k,v", "fused", "768 -> 2304", "Conv1D",
-              "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "up", "down"]),
-    ("llama7b", ["32 layers", "model.layers", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                 "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "4096 -> 11008",
-                 "gate", "down"]),
+    (
+        "gpt2",
+        [
+            "12 layers",
+            "transformer.h",
+            "attn.c_attn",
+            "q,k,v",
+            "fused",
+            "768 -> 2304",
+            "Conv1D",
+            "attn.c_proj",
+            "mlp.c_fc",
+            "mlp.c_proj",
+            "up",
+            "down",
+        ],
+    ),
+    (
+        "llama7b",
+        [
+            "32 layers",
+            "model.layers",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "4096 -> 11008",
+            "gate",
+            "down",
+        ],
+    ),
 ]
 
 
@@ -166,8 +231,14 @@ ERROR_CASES = [
     (["plan", "--model", "{gpt2}", "--strategy", "all@last:13"], ["last:13", "12 layers"]),
     (["plan", "--model", "{gpt2}", "--strategy", "q"], ["c_attn", "qkv", "attn"]),
     (["plan", "--model", "{gpt2}", "--strategy", "gate"], ["'gate'", "gpt2"]),
-    (["plan", "--model", "{gpt2}", "--strategy", "mlp:r4", "--match-params", "1000"], ["mlp:r4", ":rN"]),
-    (["plan", "--model", "{gpt2}", "--strategy", "mlp", "--match-params", "nonsense"], ["nonsense"]),
+    (
+        ["plan", "--model", "{gpt2}", "--strategy", "mlp:r4", "--match-params", "1000"],
+        ["mlp:r4", ":rN"],
+    ),
+    (
+        ["plan", "--model", "{gpt2}", "--strategy", "mlp", "--match-params", "nonsense"],
+        ["nonsense"],
+    ),
     (["plan", "--model", "{missing}", "--strategy", "all"], ["{missing}", "not found"]),
     (["inspect", "--model", "{missing}"], ["{missing}", "not found"]),
     (["plan", "--model", "{empty}", "--strategy", "all"], ["{empty}", "config.json", "README.md"]),
@@ -175,9 +246,15 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, words", ERROR_CASES, ids=[" ".join(c[0][:1] + c[0][3:]) for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    "argv, words", ERROR_CASES, ids=[" ".join(c[0][:1] + c[0][3:]) for c in ERROR_CASES]
+)
 def test_errors(capsys, model_dirs, argv, words):
-    paths = {"gpt2": model_dirs / "gpt2", "missing": model_dirs / "no-such-model", "empty": model_dirs / "empty"}
+    paths = {
+        "gpt2": model_dirs / "gpt2",
+        "missing": model_dirs / "no-such-model",
+        "empty": model_dirs / "empty",
+    }
     code, out, err = run_cli(capsys, *(a.format(**paths) for a in argv))
     assert code == 2
     assert out == ""

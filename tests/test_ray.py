@@ -17,7 +17,9 @@ pytestmark = pytest.mark.ray
 def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_data_file, tmp_path):
     from test_study import tiny_study
 
-    raw = tiny_study(tiny_model_dir, tiny_data_file, strategies={"baseline": "all", "top": "mlp@last:1"})
+    raw = tiny_study(
+        tiny_model_dir, tiny_data_file, strategies={"baseline": "all", "top": "mlp@last:1"}
+    )
     raw["training"]["seeds"] = [0]
     raw["eval"] = {"accuracy_examples": 0}
     raw["ray"] = {"cpus_per_run": 1}
@@ -26,20 +28,31 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
-        results = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
+        results = {
+            p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")
+        }
         assert sorted(results) == ["baseline--seed0", "top--seed0"]
         assert all(r["status"] == "finished" for r in results.values())
-        assert all((out / "runs" / name / "adapter" / "adapter_config.json").is_file() for name in results)
+        assert all(
+            (out / "runs" / name / "adapter" / "adapter_config.json").is_file() for name in results
+        )
         # The base model was evaluated by a worker and its record kept for every other worker.
         base = json.loads((out / "base.json").read_text())
         assert all(r["base_eval_loss"] == base["eval_loss"] for r in results.values())
 
         # Resume: a lost run is redone, the others are kept byte for byte.
-        kept = {n: (out / "runs" / n / "result.json").read_text() for n in results if n != "top--seed0"}
+        kept = {
+            n: (out / "runs" / n / "result.json").read_text() for n in results if n != "top--seed0"
+        }
         shutil.rmtree(out / "runs" / "top--seed0")
         assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
-        assert all((out / "runs" / n / "result.json").read_text() == text for n, text in kept.items())
-        assert json.loads((out / "runs" / "top--seed0" / "result.json").read_text())["status"] == "finished"
+        assert all(
+            (out / "runs" / n / "result.json").read_text() == text for n, text in kept.items()
+        )
+        assert (
+            json.loads((out / "runs" / "top--seed0" / "result.json").read_text())["status"]
+            == "finished"
+        )
     finally:
         ray.shutdown()
 
@@ -48,5 +61,7 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
     assert run_study(config, local_out, show_progress=False, report=False) == 0
     for name in results:
         ray_loss = json.loads((out / "runs" / name / "result.json").read_text())["eval_loss"]
-        local_loss = json.loads((local_out / "runs" / name / "result.json").read_text())["eval_loss"]
+        local_loss = json.loads((local_out / "runs" / name / "result.json").read_text())[
+            "eval_loss"
+        ]
         assert ray_loss == pytest.approx(local_loss, rel=1e-5)

@@ -30,26 +30,58 @@ def _placement(roles: dict[str, int], layers: range = range(LAYERS)) -> dict[str
 def _record(name, spec, seed, params, placement, loss, time_s, accuracy=None):
     failed = loss is None
     return {
-        "name": name, "spec": spec, "seed": seed, "ranks": {spec.split("@")[0]: 8}, "targets": [],
-        "placement": placement, "num_layers": LAYERS,
-        "status": "failed" if failed else "finished", "error": "nan_loss" if failed else None,
-        "trainable_params": params, "total_params": 100_000 + params,
+        "name": name,
+        "spec": spec,
+        "seed": seed,
+        "ranks": {spec.split("@")[0]: 8},
+        "targets": [],
+        "placement": placement,
+        "num_layers": LAYERS,
+        "status": "failed" if failed else "finished",
+        "error": "nan_loss" if failed else None,
+        "trainable_params": params,
+        "total_params": 100_000 + params,
         "trainable_pct": 100.0 * params / (100_000 + params),
-        "eval_loss": loss, "perplexity": None if failed else math.exp(loss), "base_eval_loss": 2.5,
-        "eval_tokens": 1000, "accuracy": accuracy, "base_accuracy": 0.1, "accuracy_examples": 4,
-        "train_time_s": time_s, "train_tokens": 4000, "tokens_per_s": 4000 / time_s, "steps": 4,
-        "peak_memory_mb": 500.0 + seed, "model": {"id": "tiny-llama", "source": "test"},
+        "eval_loss": loss,
+        "perplexity": None if failed else math.exp(loss),
+        "base_eval_loss": 2.5,
+        "eval_tokens": 1000,
+        "accuracy": accuracy,
+        "base_accuracy": 0.1,
+        "accuracy_examples": 4,
+        "train_time_s": time_s,
+        "train_tokens": 4000,
+        "tokens_per_s": 4000 / time_s,
+        "steps": 4,
+        "peak_memory_mb": 500.0 + seed,
+        "model": {"id": "tiny-llama", "source": "test"},
         "dataset": {"name": "toy", "train": 8, "eval": 4},
-        "versions": {"torch": "2.x", "transformers": "5.x", "peft": "0.x", "loraplace": "0.1.0", "python": "3.11"},
-        "hardware": {"device": "cpu", "name": "test-cpu", "cpus": 2}, "config": {},
-        "started_at": f"2025-01-01T00:0{seed}:00", "finished_at": f"2025-01-01T00:0{seed}:30",
+        "versions": {
+            "torch": "2.x",
+            "transformers": "5.x",
+            "peft": "0.x",
+            "loraplace": "0.1.0",
+            "python": "3.11",
+        },
+        "hardware": {"device": "cpu", "name": "test-cpu", "cpus": 2},
+        "config": {},
+        "started_at": f"2025-01-01T00:0{seed}:00",
+        "finished_at": f"2025-01-01T00:0{seed}:30",
     }
 
 
-def make_study(root: Path, strategies: dict, reference: str = "baseline", extra_dirs: tuple = ()) -> Path:
+def make_study(
+    root: Path, strategies: dict, reference: str = "baseline", extra_dirs: tuple = ()
+) -> Path:
     """``strategies``: name -> (spec, trainable params, placement, [(loss or None, time), ...])."""
-    cfg = {"name": "toy_study", "model": "tiny", "training": {"steps": 4, "seeds": [0, 1, 2]},
-           "strategies": {n: s[0] for n, s in strategies.items()}, "reference": reference, "match_params": None}
+    cfg = {
+        "name": "toy_study",
+        "model": "tiny",
+        "training": {"steps": 4, "seeds": [0, 1, 2]},
+        "strategies": {n: s[0] for n, s in strategies.items()},
+        "reference": reference,
+        "match_params": None,
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for name, (spec, params, placement, runs) in strategies.items():
@@ -58,20 +90,42 @@ def make_study(root: Path, strategies: dict, reference: str = "baseline", extra_
             run.mkdir(parents=True)
             rec = _record(name, spec, seed, params, placement, loss, time_s, *(acc or [None]))
             (run / "result.json").write_text(json.dumps(rec))
-            curve = [{"step": s, "loss": 3.0 - 0.3 * s + 0.05 * seed, "learning_rate": 1e-4,
-                      "tokens": 1000 * s, "time_s": float(s)} for s in range(1, 5)]
-            (run / "metrics.jsonl").write_text("\n".join(json.dumps(c) for c in curve) + '\n{"step": 5, "lo')
+            curve = [
+                {
+                    "step": s,
+                    "loss": 3.0 - 0.3 * s + 0.05 * seed,
+                    "learning_rate": 1e-4,
+                    "tokens": 1000 * s,
+                    "time_s": float(s),
+                }
+                for s in range(1, 5)
+            ]
+            (run / "metrics.jsonl").write_text(
+                "\n".join(json.dumps(c) for c in curve) + '\n{"step": 5, "lo'
+            )
     for d in extra_dirs:  # a run still in progress: metrics but no result.json
         (root / "runs" / d).mkdir(parents=True)
-        (root / "runs" / d / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
+        (root / "runs" / d / "metrics.jsonl").write_text(
+            json.dumps({"step": 1, "loss": 3.0}) + "\n"
+        )
     return root
 
 
 MAIN = {
-    "baseline": ("all", 1000, _placement({**ATTN, **MLP}), [(1.0, 10.0, 0.5), (1.1, 10.0, 0.25), (1.2, 10.0, 0.5)]),
+    "baseline": (
+        "all",
+        1000,
+        _placement({**ATTN, **MLP}),
+        [(1.0, 10.0, 0.5), (1.1, 10.0, 0.25), (1.2, 10.0, 0.5)],
+    ),
     "attention-only": ("attn", 400, _placement(ATTN), [(1.02, 5.0), (1.12, 5.0), (1.22, 5.0)]),
     "ffn-only": ("mlp", 600, _placement(MLP), [(2.0, 8.0), (2.1, 8.0), (2.2, 8.0)]),
-    "last_half": ("all@last:2", 500, _placement({**ATTN, **MLP}, range(2, 4)), [(0.9, 4.0), (None, 4.0)]),
+    "last_half": (
+        "all@last:2",
+        500,
+        _placement({**ATTN, **MLP}, range(2, 4)),
+        [(0.9, 4.0), (None, 4.0)],
+    ),
 }
 
 
@@ -84,7 +138,9 @@ def _welch(a: list[float], b: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    return make_study(tmp_path_factory.mktemp("study") / "out", MAIN, extra_dirs=("last_half--seed2",))
+    return make_study(
+        tmp_path_factory.mktemp("study") / "out", MAIN, extra_dirs=("last_half--seed2",)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +164,23 @@ def test_summary_numbers(study_dir):
     assert f["param_reduction_pct"] == pytest.approx(40.0)
     assert b["param_reduction_pct"] == pytest.approx(0.0)
     assert (a["speedup_vs_reference"], f["speedup_vs_reference"], h["speedup_vs_reference"]) == (
-        pytest.approx(2.0), pytest.approx(1.25), pytest.approx(2.5))
+        pytest.approx(2.0),
+        pytest.approx(1.25),
+        pytest.approx(2.5),
+    )
     assert b["p_value_vs_reference"] is None and h["p_value_vs_reference"] is None
-    assert a["p_value_vs_reference"] == pytest.approx(_welch([1.02, 1.12, 1.22], [1.0, 1.1, 1.2]), rel=1e-9)
-    assert f["p_value_vs_reference"] == pytest.approx(_welch([2.0, 2.1, 2.2], [1.0, 1.1, 1.2]), rel=1e-9)
+    assert a["p_value_vs_reference"] == pytest.approx(
+        _welch([1.02, 1.12, 1.22], [1.0, 1.1, 1.2]), rel=1e-9
+    )
+    assert f["p_value_vs_reference"] == pytest.approx(
+        _welch([2.0, 2.1, 2.2], [1.0, 1.1, 1.2]), rel=1e-9
+    )
     assert (a["vs_reference"], f["vs_reference"], a["within_noise"], f["within_noise"]) == (
-        "within noise", "worse", True, False)
+        "within noise",
+        "worse",
+        True,
+        False,
+    )
     # baseline (1000, 1.1) is dominated by last_half (500, 0.9); ffn (600, 2.1) by attention (400, 1.12).
     assert [r["pareto"] for r in rows.values()] == [False, True, False, True]
 
@@ -121,9 +188,22 @@ def test_summary_numbers(study_dir):
 def test_summary_csv(report_dir):
     with (report_dir / "summary.csv").open() as f:
         table = list(csv.reader(f))
-    required = ["strategy", "n", "eval_loss_mean", "eval_loss_std", "eval_loss_ci95", "perplexity",
-                "accuracy_mean", "trainable_params", "trainable_pct", "param_reduction_pct",
-                "train_time_s_mean", "speedup_vs_reference", "p_value_vs_reference", "pareto"]
+    required = [
+        "strategy",
+        "n",
+        "eval_loss_mean",
+        "eval_loss_std",
+        "eval_loss_ci95",
+        "perplexity",
+        "accuracy_mean",
+        "trainable_params",
+        "trainable_pct",
+        "param_reduction_pct",
+        "train_time_s_mean",
+        "speedup_vs_reference",
+        "p_value_vs_reference",
+        "pareto",
+    ]
     assert table[0][: len(required)] == required
     rows = [dict(zip(table[0], r)) for r in table[1:]]
     assert [r["strategy"] for r in rows] == ["baseline", "attention-only", "ffn-only", "last_half"]
@@ -138,7 +218,15 @@ def test_summary_csv(report_dir):
 def test_every_output_is_written(report_dir):
     import matplotlib.image as mpimg
 
-    names = ["summary.csv", "summary.tex", "report.md", "report.html", "pareto.png", "curves.png", "placement.png"]
+    names = [
+        "summary.csv",
+        "summary.tex",
+        "report.md",
+        "report.html",
+        "pareto.png",
+        "curves.png",
+        "placement.png",
+    ]
     for name in names:
         assert (report_dir / name).stat().st_size > 0, name
     for name in ("pareto.png", "curves.png", "placement.png"):
@@ -166,9 +254,14 @@ def test_markdown_report(report_dir):
     assert "Significantly worse (higher eval loss) than the reference: `ffn-only`" in md
     assert "Significantly better" not in md
     assert "Unequal parameter counts" in md and "match_params: baseline" in md
-    assert "or `match_params: attention-only` (at the smallest strategy's count" in md  # 400 of 1000
+    assert (
+        "or `match_params: attention-only` (at the smallest strategy's count" in md
+    )  # 400 of 1000
     assert "no statistical claim is made for: `last_half`" in md
-    assert "Pareto front of trainable parameters vs mean eval loss: `attention-only`, `last_half`" in md
+    assert (
+        "Pareto front of trainable parameters vs mean eval loss: `attention-only`, `last_half`"
+        in md
+    )
 
 
 def test_latex_table(report_dir):
@@ -185,10 +278,17 @@ def test_latex_table(report_dir):
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_latex_compiles(report_dir, tmp_path):
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{amsmath}\n"
-                   f"\\begin{{document}}\n\\input{{{(report_dir / 'summary.tex').as_posix()}}}\n\\end{{document}}\n")
-    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{amsmath}\n"
+        f"\\begin{{document}}\n\\input{{{(report_dir / 'summary.tex').as_posix()}}}\n\\end{{document}}\n"
+    )
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
 
@@ -213,7 +313,9 @@ def test_only_the_listed_seeds_are_reported(tmp_path):
     rows = {r["strategy"]: r for r in summarize(root)}
     assert rows["baseline"]["n"] == 2
     assert rows["baseline"]["eval_loss_mean"] == pytest.approx((1.0 + 1.1) / 2)
-    assert rows["attention-only"]["p_value_vs_reference"] == pytest.approx(_welch([1.02, 1.12], [1.0, 1.1]))
+    assert rows["attention-only"]["p_value_vs_reference"] == pytest.approx(
+        _welch([1.02, 1.12], [1.0, 1.1])
+    )
     assert (root / "runs" / "baseline--seed2" / "result.json").is_file()
 
 
@@ -229,7 +331,12 @@ def test_curves_average_only_the_seeds_every_strategy_finished(study_dir, tmp_pa
 
 def test_cheapest_within_noise_of_best(tmp_path):
     strategies = {
-        "baseline": ("all", 1000, _placement({**ATTN, **MLP}), [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)]),
+        "baseline": (
+            "all",
+            1000,
+            _placement({**ATTN, **MLP}),
+            [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)],
+        ),
         "attention-only": ("attn", 400, _placement(ATTN), [(1.05, 1.0), (1.15, 1.0), (1.25, 1.0)]),
         "ffn-only": ("mlp", 300, _placement(MLP), [(1.5, 1.0), (1.6, 1.0), (1.7, 1.0)]),
     }
@@ -264,14 +371,20 @@ def test_a_cheaper_strategy_with_one_seed_is_untested_not_worse(tmp_path):
         "ffn-only": ("mlp", 600, _placement(MLP), [(2.0, 1.0), (2.01, 1.0)]),
     }
     study = load_study(make_study(tmp_path / "s", strategies))
-    note = next(n for n in findings(study, summarize_study(study)) if n.startswith("Lowest mean eval loss"))
-    assert "No tested strategy with fewer trainable parameters is within noise of it" in note  # ffn-only: p < 0.05
+    note = next(
+        n for n in findings(study, summarize_study(study)) if n.startswith("Lowest mean eval loss")
+    )
+    assert (
+        "No tested strategy with fewer trainable parameters is within noise of it" in note
+    )  # ffn-only: p < 0.05
     assert "Whether the cheaper `attention-only` is within noise of it cannot be tested" in note
     assert _welch([2.0, 2.01], [1.0, 1.1]) < 0.05
 
     only_untested = {k: v for k, v in strategies.items() if k != "ffn-only"}
     study = load_study(make_study(tmp_path / "t", only_untested))
-    note = next(n for n in findings(study, summarize_study(study)) if n.startswith("Lowest mean eval loss"))
+    note = next(
+        n for n in findings(study, summarize_study(study)) if n.startswith("Lowest mean eval loss")
+    )
     assert "No tested strategy" not in note and "No strategy with fewer" not in note
     assert "cannot be tested" in note
 

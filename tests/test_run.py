@@ -9,16 +9,30 @@ import pytest
 import torch
 
 from loraplace.data import DataConfig
-from loraplace.errors import LoraplaceError
 from loraplace.run import train_one
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.workbench import Workbench
 
 SPEC_KEYS = {
-    "name": str, "spec": str, "seed": int, "ranks": dict, "targets": list, "status": str,
-    "trainable_params": int, "total_params": int, "trainable_pct": float, "eval_loss": float,
-    "perplexity": float, "base_eval_loss": float, "train_time_s": float, "train_tokens": int,
-    "tokens_per_s": float, "peak_memory_mb": float, "model": dict, "dataset": dict, "versions": dict,
+    "name": str,
+    "spec": str,
+    "seed": int,
+    "ranks": dict,
+    "targets": list,
+    "status": str,
+    "trainable_params": int,
+    "total_params": int,
+    "trainable_pct": float,
+    "eval_loss": float,
+    "perplexity": float,
+    "base_eval_loss": float,
+    "train_time_s": float,
+    "train_tokens": int,
+    "tokens_per_s": float,
+    "peak_memory_mb": float,
+    "model": dict,
+    "dataset": dict,
+    "versions": dict,
     "eval_time_s": float,
 }
 
@@ -29,13 +43,17 @@ LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
 
 @pytest.fixture(scope="module")
 def bench(tiny_model_dir, tiny_data_file):
-    return Workbench.load(str(tiny_model_dir), DataConfig(dataset=str(tiny_data_file), train_examples=24,
-                                                           eval_examples=12, max_length=96))
+    return Workbench.load(
+        str(tiny_model_dir),
+        DataConfig(dataset=str(tiny_data_file), train_examples=24, eval_examples=12, max_length=96),
+    )
 
 
 def _run(bench, spec, seed, out, training=TRAINING):
     plan = bench.planner.plan({spec: spec}, LORA.rank)[0]
-    return train_one(bench, plan, seed, out, lora=LORA, training=training, evaluation=EVAL, show_progress=False)
+    return train_one(
+        bench, plan, seed, out, lora=LORA, training=training, evaluation=EVAL, show_progress=False
+    )
 
 
 def _base_state(bench):
@@ -71,7 +89,9 @@ def test_counts_equal_peft_on_the_wrapped_model(bench, attn_run):
 
     result, _, _ = attn_run
     plan = bench.planner.plan({"attn": "attn"}, LORA.rank)[0]
-    trainable, total = get_peft_model(bench.fresh_model(), plan.lora_config(8, 0.0)).get_nb_trainable_parameters()
+    trainable, total = get_peft_model(
+        bench.fresh_model(), plan.lora_config(8, 0.0)
+    ).get_nb_trainable_parameters()
     assert (result["trainable_params"], result["total_params"]) == (trainable, total)
     assert result["trainable_pct"] == pytest.approx(100 * trainable / total)
 
@@ -82,7 +102,9 @@ def test_train_tokens_are_the_non_padding_tokens_of_the_trained_batches(attn_run
     assert [r["step"] for r in curve] == [1, 2, 3]
     assert curve[-1]["tokens"] == result["train_tokens"]
     assert all(a["tokens"] < b["tokens"] for a, b in zip(curve, curve[1:]))
-    assert result["tokens_per_s"] == pytest.approx(result["train_tokens"] / result["train_time_s"], rel=1e-2)
+    assert result["tokens_per_s"] == pytest.approx(
+        result["train_tokens"] / result["train_time_s"], rel=1e-2
+    )
 
 
 def test_base_weights_are_not_modified_by_a_run(bench, attn_run):
@@ -109,7 +131,9 @@ def test_saved_adapter_loads_with_plain_peft_and_reproduces_eval_loss(bench, att
     result, out, _ = attn_run
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     loaded = PeftModel.from_pretrained(bench.fresh_model(), out / "adapter")
-    loss, tokens = eval_loss(loaded, bench.eval_features, bench.collator, batch_size=8, device="cpu")
+    loss, tokens = eval_loss(
+        loaded, bench.eval_features, bench.collator, batch_size=8, device="cpu"
+    )
     assert tokens == result["eval_tokens"]
     assert loss == pytest.approx(result["eval_loss"], rel=1e-6)
 
@@ -132,7 +156,11 @@ def test_last_k_strategy_computes_no_gradient_below_its_lowest_layer(bench):
     seen = {}
     layers = model.base_model.model.model.layers
     for index, layer in enumerate(layers):
-        layer.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+        layer.register_forward_hook(
+            lambda m, args, out, i=index: seen.__setitem__(
+                i, out[0] if isinstance(out, tuple) else out
+            )
+        )
     batch = bench.collator(bench.train_features[:2])
     model(**batch).loss.backward()
     assert not seen[0].requires_grad
@@ -144,7 +172,18 @@ def test_run_command_refuses_to_overwrite_a_finished_run(tiny_model_dir, tiny_da
 
     _, out, _ = attn_run
     before = (out / "result.json").read_text()
-    code = main(["run", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_file), "--strategy", "attn",
-                 "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(tiny_data_file),
+            "--strategy",
+            "attn",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert (out / "result.json").read_text() == before

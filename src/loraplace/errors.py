@@ -25,7 +25,9 @@ class ConfigError(LoraplaceError):
         if len(self.problems) == 1:
             message = f"invalid study config: {self.problems[0]}"
         else:
-            message = f"invalid study config ({len(self.problems)} problems): " + "; ".join(self.problems)
+            message = f"invalid study config ({len(self.problems)} problems): " + "; ".join(
+                self.problems
+            )
         super().__init__(message)
 
 

@@ -17,8 +17,15 @@ import torch.nn.functional as F
 
 from loraplace.data import DynamicPaddingCollator, Example, encode_prompt, extract_final_number
 
-__all__ = ["eval_loss", "eval_accuracy", "autocast_for", "completion_positions", "completion_logits",
-           "completion_loss", "accepts_logits_mask"]
+__all__ = [
+    "eval_loss",
+    "eval_accuracy",
+    "autocast_for",
+    "completion_positions",
+    "completion_logits",
+    "completion_loss",
+    "accepts_logits_mask",
+]
 
 IGNORE_INDEX = -100
 
@@ -46,8 +53,13 @@ def completion_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return logits if logits.dim() == 2 else logits[keep]
 
 
-def completion_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean",
-                    num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+def completion_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    num_items: int | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Next-token cross-entropy over the scored tokens of ``labels``.
 
     ``logits`` are either the model's full ``(batch, length, vocabulary)`` output or only the
@@ -72,12 +84,19 @@ def autocast_for(device: str, dtype: torch.dtype):
 
 def _length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
-def eval_loss(model, features: list[dict], collator: DynamicPaddingCollator, *, batch_size: int,
-              device: str, dtype: torch.dtype = torch.float32) -> tuple[float, int]:
+def eval_loss(
+    model,
+    features: list[dict],
+    collator: DynamicPaddingCollator,
+    *,
+    batch_size: int,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, int]:
     """Token-weighted mean cross-entropy over all scored tokens of ``features``.
 
     Returns:
@@ -89,7 +108,9 @@ def eval_loss(model, features: list[dict], collator: DynamicPaddingCollator, *, 
     total, count = 0.0, 0
     mask_logits = accepts_logits_mask(model)
     try:
-        for batch_ids in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+        for batch_ids in _length_sorted_batches(
+            [len(f["input_ids"]) for f in features], batch_size
+        ):
             batch = {k: v.to(device) for k, v in collator([features[i] for i in batch_ids]).items()}
             labels = batch.pop("labels")
             if mask_logits:
@@ -107,8 +128,16 @@ def eval_loss(model, features: list[dict], collator: DynamicPaddingCollator, *, 
 
 
 @torch.inference_mode()
-def eval_accuracy(model, tokenizer, examples: list[Example], *, max_new_tokens: int, batch_size: int,
-                  device: str, dtype: torch.dtype = torch.float32) -> tuple[float | None, list[dict]]:
+def eval_accuracy(
+    model,
+    tokenizer,
+    examples: list[Example],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float | None, list[dict]]:
     """Exact match of the final number from greedy decoding (GSM8K-style answers).
 
     Returns:
@@ -118,28 +147,44 @@ def eval_accuracy(model, tokenizer, examples: list[Example], *, max_new_tokens: 
     scored = [e for e in examples if e.answer is not None]
     if not scored:
         return None, []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     was_training = model.training
     model.eval()
     samples = []
     try:
         prompts = [encode_prompt(tokenizer, e.prompt) for e in scored]
         for start in range(0, len(scored), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             width = max(len(p) for p in chunk)
             # Left padding, so every sequence's generation starts right after its own prompt.
-            input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
-            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            input_ids = torch.tensor(
+                [[pad_id] * (width - len(p)) + p for p in chunk], device=device
+            )
+            attention = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
+            )
             with autocast_for(device, dtype):
                 out = model.generate(
-                    input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                    do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
                 )
-            for example, row in zip(scored[start:start + batch_size], out[:, width:]):
+            for example, row in zip(scored[start : start + batch_size], out[:, width:]):
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 prediction = extract_final_number(text)
-                samples.append({"answer": example.answer, "prediction": prediction,
-                                "correct": prediction == example.answer, "generated": text})
+                samples.append(
+                    {
+                        "answer": example.answer,
+                        "prediction": prediction,
+                        "correct": prediction == example.answer,
+                        "generated": text,
+                    }
+                )
     finally:
         model.train(was_training)
     return sum(s["correct"] for s in samples) / len(samples), samples

@@ -135,15 +135,26 @@ def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]]) -> None:
     placed: list[tuple[float, float, float, float]] = []
     for r in pts:
         text = f"{r['strategy']} (n={r['n']})"
-        x, y = ax.transData.transform((r["trainable_params"], r["eval_loss_mean"])) * 72.0 / ax.figure.dpi
+        x, y = (
+            ax.transData.transform((r["trainable_params"], r["eval_loss_mean"]))
+            * 72.0
+            / ax.figure.dpi
+        )
         w, h = 4.6 * len(text), 9.0  # approximate extent of 8-pt text, in points
         for dx, dy in _LABEL_OFFSETS:
             box = (x + dx, y + dy, x + dx + w, y + dy + h)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            if not any(
+                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed
+            ):
                 break
         placed.append(box)
-        ax.annotate(text, (r["trainable_params"], r["eval_loss_mean"]), xytext=(dx, dy),
-                    textcoords="offset points", fontsize=8)
+        ax.annotate(
+            text,
+            (r["trainable_params"], r["eval_loss_mean"]),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=8,
+        )
 
 
 def plot_pareto(
@@ -161,20 +172,40 @@ def plot_pareto(
         ``path``.
     """
     fig, ax = plt.subplots(figsize=(8, 5.2))
-    pts = sorted((r for r in rows if r.get("eval_loss_mean") is not None and (r.get("trainable_params") or 0) > 0),
-                 key=lambda r: (r["trainable_params"], r["eval_loss_mean"]))
+    pts = sorted(
+        (
+            r
+            for r in rows
+            if r.get("eval_loss_mean") is not None and (r.get("trainable_params") or 0) > 0
+        ),
+        key=lambda r: (r["trainable_params"], r["eval_loss_mean"]),
+    )
     for r in pts:
         on_front = bool(r.get("pareto"))
         ax.errorbar(
-            r["trainable_params"], r["eval_loss_mean"], yerr=r.get("eval_loss_std") or 0.0,
-            fmt="o", ms=9 if on_front else 7, capsize=4, zorder=3,
-            color="#d62728" if on_front else "#1f77b4", mec="black" if on_front else None,
+            r["trainable_params"],
+            r["eval_loss_mean"],
+            yerr=r.get("eval_loss_std") or 0.0,
+            fmt="o",
+            ms=9 if on_front else 7,
+            capsize=4,
+            zorder=3,
+            color="#d62728" if on_front else "#1f77b4",
+            mec="black" if on_front else None,
         )
     front = [(r["trainable_params"], r["eval_loss_mean"]) for r in pts if r.get("pareto")]
     if front:
         xs, ys = zip(*front)
-        ax.step(xs, ys, where="post", color="#d62728", lw=1.5, alpha=0.8, zorder=2,
-                label="Pareto front (non-dominated)")
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color="#d62728",
+            lw=1.5,
+            alpha=0.8,
+            zorder=2,
+            label="Pareto front (non-dominated)",
+        )
     ax.plot([], [], "o", color="#1f77b4", label="dominated strategy")
     if pts:
         _base_line(ax, pts, base_eval_loss)
@@ -182,7 +213,9 @@ def plot_pareto(
         xs = [r["trainable_params"] for r in pts]
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         # Within one decade the major ticks are too few: label the minor ones too.
-        ax.xaxis.set_minor_formatter(EngFormatter(sep="") if max(xs) / min(xs) < 10 else NullFormatter())
+        ax.xaxis.set_minor_formatter(
+            EngFormatter(sep="") if max(xs) / min(xs) < 10 else NullFormatter()
+        )
         _label_points(ax, pts)
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, which="both", alpha=0.3)
@@ -203,11 +236,17 @@ def _aggregate(runs: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[np.ndarray,
                 per_step.setdefault(int(rec["step"]), []).append(float(loss))
     steps = np.array(sorted(per_step))
     vals = [per_step[s] for s in steps]
-    return (steps, np.array([np.mean(v) for v in vals]), np.array([min(v) for v in vals]),
-            np.array([max(v) for v in vals]))
+    return (
+        steps,
+        np.array([np.mean(v) for v in vals]),
+        np.array([min(v) for v in vals]),
+        np.array([max(v) for v in vals]),
+    )
 
 
-def plot_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | Path) -> Path:
+def plot_curves(
+    curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | Path
+) -> Path:
     """Training loss against step per strategy: mean over seeds with a min–max band.
 
     Args:
@@ -226,8 +265,14 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], pat
             continue
         color = f"C{i % 10}"
         n = sum(1 for r in runs if r)
-        ax.plot(steps, mid, color=color, lw=1.6, marker="." if len(steps) < 30 else None,
-                label=f"{name} (n={n})")
+        ax.plot(
+            steps,
+            mid,
+            color=color,
+            lw=1.6,
+            marker="." if len(steps) < 30 else None,
+            label=f"{name} (n={n})",
+        )
         if n > 1:
             ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
         drawn += 1
@@ -242,11 +287,17 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], pat
     return _save(fig, path)
 
 
-def _matrix(rows: Sequence[PlacementRow], num_layers: int) -> tuple[np.ndarray, list[list[str]], int | None]:
+def _matrix(
+    rows: Sequence[PlacementRow], num_layers: int
+) -> tuple[np.ndarray, list[list[str]], int | None]:
     seen = {role for r in rows for roles in r.placement.values() for role in roles}
     # result.json does not list the architecture's roles; an MLP never seen with a gate
     # (GPT-2, OPT, ...) is taken to have only up/down, so "mlp" there still reads as complete.
-    available = ATTN_ROLES + MLP_ROLES if "gate" in seen or "up" not in seen else ATTN_ROLES + ("up", "down")
+    available = (
+        ATTN_ROLES + MLP_ROLES
+        if "gate" in seen or "up" not in seen
+        else ATTN_ROLES + ("up", "down")
+    )
     ranks = Counter(int(k) for r in rows for roles in r.placement.values() for k in roles.values())
     usual = ranks.most_common(1)[0][0] if ranks else None
     cats = np.zeros((len(rows), num_layers), dtype=int)
@@ -284,15 +335,29 @@ def plot_placement(rows: Sequence[PlacementRow], num_layers: int, path: str | Pa
     width = min(22.0, 3.5 + 0.36 * num_layers)
     fig, ax = plt.subplots(figsize=(width, 1.6 + 0.55 * max(1, len(rows))))
     cmap = ListedColormap([c for _, _, c in CATEGORIES])
-    ax.imshow(cats if len(rows) else np.zeros((1, num_layers), dtype=int), cmap=cmap,
-              vmin=0, vmax=len(CATEGORIES) - 1, aspect="auto", interpolation="nearest")
+    ax.imshow(
+        cats if len(rows) else np.zeros((1, num_layers), dtype=int),
+        cmap=cmap,
+        vmin=0,
+        vmax=len(CATEGORIES) - 1,
+        aspect="auto",
+        interpolation="nearest",
+    )
     if num_layers <= 48:
         for i, row_texts in enumerate(texts):
             for j, text in enumerate(row_texts):
                 if text:
                     dark = CATEGORIES[cats[i, j]][0] in _DARK
-                    ax.text(j, i, text, ha="center", va="center", fontsize=5.5, linespacing=0.9,
-                            color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        linespacing=0.9,
+                        color="white" if dark else "black",
+                    )
     ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
     step = 1 if num_layers <= 40 else 5
     ax.set_xticks(range(0, num_layers, step))
@@ -303,9 +368,16 @@ def plot_placement(rows: Sequence[PlacementRow], num_layers: int, path: str | Pa
     ax.tick_params(which="minor", length=0)
     ax.set_xlabel("decoder layer (0 = closest to the embeddings)")
     rank_note = f"; rank {usual} unless shown" if usual is not None else ""
-    ax.set_title(f"Where the LoRA adapters go (q,k,v,o = attention; g,u,d = gate,up,down{rank_note})")
+    ax.set_title(
+        f"Where the LoRA adapters go (q,k,v,o = attention; g,u,d = gate,up,down{rank_note})"
+    )
     used = set(np.unique(cats)) | {0}
-    handles = [Patch(facecolor=c, edgecolor="gray", label=text)
-               for i, (_, text, c) in enumerate(CATEGORIES) if i in used]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    handles = [
+        Patch(facecolor=c, edgecolor="gray", label=text)
+        for i, (_, text, c) in enumerate(CATEGORIES)
+        if i in used
+    ]
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False
+    )
     return _save(fig, path)

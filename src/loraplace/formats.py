@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from loraplace.errors import DataError
 
@@ -126,7 +127,9 @@ def read_records(path: Path) -> list[Record]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(
+                f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
         records.append(_as_record(value, f"{path} line {number}"))
     return records
 
@@ -145,16 +148,22 @@ def _read_json_array(path: Path, text: str) -> list[Record]:
             break
         if not expect_value:
             if text[pos] != ",":
-                raise DataError(f"{path} line {_line_of(text, pos)}: invalid JSON (expected ',' or ']')")
+                raise DataError(
+                    f"{path} line {_line_of(text, pos)}: invalid JSON (expected ',' or ']')"
+                )
             pos = _skip_space(text, pos + 1)
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(
+                f"{path} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
         records.append(_as_record(value, f"{path} line {_line_of(text, pos)}"))
         pos, expect_value = end, False
     if text[pos + 1 :].strip():
-        raise DataError(f"{path} line {_line_of(text, pos + 1)}: invalid JSON (extra data after the array)")
+        raise DataError(
+            f"{path} line {_line_of(text, pos + 1)}: invalid JSON (extra data after the array)"
+        )
     return records
 
 
@@ -170,7 +179,9 @@ def _line_of(text: str, pos: int) -> int:
 
 def _as_record(value: Any, where: str) -> Record:
     if not isinstance(value, dict):
-        raise DataError(f"{where}: expected a JSON object with named fields, got {type(value).__name__}")
+        raise DataError(
+            f"{where}: expected a JSON object with named fields, got {type(value).__name__}"
+        )
     return Record(value, where)
 
 
@@ -190,7 +201,9 @@ def read_text_chunks(path: Path) -> list[Example]:
     """
     text = _read_text(path).replace("\r\n", "\n")
     chunks = [chunk.strip("\n") for chunk in re.split(r"\n[ \t]*\n", text)]
-    examples = [Example(prompt=[], completion=chunk, answer=None) for chunk in chunks if chunk.strip()]
+    examples = [
+        Example(prompt=[], completion=chunk, answer=None) for chunk in chunks if chunk.strip()
+    ]
     if not examples:
         raise DataError(f"{path}: no text found (paragraphs are separated by blank lines)")
     return examples
@@ -234,7 +247,9 @@ def _field(record: Record, name: str, fmt: str, *, optional: bool = False) -> st
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise DataError(f"{record.where}: field '{name}' must be a string, got {type(value).__name__}")
+        raise DataError(
+            f"{record.where}: field '{name}' must be a string, got {type(value).__name__}"
+        )
     return value
 
 
@@ -268,23 +283,33 @@ def _text(record: Record) -> Example:
 def _messages(record: Record) -> Example:
     messages = record.fields.get("messages")
     if messages is None:
-        raise DataError(f"{record.where}: missing field 'messages' (messages format needs messages)")
+        raise DataError(
+            f"{record.where}: missing field 'messages' (messages format needs messages)"
+        )
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{record.where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+        raise DataError(
+            f"{record.where}: field 'messages' must be a non-empty list of {{role, content}} objects"
+        )
     cleaned = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise DataError(f"{record.where}: messages[{index}] must be an object with 'role' and 'content'")
+            raise DataError(
+                f"{record.where}: messages[{index}] must be an object with 'role' and 'content'"
+            )
         for key in ("role", "content"):
             if key not in message:
-                raise DataError(f"{record.where}: missing field 'messages[{index}].{key}' (each message needs role, content)")
+                raise DataError(
+                    f"{record.where}: missing field 'messages[{index}].{key}' (each message needs role, content)"
+                )
         role, content = message["role"], message["content"]
         if role not in _ROLES:
             raise DataError(
                 f"{record.where}: messages[{index}].role is {role!r}; expected one of {', '.join(_ROLES)}"
             )
         if not isinstance(content, str):
-            raise DataError(f"{record.where}: messages[{index}].content must be a string, got {type(content).__name__}")
+            raise DataError(
+                f"{record.where}: messages[{index}].content must be a string, got {type(content).__name__}"
+            )
         cleaned.append({"role": role, "content": content})
     last = max((i for i, m in enumerate(cleaned) if m["role"] == "assistant"), default=None)
     if last is None:

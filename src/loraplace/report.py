@@ -23,7 +23,15 @@ import yaml
 
 from loraplace import figures
 from loraplace.files import read_json
-from loraplace.report_render import FAILURES_HEADING, _first, _num, render_html, render_markdown, render_tex, tex_escape
+from loraplace.report_render import (
+    FAILURES_HEADING,
+    _first,
+    _num,
+    render_html,
+    render_markdown,
+    render_tex,
+    tex_escape,
+)
 from loraplace.stats import ci95, mean, pareto_front, std, welch_p_value
 
 __all__ = [
@@ -50,14 +58,36 @@ ALPHA = 0.05
 PARAM_TOLERANCE = 0.10
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
-    "strategy", "n", "eval_loss_mean", "eval_loss_std", "eval_loss_ci95", "perplexity",
-    "accuracy_mean", "trainable_params", "trainable_pct", "param_reduction_pct",
-    "train_time_s_mean", "speedup_vs_reference", "p_value_vs_reference", "pareto",
+    "strategy",
+    "n",
+    "eval_loss_mean",
+    "eval_loss_std",
+    "eval_loss_ci95",
+    "perplexity",
+    "accuracy_mean",
+    "trainable_params",
+    "trainable_pct",
+    "param_reduction_pct",
+    "train_time_s_mean",
+    "speedup_vs_reference",
+    "p_value_vs_reference",
+    "pareto",
 )
 SUMMARY_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + (
-    "spec", "n_failed", "seeds", "eval_loss_delta_vs_reference", "vs_reference", "within_noise",
-    "base_eval_loss", "accuracy_std", "accuracy_examples", "train_time_s_std", "tokens_per_s_mean",
-    "peak_memory_mb_max", "total_params", "ranks",
+    "spec",
+    "n_failed",
+    "seeds",
+    "eval_loss_delta_vs_reference",
+    "vs_reference",
+    "within_noise",
+    "base_eval_loss",
+    "accuracy_std",
+    "accuracy_examples",
+    "train_time_s_std",
+    "tokens_per_s_mean",
+    "peak_memory_mb_max",
+    "total_params",
+    "ranks",
 )
 
 
@@ -84,12 +114,18 @@ class Study:
 
     def runs(self, name: str, status: str | None = None) -> list[dict[str, Any]]:
         """Records of one strategy, optionally only those with the given status, by seed."""
-        recs = [r for r in self.records if r.get("name") == name and status in (None, r.get("status"))]
+        recs = [
+            r for r in self.records if r.get("name") == name and status in (None, r.get("status"))
+        ]
         return sorted(recs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
 
     def eval_losses(self, name: str) -> list[float]:
         """Eval loss of each finished run of one strategy."""
-        return [r["eval_loss"] for r in self.runs(name, "finished") if _num(r.get("eval_loss")) is not None]
+        return [
+            r["eval_loss"]
+            for r in self.runs(name, "finished")
+            if _num(r.get("eval_loss")) is not None
+        ]
 
 
 def _config_strategies(config: dict[str, Any]) -> dict[str, str]:
@@ -153,7 +189,11 @@ def load_study(study_dir: str | Path) -> Study:
     text = cfg_path.read_text(encoding="utf-8") if cfg_path.is_file() else ""
     config = yaml.safe_load(text) or {} if text else {}
     records, metrics, incomplete = [], {}, []
-    run_dirs = sorted(p for p in (root / "runs").glob("*") if p.is_dir()) if (root / "runs").is_dir() else []
+    run_dirs = (
+        sorted(p for p in (root / "runs").glob("*") if p.is_dir())
+        if (root / "runs").is_dir()
+        else []
+    )
     seeds = _config_seeds(config)
     for run_dir in run_dirs:
         if seeds is not None and _dir_seed(run_dir.name) not in seeds:
@@ -208,7 +248,9 @@ def _strategy_row(study: Study, name: str) -> dict[str, Any]:
         "tokens_per_s_mean": mean([r.get("tokens_per_s") for r in done]),
         "peak_memory_mb_max": max(mem) if mem else None,
         "total_params": _first(done, "total_params") or _first(every, "total_params"),
-        "ranks": " ".join(f"{k}:{v}" for k, v in ranks.items()) if isinstance(ranks, dict) else str(ranks),
+        "ranks": " ".join(f"{k}:{v}" for k, v in ranks.items())
+        if isinstance(ranks, dict)
+        else str(ranks),
     }
 
 
@@ -221,7 +263,9 @@ def _compare(row: dict[str, Any], ref: dict[str, Any] | None, p: float | None) -
     is_ref = ref is not None and row["strategy"] == ref["strategy"]
     share = _ratio(row["trainable_params"], ref["trainable_params"]) if ref else None
     row["param_reduction_pct"] = 100.0 * (1.0 - share) if share is not None else None
-    row["speedup_vs_reference"] = _ratio(ref["train_time_s_mean"], row["train_time_s_mean"]) if ref else None
+    row["speedup_vs_reference"] = (
+        _ratio(ref["train_time_s_mean"], row["train_time_s_mean"]) if ref else None
+    )
     row["p_value_vs_reference"] = None if is_ref else p
     m, rm = row["eval_loss_mean"], ref["eval_loss_mean"] if ref else None
     row["eval_loss_delta_vs_reference"] = m - rm if m is not None and rm is not None else None
@@ -273,23 +317,42 @@ def _cheapest_within_noise(study: Study, rows: list[dict[str, Any]]) -> str:
     best = min(scored, key=lambda r: r["eval_loss_mean"])
     head = f"Lowest mean eval loss: `{best['strategy']}` ({best['eval_loss_mean']:.4f})."
     if best["n"] < 2:
-        return head + " It has a single finished seed, so which cheaper strategies are within noise of it cannot be tested."
+        return (
+            head
+            + " It has a single finished seed, so which cheaper strategies are within noise of it cannot be tested."
+        )
     best_loss = study.eval_losses(best["strategy"])
-    p_values = {r["strategy"]: welch_p_value(study.eval_losses(r["strategy"]), best_loss) for r in scored if r is not best}
-    close = [best] + [r for r in scored if r is not best and (p_values[r["strategy"]] or 0.0) >= ALPHA]
+    p_values = {
+        r["strategy"]: welch_p_value(study.eval_losses(r["strategy"]), best_loss)
+        for r in scored
+        if r is not best
+    }
+    close = [best] + [
+        r for r in scored if r is not best and (p_values[r["strategy"]] or 0.0) >= ALPHA
+    ]
     cheapest = min(close, key=lambda r: (r["trainable_params"] or math.inf, r["eval_loss_mean"]))
 
     def cheaper(r: dict[str, Any]) -> bool:
-        return r is not best and (r["trainable_params"] or math.inf) < (cheapest["trainable_params"] or math.inf)
+        return r is not best and (r["trainable_params"] or math.inf) < (
+            cheapest["trainable_params"] or math.inf
+        )
 
     # A strategy with fewer than 2 finished seeds has no p-value: it is neither within noise
     # nor significantly worse, and the sentence must not imply either.
     untested = [r for r in scored if cheaper(r) and p_values[r["strategy"]] is None]
-    caveat = (f" Whether the cheaper {_names(untested)} {'is' if len(untested) == 1 else 'are'} within noise of it "
-              f"cannot be tested (fewer than 2 finished seeds)." if untested else "")
+    caveat = (
+        f" Whether the cheaper {_names(untested)} {'is' if len(untested) == 1 else 'are'} within noise of it "
+        f"cannot be tested (fewer than 2 finished seeds)."
+        if untested
+        else ""
+    )
     if cheapest is best:
         if any(cheaper(r) and p_values[r["strategy"]] is not None for r in scored):
-            return head + f" No tested strategy with fewer trainable parameters is within noise of it (p < {ALPHA})." + caveat
+            return (
+                head
+                + f" No tested strategy with fewer trainable parameters is within noise of it (p < {ALPHA})."
+                + caveat
+            )
         return head + (caveat or " No strategy has fewer trainable parameters.")
     p = p_values[cheapest["strategy"]]
     return head + (
@@ -302,20 +365,34 @@ def _cheapest_within_noise(study: Study, rows: list[dict[str, Any]]) -> str:
 def _match_hint(rows: list[dict[str, Any]], ref: dict[str, Any]) -> str:
     """How to rerun at an equal budget: match to the reference, or to the smallest strategy,
     which keeps every rank at or below the configured one."""
-    hint = f" To compare placements at an equal budget, rerun with `match_params: {ref['strategy']}`"
+    hint = (
+        f" To compare placements at an equal budget, rerun with `match_params: {ref['strategy']}`"
+    )
     smallest = min((r for r in rows if r["trainable_params"]), key=lambda r: r["trainable_params"])
     if smallest is ref:
         return hint + "."
-    return (hint + f" (every strategy at the reference's count) or `match_params: {smallest['strategy']}` "
-            f"(at the smallest strategy's count, so no rank exceeds the configured one).")
+    return (
+        hint
+        + f" (every strategy at the reference's count) or `match_params: {smallest['strategy']}` "
+        f"(at the smallest strategy's count, so no rank exceeds the configured one)."
+    )
 
 
 def _param_findings(study: Study, rows: list[dict[str, Any]], ref: dict[str, Any]) -> list[str]:
     out = []
-    unequal = [r for r in rows if r is not ref and r["trainable_params"] and ref["trainable_params"]
-               and abs(r["trainable_params"] / ref["trainable_params"] - 1.0) > PARAM_TOLERANCE]
+    unequal = [
+        r
+        for r in rows
+        if r is not ref
+        and r["trainable_params"]
+        and ref["trainable_params"]
+        and abs(r["trainable_params"] / ref["trainable_params"] - 1.0) > PARAM_TOLERANCE
+    ]
     if unequal:
-        detail = "; ".join(f"`{r['strategy']}` {r['trainable_params']:,} ({-r['param_reduction_pct']:+.0f}%)" for r in unequal)
+        detail = "; ".join(
+            f"`{r['strategy']}` {r['trainable_params']:,} ({-r['param_reduction_pct']:+.0f}%)"
+            for r in unequal
+        )
         hint = "" if study.config.get("match_params") else _match_hint(rows, ref)
         out.append(
             f"Unequal parameter counts: vs `{ref['strategy']}` ({ref['trainable_params']:,} trainable), "
@@ -324,8 +401,11 @@ def _param_findings(study: Study, rows: list[dict[str, Any]], ref: dict[str, Any
         )
     faster = [r for r in rows if r is not ref and (r["speedup_vs_reference"] or 0) >= 1.2]
     if faster:
-        out.append("Faster to train than the reference (measured wall time, one machine): " + ", ".join(
-            f"`{r['strategy']}` {r['speedup_vs_reference']:.2f}x" for r in faster) + ".")
+        out.append(
+            "Faster to train than the reference (measured wall time, one machine): "
+            + ", ".join(f"`{r['strategy']}` {r['speedup_vs_reference']:.2f}x" for r in faster)
+            + "."
+        )
     return out
 
 
@@ -346,8 +426,10 @@ def findings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
     if ref is None:
         out.append("No reference strategy has results, so no strategy is compared against one.")
     elif not tested:
-        out.append(f"No strategy could be tested against the reference `{ref['strategy']}`: "
-                   "that needs at least 2 finished seeds on both sides.")
+        out.append(
+            f"No strategy could be tested against the reference `{ref['strategy']}`: "
+            "that needs at least 2 finished seeds on both sides."
+        )
     else:
         out.append(
             f"Rule: a strategy differs from the reference `{ref['strategy']}` when Welch's t-test on eval "
@@ -355,34 +437,51 @@ def findings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
             f"means no difference was detected with these seeds, not that the strategies are equivalent. "
             f"The {n_tests} p-value(s) are not corrected for multiple comparisons."
         )
-        for label, key in (("Within noise of the reference", "within noise"),
-                           ("Significantly better (lower eval loss) than the reference", "better"),
-                           ("Significantly worse (higher eval loss) than the reference", "worse")):
+        for label, key in (
+            ("Within noise of the reference", "within noise"),
+            ("Significantly better (lower eval loss) than the reference", "better"),
+            ("Significantly worse (higher eval loss) than the reference", "worse"),
+        ):
             group = [r for r in tested if r["vs_reference"] == key]
             if group:
-                detail = ", ".join(f"`{r['strategy']}` (Δ {r['eval_loss_delta_vs_reference']:+.4f}, "
-                                   f"p = {r['p_value_vs_reference']:.3g})" for r in group)
+                detail = ", ".join(
+                    f"`{r['strategy']}` (Δ {r['eval_loss_delta_vs_reference']:+.4f}, "
+                    f"p = {r['p_value_vs_reference']:.3g})"
+                    for r in group
+                )
                 out.append(f"{label}: {detail}.")
     single = [r for r in rows if r["n"] == 1]
     if rows and all(r["n"] < 2 for r in rows):
-        out.append("Single seed: no statistical claim possible. Run several seeds to tell placement effects from noise.")
+        out.append(
+            "Single seed: no statistical claim possible. Run several seeds to tell placement effects from noise."
+        )
     elif single or (ref is not None and ref["n"] < 2):
-        out.append(f"Fewer than 2 finished seeds, so no statistical claim is made for: "
-                   f"{_names([r for r in rows if r['n'] < 2 and r is not ref] or [ref])}.")
+        out.append(
+            f"Fewer than 2 finished seeds, so no statistical claim is made for: "
+            f"{_names([r for r in rows if r['n'] < 2 and r is not ref] or [ref])}."
+        )
     front = [r for r in rows if r["pareto"]]
-    out.append(f"On the Pareto front of trainable parameters vs mean eval loss: {_names(front)} "
-               "(computed on means; a point off the front may still be within noise of one on it).")
+    out.append(
+        f"On the Pareto front of trainable parameters vs mean eval loss: {_names(front)} "
+        "(computed on means; a point off the front may still be within noise of one on it)."
+    )
     out.append(_cheapest_within_noise(study, rows))
     if ref is not None:
         out.extend(_param_findings(study, rows, ref))
     acc_n = next((r["accuracy_examples"] for r in rows if r["accuracy_examples"]), None)
     if acc_n:
-        out.append(f"Accuracy is measured on {acc_n} examples: one example is {100 / acc_n:.1f} points, "
-                   "so small accuracy differences are noise.")
+        out.append(
+            f"Accuracy is measured on {acc_n} examples: one example is {100 / acc_n:.1f} points, "
+            "so small accuracy differences are noise."
+        )
     failed = sum(r["n_failed"] for r in rows)
     if failed:
-        out.append(f"{failed} run(s) failed and are excluded from the statistics (see {FAILURES_HEADING}).")
-    out.append("Perplexity is exp(mean eval loss over seeds), not the mean of per-seed perplexities.")
+        out.append(
+            f"{failed} run(s) failed and are excluded from the statistics (see {FAILURES_HEADING})."
+        )
+    out.append(
+        "Perplexity is exp(mean eval loss over seeds), not the mean of per-seed perplexities."
+    )
     return out
 
 
@@ -417,31 +516,54 @@ def curve_seeds(study: Study) -> tuple[set | None, str]:
     if not finished or all(s == common for s in finished):
         return None, "Training loss per step: mean over finished seeds, band = min–max."
     if not common:
-        return None, ("Training loss per step: mean over finished seeds, band = min–max. The strategies have no "
-                      "finished seed in common, so their curves average different batches.")
+        return None, (
+            "Training loss per step: mean over finished seeds, band = min–max. The strategies have no "
+            "finished seed in common, so their curves average different batches."
+        )
     listed = ", ".join(str(s) for s in sorted(common))
-    return common, (f"Training loss per step over the seeds every strategy finished ({listed}), band = min–max; "
-                    "other finished seeds are left out so that every curve sees the same batches.")
+    return common, (
+        f"Training loss per step over the seeds every strategy finished ({listed}), band = min–max; "
+        "other finished seeds are left out so that every curve sees the same batches."
+    )
 
 
 def _write_figures(study: Study, rows: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
     base = mean([r.get("base_eval_loss") for r in study.records])
     figures.plot_pareto(rows, out / "pareto.png", base)
     seeds, caption = curve_seeds(study)
-    curves = {name: [study.metrics.get((name, r.get("seed")), []) for r in study.runs(name, "finished")
-                     if seeds is None or r.get("seed") in seeds]
-              for name in study.strategies}
+    curves = {
+        name: [
+            study.metrics.get((name, r.get("seed")), [])
+            for r in study.runs(name, "finished")
+            if seeds is None or r.get("seed") in seeds
+        ]
+        for name in study.strategies
+    }
     figures.plot_curves(curves, out / "curves.png")
     placements = []
     for name, spec in study.strategies.items():
-        placement = _first(study.runs(name, "finished"), "placement") or _first(study.runs(name), "placement") or {}
-        placements.append(figures.PlacementRow(f"{name}  ({spec})" if spec != name else name, placement))
-    layers = max([int(r.get("num_layers") or 0) for r in study.records]
-                 + [int(k) + 1 for p in placements for k in p.placement], default=1)
+        placement = (
+            _first(study.runs(name, "finished"), "placement")
+            or _first(study.runs(name), "placement")
+            or {}
+        )
+        placements.append(
+            figures.PlacementRow(f"{name}  ({spec})" if spec != name else name, placement)
+        )
+    layers = max(
+        [int(r.get("num_layers") or 0) for r in study.records]
+        + [int(k) + 1 for p in placements for k in p.placement],
+        default=1,
+    )
     figures.plot_placement(placements, layers, out / "placement.png")
-    return [("pareto.png", "Trainable parameters vs eval loss (mean ± std over seeds); the red line is the non-dominated front."),
-            ("curves.png", caption),
-            ("placement.png", "Placement map: which roles carry an adapter in each decoder layer.")]
+    return [
+        (
+            "pareto.png",
+            "Trainable parameters vs eval loss (mean ± std over seeds); the red line is the non-dominated front.",
+        ),
+        ("curves.png", caption),
+        ("placement.png", "Placement map: which roles carry an adapter in each decoder layer."),
+    ]
 
 
 def write_report(study_dir: str | Path) -> Path:

@@ -45,11 +45,15 @@ class LoraSettings:
     have nothing to regularise, and on a CPU the dropout masks cost ~30% of training time."""
 
     def __post_init__(self) -> None:
-        problems = check_fields(self, "lora", {
-            "rank": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-            "alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-            "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        })
+        problems = check_fields(
+            self,
+            "lora",
+            {
+                "rank": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                "alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+                "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+            },
+        )
         if problems:
             raise ConfigError(problems)
 
@@ -76,17 +80,27 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         if self.seeds is None:
             self.seeds = [0, 1]
-        problems = check_fields(self, "training", {
-            "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-            "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-            "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-            "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-            "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-            "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-        })
+        problems = check_fields(
+            self,
+            "training",
+            {
+                "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+                "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+                "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+                "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+            },
+        )
         seeds = self.seeds
-        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-            problems.append(f"training.seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(_is_int(s) and s >= 0 for s in seeds)
+        ):
+            problems.append(
+                f"training.seeds must be a non-empty list of integers >= 0, got {seeds!r}"
+            )
         elif len(set(seeds)) != len(seeds):
             problems.append(f"training.seeds has duplicates: {seeds!r}")
         if problems:
@@ -105,10 +119,14 @@ class EvalSettings:
     """Sequences per forward pass when evaluating loss and accuracy."""
 
     def __post_init__(self) -> None:
-        problems = check_fields(self, "eval", {
-            "accuracy_examples": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-            "max_new_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-            "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        })
+        problems = check_fields(
+            self,
+            "eval",
+            {
+                "accuracy_examples": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+                "max_new_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            },
+        )
         if problems:
             raise ConfigError(problems)

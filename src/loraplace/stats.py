@@ -82,7 +82,9 @@ def ci95(values: Sequence[Number]) -> float | None:
 
 def summarize_sample(values: Sequence[Number]) -> SampleSummary:
     """Computes :class:`SampleSummary` (n, mean, std, 95% CI) of the finite values."""
-    return SampleSummary(n=len(finite(values)), mean=mean(values), std=std(values), ci95=ci95(values))
+    return SampleSummary(
+        n=len(finite(values)), mean=mean(values), std=std(values), ci95=ci95(values)
+    )
 
 
 def _is_constant(xs: list[float]) -> bool:

@@ -93,7 +93,11 @@ class LayerSelector:
             k = self.args[0]
             if k > num_layers:
                 raise StrategyError(f"layer selector '{self}' asks for {k} layers but {valid}")
-            return tuple(range(k)) if self.kind == "first" else tuple(range(num_layers - k, num_layers))
+            return (
+                tuple(range(k))
+                if self.kind == "first"
+                else tuple(range(num_layers - k, num_layers))
+            )
         if self.kind == "every":
             n, offset = self.args
             if offset >= num_layers:
@@ -149,7 +153,7 @@ class Strategy:
         """Whether any part sets its own rank with ``:rN``."""
         return any(part.rank is not None for part in self.parts)
 
-    def with_rank(self, rank: int) -> "Strategy":
+    def with_rank(self, rank: int) -> Strategy:
         """The same placement with every part's rank set to ``rank``."""
         return Strategy(tuple(Part(p.groups, p.layers, rank) for p in self.parts))
 
@@ -173,11 +177,15 @@ def _parse_layers(text: str) -> LayerSelector:
     if head in ("first", "last"):
         if not rest:
             raise StrategyError(f"layer selector '{text}' needs a count, e.g. '{head}:8'")
-        return LayerSelector(head, (_int(rest, "the layer count", text, minimum=1, hint=_LAYER_HINT),))
+        return LayerSelector(
+            head, (_int(rest, "the layer count", text, minimum=1, hint=_LAYER_HINT),)
+        )
     if head == "every":
         n_text, _, offset_text = rest.partition(":")
         if not n_text:
-            raise StrategyError(f"layer selector '{text}' needs a step, e.g. 'every:2' or 'every:2:1'")
+            raise StrategyError(
+                f"layer selector '{text}' needs a step, e.g. 'every:2' or 'every:2:1'"
+            )
         n = _int(n_text, "the step", text, minimum=1, hint=_LAYER_HINT)
         offset = _int(offset_text, "the offset", text, hint=_LAYER_HINT) if offset_text else 0
         return LayerSelector("every", (n, offset))
@@ -189,7 +197,9 @@ def _parse_layers(text: str) -> LayerSelector:
             raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
         a, b = int(a_text), int(b_text)
         if a > b:
-            raise StrategyError(f"layer range '{text}' is empty: its start is after its end (write {b}-{a})")
+            raise StrategyError(
+                f"layer range '{text}' is empty: its start is after its end (write {b}-{a})"
+            )
         return LayerSelector("range", (a, b))
     items = text.split(",")
     if not all(re.fullmatch(r"\d+", item) for item in items):
@@ -208,7 +218,11 @@ def _parse_part(text: str) -> Part:
     groups: list[str] = []
     for group in groups_text.split(","):
         if group not in GROUPS:
-            hint = " (did you mean a layer selector after '@'?)" if ":" in group or group.isdigit() else ""
+            hint = (
+                " (did you mean a layer selector after '@'?)"
+                if ":" in group or group.isdigit()
+                else ""
+            )
             shown = group if group else "(empty)"
             raise StrategyError(
                 f"unknown group '{shown}' in '{text}'; valid groups: {', '.join(GROUPS)}{hint}"
@@ -236,7 +250,9 @@ def parse_strategy(text: str) -> Strategy:
         raise StrategyError(f"a strategy must be a string, got {text!r}")
     cleaned = "".join(text.split())
     if not cleaned:
-        raise StrategyError(f"empty strategy; write e.g. 'all', 'attn', 'mlp@last:8' or a preset ({', '.join(PRESETS)})")
+        raise StrategyError(
+            f"empty strategy; write e.g. 'all', 'attn', 'mlp@last:8' or a preset ({', '.join(PRESETS)})"
+        )
     cleaned = PRESETS.get(cleaned, cleaned)
     pieces = cleaned.split("+")
     if not all(pieces):

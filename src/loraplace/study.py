@@ -23,12 +23,37 @@ from loraplace.errors import LoraplaceError
 from loraplace.files import read_json
 from loraplace.run import run_dir_name
 
-__all__ = ["RunSpec", "pending_runs", "prepare_study_dir", "write_results_csv", "run_study", "study_command",
-           "RESULT_COLUMNS"]
+__all__ = [
+    "RunSpec",
+    "pending_runs",
+    "prepare_study_dir",
+    "write_results_csv",
+    "run_study",
+    "study_command",
+    "RESULT_COLUMNS",
+]
 
-RESULT_COLUMNS = ["name", "spec", "seed", "status", "error", "trainable_params", "total_params", "trainable_pct",
-                  "eval_loss", "perplexity", "base_eval_loss", "accuracy", "base_accuracy", "train_time_s",
-                  "train_tokens", "tokens_per_s", "peak_memory_mb", "steps", "run_dir"]
+RESULT_COLUMNS = [
+    "name",
+    "spec",
+    "seed",
+    "status",
+    "error",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "eval_loss",
+    "perplexity",
+    "base_eval_loss",
+    "accuracy",
+    "base_accuracy",
+    "train_time_s",
+    "train_tokens",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "steps",
+    "run_dir",
+]
 
 
 class RunSpec(tuple):
@@ -96,7 +121,9 @@ def prepare_study_dir(config: StudyConfig, out: Path) -> None:
         except yaml.YAMLError:
             previous = {}
         if _normalised(_without_seeds(previous)) != _normalised(_without_seeds(resolved)):
-            changed = sorted(k for k in set(resolved) | set(previous) if previous.get(k) != resolved.get(k))
+            changed = sorted(
+                k for k in set(resolved) | set(previous) if previous.get(k) != resolved.get(k)
+            )
             raise LoraplaceError(
                 f"'{out}' holds a study with a different config (differs in: {', '.join(changed) or 'format'}); "
                 f"nothing was changed there: choose another directory with --out"
@@ -107,7 +134,9 @@ def prepare_study_dir(config: StudyConfig, out: Path) -> None:
             _write_yaml_atomic(existing, resolved)
         return
     if out.exists() and any(out.iterdir()):
-        raise LoraplaceError(f"'{out}' exists and is not a loraplace study directory; choose another --out")
+        raise LoraplaceError(
+            f"'{out}' exists and is not a loraplace study directory; choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_yaml_atomic(existing, resolved)
 
@@ -139,15 +168,24 @@ def write_results_csv(config: StudyConfig, out: Path) -> list[dict]:
     writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for result in results:
-        writer.writerow({k: ("" if result.get(k) is None else result.get(k)) for k in RESULT_COLUMNS})
+        writer.writerow(
+            {k: ("" if result.get(k) is None else result.get(k)) for k in RESULT_COLUMNS}
+        )
     tmp = out / ".results.csv.tmp"
     tmp.write_text(buffer.getvalue())
     os.replace(tmp, out / "results.csv")
     return results
 
 
-def run_study(config: StudyConfig, out: Path, *, executor: str = "local", retry_failed: bool = False,
-              show_progress: bool = True, report: bool = True) -> int:
+def run_study(
+    config: StudyConfig,
+    out: Path,
+    *,
+    executor: str = "local",
+    retry_failed: bool = False,
+    show_progress: bool = True,
+    report: bool = True,
+) -> int:
     """Run every pending (strategy, seed) of ``config`` into ``out``; returns the exit status.
 
     Returns:
@@ -157,9 +195,11 @@ def run_study(config: StudyConfig, out: Path, *, executor: str = "local", retry_
     prepare_study_dir(config, out)
     pending = pending_runs(config, out, retry_failed=retry_failed)
     total = len(all_runs(config))
-    print(f"study '{config.name}' in {out}: {total} runs ({len(config.strategies)} strategies x "
-          f"{len(config.training.seeds)} seeds), {total - len(pending)} already complete, {len(pending)} to run",
-          flush=True)
+    print(
+        f"study '{config.name}' in {out}: {total} runs ({len(config.strategies)} strategies x "
+        f"{len(config.training.seeds)} seeds), {total - len(pending)} already complete, {len(pending)} to run",
+        flush=True,
+    )
     start = time.perf_counter()
     if pending:
         if executor == "local":
@@ -174,8 +214,11 @@ def run_study(config: StudyConfig, out: Path, *, executor: str = "local", retry_
             raise LoraplaceError(f"unknown executor '{executor}'; valid: local, ray")
     results = write_results_csv(config, out)
     failed = [r for r in results if r["status"] == "failed"]
-    print(f"study '{config.name}': {len(results) - len(failed)} finished, {len(failed)} failed, "
-          f"{time.perf_counter() - start:.0f} s this session; results in {out / 'results.csv'}", flush=True)
+    print(
+        f"study '{config.name}': {len(results) - len(failed)} finished, {len(failed)} failed, "
+        f"{time.perf_counter() - start:.0f} s this session; results in {out / 'results.csv'}",
+        flush=True,
+    )
     for result in failed:
         print(f"  failed: {result['name']} seed {result['seed']}: {result['error']}", flush=True)
     if report:
@@ -197,12 +240,18 @@ def study_command(args) -> int:
         try:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
-            raise LoraplaceError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
+            raise LoraplaceError(
+                f"--seeds must be comma-separated integers, got '{args.seeds}'"
+            ) from None
         raw.setdefault("training", {})["seeds"] = seeds
         config = load_study_config(raw)
     else:
         config = load_study_config(source)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    return run_study(config, out, executor=args.executor, retry_failed=args.retry_failed,
-                     report=not args.no_report)
-
+    return run_study(
+        config,
+        out,
+        executor=args.executor,
+        retry_failed=args.retry_failed,
+        report=not args.no_report,
+    )

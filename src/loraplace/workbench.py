@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from loraplace.arch import ArchInfo, classify
-from loraplace.data import DataConfig, DynamicPaddingCollator, Example, load_dataset_split, tokenize_examples
+from loraplace.data import (
+    DataConfig,
+    DynamicPaddingCollator,
+    Example,
+    load_dataset_split,
+    tokenize_examples,
+)
 from loraplace.errors import DataError
 from loraplace.evaluate import eval_accuracy, eval_loss
 from loraplace.files import read_json, write_json_atomic
@@ -35,7 +41,9 @@ def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
         if not torch.cuda.is_available():
             from loraplace.errors import LoraplaceError
 
-            raise LoraplaceError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+            raise LoraplaceError(
+                f"device '{device}' requested but CUDA is not available; use --device cpu"
+            )
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return device, torch.float32
 
@@ -46,15 +54,24 @@ def versions() -> dict:
 
     from loraplace import __version__
 
-    return {"loraplace": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
+    return {
+        "loraplace": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def hardware(device: str) -> dict:
     import os
 
-    info = {"device": "cuda" if device.startswith("cuda") else "cpu", "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    info = {
+        "device": "cuda" if device.startswith("cuda") else "cpu",
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
     if info["device"] == "cuda":
         info["name"] = torch.cuda.get_device_name(torch.device(device))
     else:
@@ -92,7 +109,7 @@ class Workbench:
     _base: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, model: str, data: DataConfig, device: str | None = None) -> "Workbench":
+    def load(cls, model: str, data: DataConfig, device: str | None = None) -> Workbench:
         device, dtype = pick_device(device)
         source = resolve_model(model)
         tokenizer = load_tokenizer(source)
@@ -100,14 +117,27 @@ class Workbench:
         train_features, train_stats = tokenize_examples(train, tokenizer, data.max_length)
         eval_features, eval_stats = tokenize_examples(evaluation, tokenizer, data.max_length)
         if not train_features or not eval_features:
-            raise DataError(f"no usable examples in '{data.dataset}' after tokenizing to max_length "
-                            f"{data.max_length}: raise data.max_length")
+            raise DataError(
+                f"no usable examples in '{data.dataset}' after tokenizing to max_length "
+                f"{data.max_length}: raise data.max_length"
+            )
         base = load_model(source, device=device)
         base.requires_grad_(False)
         base.eval()
         provenance = {**provenance, "train_tokens": train_stats, "eval_tokens": eval_stats}
-        return cls(source, base, tokenizer, classify(base), count_params(base), train_features,
-                   eval_features, evaluation, provenance, device, dtype)
+        return cls(
+            source,
+            base,
+            tokenizer,
+            classify(base),
+            count_params(base),
+            train_features,
+            eval_features,
+            evaluation,
+            provenance,
+            device,
+            dtype,
+        )
 
     @property
     def planner(self) -> ModelPlanner:
@@ -135,30 +165,55 @@ class Workbench:
                 read when it was computed with the same eval settings, device and dtype, written
                 (atomically) otherwise. A resumed study or a Ray worker then skips the base eval.
         """
-        identity = {"accuracy_examples": settings.accuracy_examples, "max_new_tokens": settings.max_new_tokens,
-                    "batch_size": settings.batch_size, "eval_examples": len(self.eval_features),
-                    "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
+        identity = {
+            "accuracy_examples": settings.accuracy_examples,
+            "max_new_tokens": settings.max_new_tokens,
+            "batch_size": settings.batch_size,
+            "eval_examples": len(self.eval_features),
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
         key = tuple(identity.values())
         if key in self._base:
             return self._base[key]
         stored = read_json(store) if store is not None else None
         if stored is not None and stored.get("settings") == identity:
-            metrics = {**{k: stored.get(k) for k in ("eval_loss", "eval_tokens", "accuracy", "eval_time_s")},
-                       "stored": True}
+            metrics = {
+                **{
+                    k: stored.get(k)
+                    for k in ("eval_loss", "eval_tokens", "accuracy", "eval_time_s")
+                },
+                "stored": True,
+            }
         else:
             start = time.perf_counter()
-            loss, tokens = eval_loss(self.model, self.eval_features, self.collator,
-                                     batch_size=settings.batch_size, device=self.device, dtype=self.dtype)
+            loss, tokens = eval_loss(
+                self.model,
+                self.eval_features,
+                self.collator,
+                batch_size=settings.batch_size,
+                device=self.device,
+                dtype=self.dtype,
+            )
             accuracy = None
             if settings.accuracy_examples:
-                accuracy, _ = eval_accuracy(self.model, self.tokenizer, self.eval_examples[:settings.accuracy_examples],
-                                            max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                                            device=self.device, dtype=self.dtype)
-            metrics = {"eval_loss": loss, "eval_tokens": tokens, "accuracy": accuracy,
-                       "eval_time_s": round(time.perf_counter() - start, 3)}
+                accuracy, _ = eval_accuracy(
+                    self.model,
+                    self.tokenizer,
+                    self.eval_examples[: settings.accuracy_examples],
+                    max_new_tokens=settings.max_new_tokens,
+                    batch_size=settings.batch_size,
+                    device=self.device,
+                    dtype=self.dtype,
+                )
+            metrics = {
+                "eval_loss": loss,
+                "eval_tokens": tokens,
+                "accuracy": accuracy,
+                "eval_time_s": round(time.perf_counter() - start, 3),
+            }
             if store is not None:
                 write_json_atomic(store, {"settings": identity, **metrics})
             metrics["stored"] = False
         self._base[key] = metrics
         return metrics
-
