@@ -279,20 +279,24 @@ def test_plan_matches_peft(case, strategy):
     plan = compile_plan(strategy, classify(meta), rank, base_params=count_params(meta))
     assert plan.module_ranks == _expected_targets(case, strategy, rank)
 
-    peft_model = get_peft_model(case.build("cpu"), plan.lora_config(alpha=16, dropout=0.0))
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    assert trainable == plan.trainable_params
-    assert total == plan.total_params
-    wrapped = {
-        name.removeprefix("base_model.model."): module
-        for name, module in peft_model.named_modules()
-        if hasattr(module, "lora_A") and "default" in module.lora_A
-    }
-    assert set(wrapped) == set(plan.targets)
-    assert {n: m.lora_A["default"].weight.shape[0] for n, m in wrapped.items()} == plan.module_ranks
-    # alpha is given at the global rank; every module of every strategy keeps alpha / r = 16 / rank.
-    scalings = [m.scaling["default"] for m in wrapped.values()]
-    assert scalings == pytest.approx([16 / rank] * len(scalings))
+    for scaling, expected in (("standard", lambda r: 16 / r), ("rslora", lambda r: 16 / r**0.5)):
+        peft_model = get_peft_model(
+            case.build("cpu"), plan.lora_config(alpha=16, dropout=0.0, scaling=scaling)
+        )
+        trainable, total = peft_model.get_nb_trainable_parameters()
+        assert trainable == plan.trainable_params
+        assert total == plan.total_params
+        wrapped = {
+            name.removeprefix("base_model.model."): module
+            for name, module in peft_model.named_modules()
+            if hasattr(module, "lora_A") and "default" in module.lora_A
+        }
+        assert set(wrapped) == set(plan.targets)
+        ranks = {n: m.lora_A["default"].weight.shape[0] for n, m in wrapped.items()}
+        assert ranks == plan.module_ranks
+        # Each module's scaling follows the convention at its own rank (a part's :rN included).
+        scalings = {n: m.scaling["default"] for n, m in wrapped.items()}
+        assert scalings == pytest.approx({n: expected(r) for n, r in ranks.items()})
 
 
 # (architecture, strategy, words the one-line error must contain)

@@ -35,9 +35,6 @@ class Plan:
         num_layers: decoder layers in the model (for placement maps).
         fan_in_fan_out: whether targets are transformers ``Conv1D`` (GPT-2 family).
         matched_to: the parameter budget this plan's rank was matched to, if any.
-        alpha_rank: the rank at which the study's ``alpha`` is given (its global rank); every
-            module gets ``alpha * r / alpha_rank``, so the LoRA scaling ``alpha / r`` is the same
-            for every module of every strategy in a study.
     """
 
     name: str
@@ -52,7 +49,6 @@ class Plan:
     num_layers: int
     fan_in_fan_out: bool = False
     matched_to: int | None = field(default=None)
-    alpha_rank: int | None = field(default=None)
 
     @property
     def targets(self) -> list[str]:
@@ -71,28 +67,27 @@ class Plan:
     def lowest_layer(self) -> int:
         return min(self.placement)
 
-    def lora_config(self, alpha: float, dropout: float):
+    def lora_config(self, alpha: float, dropout: float, scaling: str = "standard"):
         """The PEFT ``LoraConfig`` for this plan.
 
         Modules are named explicitly (no suffix matching), so exactly the planned modules are
-        adapted. Modules whose rank differs from :attr:`rank` get ``rank_pattern`` entries. Alpha
-        is scaled with the rank (``alpha * r / alpha_rank``) so the scaling ``alpha / r`` is the
-        same for every module of every strategy: a per-part or parameter-matched rank changes
-        capacity, not the scaling (the per-step movement of ``B @ A`` still grows with the rank;
-        see docs/CONCEPTS.md, "Alpha").
+        adapted. Modules whose rank differs from :attr:`rank` get ``rank_pattern`` entries.
+        Every module's scaling is ``alpha / r`` (``standard``) or ``alpha / sqrt(r)``
+        (``rslora``, PEFT's ``use_rslora``) with ``r`` its own rank, so a larger rank changes
+        the scaling as the convention says (see docs/CONCEPTS.md, "LoRA scaling").
         """
         from peft import LoraConfig
 
-        scaling = alpha / (self.alpha_rank or self.rank)
+        if scaling not in ("standard", "rslora"):
+            raise ValueError(f"unknown LoRA scaling {scaling!r}; valid: standard, rslora")
         rank_pattern = {name: r for name, r in self.module_ranks.items() if r != self.rank}
-        alpha_pattern = {name: scaling * r for name, r in rank_pattern.items()}
         return LoraConfig(
             r=self.rank,
-            lora_alpha=scaling * self.rank,
+            lora_alpha=alpha,
             lora_dropout=dropout,
             target_modules=self.targets,
             rank_pattern=rank_pattern,
-            alpha_pattern=alpha_pattern,
+            use_rslora=scaling == "rslora",
             fan_in_fan_out=self.fan_in_fan_out,
             bias="none",
             task_type="CAUSAL_LM",
@@ -134,7 +129,6 @@ def compile_plan(
     *,
     base_params: int,
     name: str | None = None,
-    alpha_rank: int | None = None,
 ) -> Plan:
     """Compile ``strategy`` for the model described by ``arch``.
 
@@ -144,7 +138,6 @@ def compile_plan(
         rank: the global LoRA rank, used by parts without ``:rN``.
         base_params: parameter count of the base model.
         name: the strategy's name (defaults to its canonical spec).
-        alpha_rank: the rank at which alpha is given (defaults to ``rank``).
 
     Raises:
         StrategyError: layers out of range, a role that exists only fused with roles the
@@ -222,7 +215,6 @@ def compile_plan(
         base_params=base_params,
         num_layers=arch.num_layers,
         fan_in_fan_out=fan_in_fan_out,
-        alpha_rank=alpha_rank or rank,
     )
 
 
@@ -233,7 +225,6 @@ def match_rank(
     *,
     base_params: int,
     name: str | None = None,
-    alpha_rank: int | None = None,
 ) -> Plan:
     """The plan of ``strategy`` with the single rank whose trainable count is closest to ``budget``.
 
@@ -253,9 +244,7 @@ def match_rank(
     unit = compile_plan(strategy, arch, 1, base_params=base_params, name=name).trainable_params
     low = max(1, budget // unit)
     best = min((low, low + 1), key=lambda r: (abs(r * unit - budget), r))
-    plan = compile_plan(
-        strategy, arch, best, base_params=base_params, name=name, alpha_rank=alpha_rank
-    )
+    plan = compile_plan(strategy, arch, best, base_params=base_params, name=name)
     return Plan(**{**plan.__dict__, "matched_to": budget})
 
 
@@ -301,7 +290,4 @@ def plan_strategies(
                     f"strategies: {', '.join(parsed)}"
                 ) from None
         budget = compile_plan(reference, arch, rank, base_params=base_params).trainable_params
-    return [
-        match_rank(s, arch, budget, base_params=base_params, name=n, alpha_rank=rank)
-        for n, s in parsed.items()
-    ]
+    return [match_rank(s, arch, budget, base_params=base_params, name=n) for n, s in parsed.items()]
