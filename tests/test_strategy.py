@@ -1,4 +1,4 @@
-"""The strategy grammar (SPEC 1): parsing, canonical spelling, layer resolution, error messages.
+"""The strategy grammar: parsing, canonical spelling, layer resolution, error messages.
 
 Every case is a row: a new grammar form, selector or error is a new row in one of the tables.
 """
@@ -6,6 +6,8 @@ Every case is a row: a new grammar form, selector or error is a new row in one o
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loraplace.errors import StrategyError
 from loraplace.strategy import GROUPS, PRESETS, LayerSelector, Part, Strategy, parse_strategy
@@ -53,6 +55,29 @@ PARSE_CASES = [
         S(Part(("attn",), LayerSelector("last", (2,))), Part(("mlp",))),
         "attn@last:2+mlp",
     ),
+    # layer lists mixing ranges and indices: sorted, merged, runs of 3+ as ranges
+    ("all@0-3,7", S(Part(("all",), LayerSelector("set", (0, 3, 7, 7)))), "all@0-3,7"),
+    (
+        "q,v@10-12,0-3,7",
+        S(Part(("q", "v"), LayerSelector("set", (0, 3, 7, 7, 10, 12)))),
+        "q,v@0-3,7,10-12",
+    ),
+    (
+        "attn@0-2,1-4,9:r4",
+        S(Part(("attn",), LayerSelector("set", (0, 4, 9, 9)), 4)),
+        "attn@0-4,9:r4",
+    ),
+    ("mlp@0-3,5,6", S(Part(("mlp",), LayerSelector("set", (0, 3, 5, 6)))), "mlp@0-3,5,6"),
+    # ... and collapse to the older forms when that is what they are
+    ("mlp@0-1,2", S(Part(("mlp",), LayerSelector("range", (0, 2)))), "mlp@0-2"),
+    ("attn@3,0-2", S(Part(("attn",), LayerSelector("range", (0, 3)))), "attn@0-3"),
+    ("mlp@0-1,5", S(Part(("mlp",), LayerSelector("list", (0, 1, 5)))), "mlp@0,1,5"),
+    ("all@2-2,5", S(Part(("all",), LayerSelector("list", (2, 5)))), "all@2,5"),
+    # the older forms keep their spelling: a lone range, a list in the order written
+    ("all@0-1", S(Part(("all",), LayerSelector("range", (0, 1)))), "all@0-1"),
+    ("all@2-2", S(Part(("all",), LayerSelector("range", (2, 2)))), "all@2-2"),
+    ("all@5,1,3", S(Part(("all",), LayerSelector("list", (5, 1, 3)))), "all@5,1,3"),
+    ("all@1,2,3", S(Part(("all",), LayerSelector("list", (1, 2, 3)))), "all@1,2,3"),
     # presets
     ("baseline", S(Part(("all",))), "all"),
     ("attention-only", S(Part(("attn",))), "attn"),
@@ -116,6 +141,9 @@ RESOLVE_CASES = [
     ("12-23", 24, tuple(range(12, 24))),
     ("5,1,3", 6, (1, 3, 5)),
     ("7", 8, (7,)),
+    ("0-3,7", 8, (0, 1, 2, 3, 7)),
+    ("10-12,0-1,5", 13, (0, 1, 5, 10, 11, 12)),
+    ("4,0-2,2-3", 5, (0, 1, 2, 3, 4)),
 ]
 
 
@@ -135,6 +163,8 @@ OUT_OF_RANGE_CASES = [
     ("3,8", 8),
     ("8", 8),
     ("every:2:8", 8),
+    ("0-3,8", 8),
+    ("0,5-9", 8),
 ]
 
 
@@ -170,6 +200,10 @@ ERROR_CASES = [
     ("all@every:x", ["every:x"], LAYER_FORMS),
     ("all@every:2:y", ["every:2:y", "'y'"], LAYER_FORMS),
     ("all@5-2", ["5-2"], ["2-5"]),
+    ("all@0,5-2", ["'5-2'"], ["2-5"]),
+    ("all@0-3,x", ["0-3,x"], LAYER_FORMS),
+    ("all@0-3,", ["0-3,"], LAYER_FORMS),
+    ("all@1-2-3", ["1-2-3"], LAYER_FORMS),
     ("all@1-x", ["1-x"], LAYER_FORMS),
     ("all@foo", ["foo"], LAYER_FORMS),
     ("all@", ["'@'"], LAYER_FORMS),
@@ -198,3 +232,65 @@ def test_parse_errors(text, pieces, choices):
 def test_non_string_strategy():
     with pytest.raises(StrategyError, match="must be a string"):
         parse_strategy(8)  # type: ignore[arg-type]
+
+
+# (layers in any order, with repeats; the canonical selector's spelling)
+FROM_LAYERS_CASES = [
+    ([7], "7"),
+    ([1, 0], "0,1"),
+    ([2, 0, 1], "0-2"),
+    ([0, 1, 2, 3, 7], "0-3,7"),
+    ([12, 11, 10, 7, 3, 2, 1, 0, 7], "0-3,7,10-12"),
+    ([0, 1, 5, 6], "0,1,5,6"),
+    ([0, 2, 4], "0,2,4"),
+    ([0, 1, 2, 4, 5], "0-2,4,5"),
+]
+
+
+@pytest.mark.parametrize("layers, text", FROM_LAYERS_CASES, ids=[c[1] for c in FROM_LAYERS_CASES])
+def test_from_layers(layers, text):
+    selector = LayerSelector.from_layers(layers)
+    assert str(selector) == text
+    (part,) = parse_strategy(f"all@{text}").parts
+    assert part.layers == selector
+    assert selector.resolve(20) == tuple(sorted(set(layers)))
+
+
+@pytest.mark.parametrize("layers", [[], [-1, 2]], ids=["empty", "negative"])
+def test_from_layers_refuses(layers):
+    with pytest.raises(StrategyError, match="non-negative layers"):
+        LayerSelector.from_layers(layers)
+
+
+def _spelled_runs(layers: set[int]) -> str:
+    """A hand spelling of a layer set, independent of the grammar: runs of 3+ as ``A-B``."""
+    pieces, ordered, i = [], sorted(layers), 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        if j - i >= 2:
+            pieces.append(f"{ordered[i]}-{ordered[j]}")
+        else:
+            pieces.extend(str(x) for x in ordered[i : j + 1])
+        i = j + 1
+    return ",".join(pieces)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 5)).map(lambda t: (t[0], t[0] + t[1])),
+        min_size=1,
+        max_size=6,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_mixed_layer_lists_round_trip(items):
+    """Any mix of ranges and indices resolves to their union and canonicalises by the rules."""
+    text = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in items)
+    union = {i for a, b in items for i in range(a, b + 1)}
+    (part,) = parse_strategy(f"all@{text}").parts
+    assert part.layers.resolve(50) == tuple(sorted(union))
+    if len(items) > 1 and any(a != b for a, b in items):
+        assert str(part.layers) == _spelled_runs(union)
+    assert parse_strategy(str(parse_strategy(f"all@{text}"))).parts[0].layers == part.layers

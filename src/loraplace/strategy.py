@@ -5,17 +5,27 @@ strategy := part ('+' part)*
 part     := groups ['@' layers] [':r' INT]
 groups   := group (',' group)*
 group    := all | attn | mlp | ffn | q | k | v | o | qkv | gate | up | down
-layers   := all | first:K | last:K | every:N[:OFFSET] | A-B | I,J,...   (0-based, A-B inclusive)
+layers   := all | first:K | last:K | every:N[:OFFSET] | items     (0-based)
+items    := item (',' item)*
+item     := I | A-B                                                 (A-B inclusive)
 ```
 
 A strategy parses to a small immutable :class:`Strategy`; ``str()`` of it gives the canonical
 string back. Layer selectors are resolved against a model's layer count only when a strategy is
 compiled for that model (:meth:`LayerSelector.resolve`).
+
+Layer items: a lone range ``A-B`` and a plain list ``I,J,...`` keep the spelling they always had
+(``0-1`` stays ``0-1``, ``5,1,3`` stays ``5,1,3``), so strategies written before ranges and
+indices could mix keep their canonical strings. A list that mixes them (``10-12,0-3,7``) is
+canonicalised to its sorted, distinct layers with every run of 3 or more consecutive layers
+written as a range (``0-3,7,10-12``); :meth:`LayerSelector.from_layers` gives that spelling for
+any set of layers.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from loraplace.errors import StrategyError
@@ -50,7 +60,7 @@ _GROUP_ALIASES = {"ffn": "mlp"}
 #: Named presets, usable wherever a strategy string is.
 PRESETS: dict[str, str] = {"baseline": "all", "attention-only": "attn", "ffn-only": "mlp"}
 
-_LAYER_FORMS = "all, first:K, last:K, every:N[:OFFSET], A-B, I,J,..."
+_LAYER_FORMS = "all, first:K, last:K, every:N[:OFFSET], A-B, I,J,... or a mix such as 0-3,7"
 _RANK_SUFFIX = re.compile(r":r(\w*)$")
 _LAYER_HINT = f"; valid layer forms: {_LAYER_FORMS}"
 _RANK_HINT = "; write the rank as ':rN' with N >= 1, e.g. 'mlp:r16'"
@@ -61,12 +71,43 @@ class LayerSelector:
     """Which decoder layers a part applies to.
 
     Attributes:
-        kind: one of ``all``, ``first``, ``last``, ``every``, ``range``, ``list``.
-        args: the integers of the selector (``K``; ``N, OFFSET``; ``A, B``; ``I, J, ...``).
+        kind: one of ``all``, ``first``, ``last``, ``every``, ``range``, ``list``, ``set``.
+        args: the integers of the selector (``K``; ``N, OFFSET``; ``A, B``; ``I, J, ...`` as
+            written for ``list``; for ``set``, a list that mixes ranges and indices, the first
+            and last layer of each maximal run of consecutive layers, in order:
+            ``0-3,7`` is ``(0, 3, 7, 7)``).
     """
 
     kind: str = "all"
     args: tuple[int, ...] = ()
+
+    @classmethod
+    def from_layers(cls, layers: Iterable[int]) -> LayerSelector:
+        """The canonical selector of exactly ``layers`` (an explicit list, never ``all``).
+
+        One run of 3 or more consecutive layers is a ``range`` (``4-9``); layers without such a
+        run are a sorted ``list`` (``0,1,5``); anything else is a ``set`` written with ranges for
+        its runs of 3 or more (``0-3,7,10-12``). Parsing ``str()`` of the result gives it back.
+
+        Args:
+            layers: non-negative layer indices, in any order, repeats allowed.
+
+        Raises:
+            StrategyError: when ``layers`` is empty or holds a negative index.
+        """
+        indices = sorted(set(layers))
+        if not indices or indices[0] < 0:
+            raise StrategyError(f"a layer list needs non-negative layers, got {indices}")
+        return cls._from_runs(_merge_runs((i, i) for i in indices))
+
+    @classmethod
+    def _from_runs(cls, runs: list[tuple[int, int]]) -> LayerSelector:
+        """The canonical selector of maximal, sorted runs ``(first, last)`` (see from_layers)."""
+        if len(runs) == 1 and runs[0][1] - runs[0][0] >= 2:
+            return cls("range", runs[0])
+        if all(b - a < 2 for a, b in runs):
+            return cls("list", tuple(i for a, b in runs for i in range(a, b + 1)))
+        return cls("set", tuple(i for run in runs for i in run))
 
     def __str__(self) -> str:
         if self.kind == "all":
@@ -78,6 +119,11 @@ class LayerSelector:
             return f"every:{n}" if offset == 0 else f"every:{n}:{offset}"
         if self.kind == "range":
             return f"{self.args[0]}-{self.args[1]}"
+        if self.kind == "set":
+            return ",".join(
+                f"{a}-{b}" if b - a >= 2 else ",".join(str(i) for i in range(a, b + 1))
+                for a, b in zip(self.args[::2], self.args[1::2])
+            )
         return ",".join(str(i) for i in self.args)
 
     def resolve(self, num_layers: int) -> tuple[int, ...]:
@@ -105,9 +151,18 @@ class LayerSelector:
             return tuple(range(offset, num_layers, n))
         bad = [i for i in self.args if i >= num_layers]
         if bad:
+            if self.kind == "set":  # name a layer the user wrote or spanned: the first too high
+                bad = [
+                    max(a, num_layers)
+                    for a, b in zip(self.args[::2], self.args[1::2])
+                    if b >= num_layers
+                ]
             raise StrategyError(f"layer {bad[0]} in '{self}' is out of range: {valid}")
         if self.kind == "range":
             return tuple(range(self.args[0], self.args[1] + 1))
+        if self.kind == "set":
+            pairs = zip(self.args[::2], self.args[1::2])
+            return tuple(i for a, b in pairs for i in range(a, b + 1))
         return tuple(sorted(set(self.args)))
 
 
@@ -158,6 +213,18 @@ class Strategy:
         return Strategy(tuple(Part(p.groups, p.layers, rank) for p in self.parts))
 
 
+def _merge_runs(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge inclusive intervals into sorted maximal runs of consecutive layers (never expanded,
+    so ``0-99999999,5`` costs nothing before it is found out of range)."""
+    runs: list[tuple[int, int]] = []
+    for a, b in sorted(intervals):
+        if runs and a <= runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], max(b, runs[-1][1]))
+        else:
+            runs.append((a, b))
+    return runs
+
+
 def _int(text: str, what: str, piece: str, minimum: int = 0, hint: str = "") -> int:
     kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
     if not re.fullmatch(r"\d+", text):
@@ -191,20 +258,23 @@ def _parse_layers(text: str) -> LayerSelector:
         return LayerSelector("every", (n, offset))
     if rest:
         raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
-    if "-" in text:
-        a_text, _, b_text = text.partition("-")
-        if not re.fullmatch(r"\d+", a_text) or not re.fullmatch(r"\d+", b_text):
-            raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
-        a, b = int(a_text), int(b_text)
+    items = text.split(",")
+    if not all(re.fullmatch(r"\d+(-\d+)?", item) for item in items):
+        raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
+    if not any("-" in item for item in items):
+        return LayerSelector("list", tuple(int(item) for item in items))
+    intervals: list[tuple[int, int]] = []
+    for item in items:
+        a_text, _, b_text = item.partition("-")
+        a, b = int(a_text), int(b_text or a_text)
         if a > b:
             raise StrategyError(
-                f"layer range '{text}' is empty: its start is after its end (write {b}-{a})"
+                f"layer range '{item}' is empty: its start is after its end (write {b}-{a})"
             )
-        return LayerSelector("range", (a, b))
-    items = text.split(",")
-    if not all(re.fullmatch(r"\d+", item) for item in items):
-        raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
-    return LayerSelector("list", tuple(int(item) for item in items))
+        intervals.append((a, b))
+    if len(items) == 1:  # a lone A-B keeps its spelling, even 2-2 or 0-1
+        return LayerSelector("range", intervals[0])
+    return LayerSelector._from_runs(_merge_runs(intervals))
 
 
 def _parse_part(text: str) -> Part:
@@ -251,7 +321,8 @@ def parse_strategy(text: str) -> Strategy:
     cleaned = "".join(text.split())
     if not cleaned:
         raise StrategyError(
-            f"empty strategy; write e.g. 'all', 'attn', 'mlp@last:8' or a preset ({', '.join(PRESETS)})"
+            "empty strategy; write e.g. 'all', 'attn', 'mlp@last:8' or a preset "
+            f"({', '.join(PRESETS)})"
         )
     cleaned = PRESETS.get(cleaned, cleaned)
     pieces = cleaned.split("+")
