@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import math
+import time
+from statistics import NormalDist
 
+import numpy as np
 import pytest
+from scipy.stats import binomtest, kendalltau, ttest_1samp, ttest_ind, ttest_rel
 from scipy.stats import t as student_t
 
-from loraplace.stats import ci95, finite, mean, pareto_front, std, summarize_sample, welch_p_value
+from loraplace.stats import (
+    EXPLORATORY,
+    FASTER,
+    SLOWER,
+    UNRESOLVED,
+    bootstrap_paired_examples,
+    ci95,
+    example_array,
+    family_size,
+    finite,
+    holm,
+    kendall_tau,
+    mcnemar_exact,
+    mean,
+    min_detectable_difference,
+    paired_difference,
+    pareto_front,
+    ranking_stability,
+    ratio_interval,
+    speedup_claim,
+    std,
+    summarize_sample,
+    tost_paired,
+    welch_p_value,
+    wilson_interval,
+)
 
 
 def _welch_by_formula(a: list[float], b: list[float]) -> float:
@@ -62,10 +91,16 @@ def test_welch_matches_the_formula(a, b):
     assert welch_p_value(b, a) == pytest.approx(welch_p_value(a, b), rel=1e-12)
 
 
-def test_welch_zero_variance_cases():
-    assert welch_p_value([1.0, 1.0, 1.0], [1.0, 1.0]) == 1.0
-    assert welch_p_value([0.1 + 0.2, 0.3], [0.3, 0.3]) == 1.0
-    assert welch_p_value([1.0, 1.0], [2.0, 2.0, 2.0]) == 0.0
+def test_welch_two_constant_samples_are_undefined():
+    # t = 0/0 whether the constants agree or not: neither "no difference" nor "certain".
+    assert welch_p_value([1.0, 1.0, 1.0], [1.0, 1.0]) is None
+    assert welch_p_value([0.1 + 0.2, 0.3], [0.3, 0.3]) is None
+    assert welch_p_value([1.0, 1.0], [2.0, 2.0, 2.0]) is None
+
+
+def test_welch_matches_scipy():
+    a, b = [1.31, 1.28, 1.35, 1.30], [1.25, 1.27, 1.22]
+    assert welch_p_value(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
 
 
 @pytest.mark.parametrize("a, b", [([1.0], [1.0, 2.0]), ([1.0, 2.0], []), ([1.0, None], [1.0, 2.0])])
@@ -95,3 +130,295 @@ def test_pareto_front_edge_cases():
     assert pareto_front([]) == []
     assert pareto_front([(10, 2.0)]) == [True]
     assert pareto_front([(10, float("nan")), (20, 1.0)]) == [False, True]
+
+
+def test_pareto_tolerance_treats_near_equal_costs_as_one_budget():
+    points = [
+        (1000, 1.00),  # 0.6% cheaper than the next, higher loss
+        (1006, 0.99),
+        (500, 1.10),  # half the cost: its own budget
+        (2000, 0.99),  # same loss as (1006, 0.99) at twice the cost
+    ]
+    # No tolerance: being 0.6% cheaper is enough to stay on the front.
+    assert pareto_front(points) == [True, True, True, False]
+    # 5%: 1006 <= 1000 * 1.05 with lower loss dominates; 1006 * 1.05 < 2000 with equal loss too.
+    assert pareto_front(points, rel_tol=0.05) == [False, True, True, False]
+    # The tolerance is inclusive: 1050 = 1000 * 1.05 is the same budget, 1051 is not.
+    assert pareto_front([(1000, 1.0), (1050, 0.99)], rel_tol=0.05) == [False, True]
+    assert pareto_front([(1000, 1.0), (1051, 0.99)], rel_tol=0.05) == [True, True]
+    # Equal losses at one budget: neither dominates.
+    assert pareto_front([(1000, 1.0), (1006, 1.0)], rel_tol=0.05) == [True, True]
+    with pytest.raises(ValueError, match="rel_tol"):
+        pareto_front(points, rel_tol=-0.1)
+
+
+# --- Paired tests against scipy ------------------------------------------------------------------
+
+A4 = {0: 1.10, 1: 1.12, 2: 1.09, 3: 1.15}
+B4 = {3: 1.15, 1: 1.14, 0: 1.13, 2: 1.12}  # other insertion order: values pair by seed
+
+
+def test_paired_difference_matches_ttest_rel():
+    r = ttest_rel([A4[s] for s in range(4)], [B4[s] for s in range(4)])
+    ci = r.confidence_interval(0.95)
+    got = paired_difference(A4, B4)
+    assert (got.n, got.seeds, got.df) == (4, (0, 1, 2, 3), 3)
+    assert got.mean == pytest.approx(-0.02)
+    assert got.p == pytest.approx(r.pvalue, rel=1e-9)
+    assert (got.ci_low, got.ci_high) == (
+        pytest.approx(ci.low, rel=1e-9),
+        pytest.approx(ci.high, rel=1e-9),
+    )
+    ci90 = r.confidence_interval(0.90)
+    got90 = paired_difference(A4, B4, conf=0.90)
+    assert (got90.ci_low, got90.ci_high) == (pytest.approx(ci90.low), pytest.approx(ci90.high))
+
+
+def test_paired_difference_uses_common_finite_seeds_only():
+    a = {0: 1.0, 1: 1.2, 2: None, 3: 1.1, 7: 0.9}
+    b = {0: 1.1, 1: 1.25, 2: 1.0, 3: 1.3, 5: 1.0}
+    got = paired_difference(a, b)
+    assert got.seeds == (0, 1, 3)
+    assert got.p == pytest.approx(ttest_rel([1.0, 1.2, 1.1], [1.1, 1.25, 1.3]).pvalue, rel=1e-9)
+
+
+def test_paired_difference_refuses_lists():
+    with pytest.raises(TypeError, match="mapping"):
+        paired_difference([1.0, 2.0], [1.0, 2.0])  # type: ignore[arg-type]
+
+
+def test_paired_difference_undefined_cases():
+    one = paired_difference({0: 1.0}, {0: 1.5})
+    assert (one.n, one.mean, one.sd, one.p, one.ci_low, one.df) == (1, -0.5, None, None, None, None)
+    none = paired_difference({0: 1.0}, {1: 1.5})
+    assert (none.n, none.mean, none.p) == (0, None, None)
+    # Identical differences (0.1 + 0.2 vs 0.3 differs in the last bit): p undefined, not 0.
+    const = paired_difference({0: 0.1 + 0.2, 1: 1.3, 2: 2.3}, {0: 0.2, 1: 1.2, 2: 2.2})
+    assert (const.n, const.sd, const.p, const.ci_low, const.ci_high) == (3, 0.0, None, None, None)
+    same = paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert same.p is None and same.mean == 0.0
+
+
+# --- Holm ----------------------------------------------------------------------------------------
+
+
+def _holm_rejects(pvalues: list[float], alpha: float) -> set[int]:
+    """Holm's step-down procedure as published: reject in order while p_(j) <= alpha/(m-j+1)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected: set[int] = set()
+    for j, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - j):
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_by_hand():
+    # Sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> running max 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # None is not a test: the family is 3, so 0.0497 becomes 0.0497·3 = 0.1491.
+    assert holm([0.0497, None, 0.2, 0.5]) == [
+        pytest.approx(0.1491),
+        None,
+        pytest.approx(0.4),
+        pytest.approx(0.5),
+    ]
+    assert family_size([0.0497, None, 0.2, 0.5]) == 3
+    assert holm([0.6, 0.9]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1
+    assert holm([]) == [] and family_size([None]) == 0
+    with pytest.raises(ValueError, match="outside"):
+        holm([0.5, 1.5])
+
+
+def test_holm_adjusted_p_is_the_smallest_level_that_rejects():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        ps = list(rng.uniform(0, 0.2, size=rng.integers(1, 7)))
+        adj = holm(ps)
+        assert all(a >= p for a, p in zip(adj, ps))
+        for alpha in (0.01, 0.05, 0.1):
+            assert {i for i, a in enumerate(adj) if a <= alpha} == _holm_rejects(ps, alpha)
+
+
+# --- TOST, MDD, Wilson, McNemar, Kendall ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("margin", [0.01, 0.03, 0.05])
+def test_tost_matches_two_one_sided_ttests(margin):
+    d = [A4[s] - B4[s] for s in range(4)]
+    lower = ttest_1samp(d, -margin, alternative="greater").pvalue
+    upper = ttest_1samp(d, margin, alternative="less").pvalue
+    got = tost_paired(A4, B4, margin)
+    assert got.p == pytest.approx(max(lower, upper), rel=1e-9)
+    half = student_t.ppf(0.95, 3) * np.std(d, ddof=1) / 2
+    assert (got.ci_low, got.ci_high) == (pytest.approx(-0.02 - half), pytest.approx(-0.02 + half))
+    # Equivalence at 5% if and only if the 90% interval lies inside (-margin, margin).
+    assert (got.p < 0.05) == (-margin < got.ci_low and got.ci_high < margin)
+
+
+def test_tost_rejects_bad_margin_and_undefined_cases():
+    with pytest.raises(ValueError, match="margin"):
+        tost_paired(A4, B4, 0.0)
+    assert tost_paired({0: 1.0}, {0: 1.0}, 0.1).p is None
+    assert tost_paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}, 0.1).p is None
+
+
+def test_min_detectable_difference_three_seeds():
+    # (t_{0.975,2} + t_{0.8,2}) · 0.006 / sqrt(3) = (4.3027 + 1.0607) · 0.006 / 1.7321 = 0.01858
+    assert min_detectable_difference(0.006, 3) == pytest.approx(0.01858, abs=1e-5)
+    assert min_detectable_difference(0.006, 1) is None
+
+
+@pytest.mark.parametrize("k, n", [(7, 10), (0, 12), (12, 12), (50, 128)])
+def test_wilson_interval(k, n):
+    z = NormalDist().inv_cdf(0.975)
+    p = k / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = wilson_interval(k, n)
+    assert (low, high) == (pytest.approx(center - half, abs=1e-12), pytest.approx(center + half))
+    ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    assert (low, high) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high))
+
+
+def test_wilson_edge_cases():
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+
+
+@pytest.mark.parametrize("b, c", [(2, 9), (9, 2), (5, 5), (0, 6), (1, 0), (30, 45)])
+def test_mcnemar_exact_matches_binomtest(b, c):
+    assert mcnemar_exact(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+
+
+def test_mcnemar_without_discordant_pairs_is_undefined():
+    assert mcnemar_exact(0, 0) is None
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),
+        ([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]),
+        ([1, 2, 2, 3, 4], [1, 3, 2, 2, 5]),  # ties on both sides: tau-b differs from tau-a
+        ([0.9, 1.0, 1.0, 1.2, 0.8, 1.1], [2.0, 2.0, 1.5, 3.0, 1.0, 2.5]),
+    ],
+)
+def test_kendall_tau_b_matches_scipy(x, y):
+    assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic, rel=1e-12)
+
+
+def test_kendall_known_orders_and_undefined():
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3], [5, 5, 5]) is None
+    assert kendall_tau([1, None, 3], [1, 2, 3]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        kendall_tau([1, 2], [1])
+
+
+def test_ranking_stability():
+    early = {"all": 1.30, "attn": 1.25, "mlp": 1.28, "last": None}
+    late = {"all": 1.10, "attn": 1.12, "mlp": 1.15, "last": 1.0}
+    r = ranking_stability(early, late)
+    assert (r.n, r.order_a, r.order_b, r.same_best) == (
+        3,
+        ("attn", "mlp", "all"),
+        ("all", "attn", "mlp"),
+        False,
+    )
+    # pairs (attn, mlp) concordant, (attn, all) and (mlp, all) discordant: (1 - 2) / 3.
+    assert r.tau == pytest.approx(-1 / 3)
+
+
+# --- Speedups and the eval-example bootstrap -----------------------------------------------------
+
+
+def test_ratio_interval_on_log_scale():
+    ref_time = {0: 10.0, 1: 11.0, 2: 12.0, 3: 50.0}
+    time = {0: 5.0, 1: 6.0, 2: 5.5, 4: 1.0}
+    logs = [math.log(10 / 5), math.log(11 / 6), math.log(12 / 5.5)]
+    half = student_t.ppf(0.975, 2) * np.std(logs, ddof=1) / math.sqrt(3)
+    r = ratio_interval(ref_time, time)
+    assert r.n == 3
+    assert r.geomean == pytest.approx((2 * 11 / 6 * 12 / 5.5) ** (1 / 3))
+    assert (r.ci_low, r.ci_high) == (
+        pytest.approx(math.exp(np.mean(logs) - half)),
+        pytest.approx(math.exp(np.mean(logs) + half)),
+    )
+    assert speedup_claim(r) == FASTER
+    assert speedup_claim(ratio_interval(time, ref_time)) == SLOWER
+    noisy = ratio_interval({0: 10.0, 1: 10.0, 2: 10.0}, {0: 8.0, 1: 12.0, 2: 9.0})
+    assert noisy.ci_low < 1 < noisy.ci_high and speedup_claim(noisy) == UNRESOLVED
+    assert speedup_claim(ratio_interval({0: 2.0, 1: 2.1}, {0: 1.0, 1: 1.0})) == EXPLORATORY
+
+
+def _runs(seed: int, n_seeds: int = 3, n_examples: int = 128) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        s: np.column_stack(
+            [rng.integers(5, 60, n_examples), rng.gamma(2.0, 10.0, n_examples)]
+        ).astype(float)
+        for s in range(n_seeds)
+    }
+
+
+def test_bootstrap_estimate_and_exact_shift():
+    a = _runs(0)
+    got = bootstrap_paired_examples(a, a)
+    assert (got.estimate, got.low, got.high) == (0.0, 0.0, 0.0)
+    # b loses exactly 0.1 nats more per token on every example: every resample differs by -0.1.
+    b = {s: np.column_stack([x[:, 0], x[:, 1] + 0.1 * x[:, 0]]) for s, x in a.items()}
+    got = bootstrap_paired_examples(a, b)
+    assert (got.estimate, got.low, got.high) == (
+        pytest.approx(-0.1),
+        pytest.approx(-0.1),
+        pytest.approx(-0.1),
+    )
+    expected = np.mean([a[s][:, 1].sum() / a[s][:, 0].sum() for s in a]) - np.mean(
+        [b[s][:, 1].sum() / b[s][:, 0].sum() for s in b]
+    )
+    assert got.estimate == pytest.approx(expected)
+
+
+def test_bootstrap_agrees_with_a_plain_loop_and_is_fast():
+    a, b = _runs(1), _runs(2)
+    start = time.perf_counter()
+    got = bootstrap_paired_examples(a, b, n_boot=2000, seed=0)
+    assert time.perf_counter() - start < 1.0
+    # The textbook loop, with its own generator: draw indices, recompute, take percentiles.
+    rng = np.random.default_rng(123)
+    stats = []
+    for _ in range(4000):
+        i = rng.integers(0, 128, 128)
+        stats.append(
+            np.mean(
+                [
+                    a[s][i, 1].sum() / a[s][i, 0].sum() - b[s][i, 1].sum() / b[s][i, 0].sum()
+                    for s in a
+                ]
+            )  # fmt: skip
+        )
+    low, high = np.percentile(stats, [2.5, 97.5])
+    width = high - low
+    assert got.low == pytest.approx(low, abs=0.1 * width)
+    assert got.high == pytest.approx(high, abs=0.1 * width)
+    assert bootstrap_paired_examples(a, b, seed=0) == got  # seeded: reproducible
+
+
+def test_bootstrap_refuses_mismatched_examples():
+    a, b = _runs(0), _runs(1, n_examples=100)
+    with pytest.raises(ValueError, match="different examples"):
+        bootstrap_paired_examples(a, b)
+    assert bootstrap_paired_examples(a, {9: b[0]}) is None
+
+
+def test_example_array_sorts_by_index():
+    records = [
+        {"example": 1, "tokens": 4, "loss_sum": 8.0},
+        {"example": 0, "tokens": 3, "loss_sum": 3.5},
+    ]
+    assert example_array(records).tolist() == [[3.0, 3.5], [4.0, 8.0]]
+    with pytest.raises(ValueError, match="repeat"):
+        example_array(records + [{"example": 1, "tokens": 1, "loss_sum": 1.0}])
