@@ -1,7 +1,10 @@
-"""The ``loraplace`` command: each subcommand maps to one function.
+"""The ``loraplace`` command: each subcommand turns its arguments into typed objects and calls
+one domain function.
 
-User errors (:class:`~loraplace.errors.LoraplaceError`) print one line and exit with status 2;
-nothing else is caught, so a real bug still shows its traceback.
+The options of ``run`` that set hyperparameters are derived from the settings dataclasses
+(:mod:`loraplace.settings`), so each default has one source. User errors
+(:class:`~loraplace.errors.LoraplaceError`) print one line and exit with status 2; nothing else
+is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
+from pathlib import Path
 
-from loraplace.errors import LoraplaceError
+from loraplace.errors import LoraplaceError, short_repr
 
 __all__ = ["main", "build_parser"]
 
@@ -25,10 +30,104 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {short_repr(text)}"
+        ) from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {short_repr(text)}"
+        ) from None
+
+
+def _word_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# --- options derived from the settings dataclasses --------------------------------------------
+
+#: Settings fields ``run`` does not take as options (a run has one seed and no grid).
+_NOT_RUN_OPTIONS = {
+    ("training", "seeds"),
+    ("training", "learning_rates"),
+    ("training", "selection_seeds"),
+}
+#: Option names that would otherwise collide or read badly.
+_OPTION_NAMES = {("eval", "batch_size"): "eval-batch-size", ("data", "format"): "data-format"}
+
+
+def _settings_sections():
+    from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingSettings
+
+    return (
+        ("data", DataConfig),
+        ("lora", LoraSettings),
+        ("training", TrainingSettings),
+        ("eval", EvalSettings),
+    )
+
+
+def _option_type(default):
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """One option per settings field (``--max-length``, ``--learning-rate``, ...), default unset
+    so that only what the user gives overrides the config (or the dataclass default)."""
+    from loraplace.settings import field_help
+
+    for section, cls in _settings_sections():
+        group = parser.add_argument_group(f"{section} settings (the study YAML's '{section}:')")
+        for f in fields(cls):
+            if (section, f.name) in _NOT_RUN_OPTIONS:
+                continue
+            flag = "--" + _OPTION_NAMES.get((section, f.name), f.name.replace("_", "-"))
+            if f.name == "checkpoints":
+                kind = _float_list
+            elif section == "data" and f.name == "format":
+                kind = str
+            else:
+                kind = _option_type(f.default)
+            group.add_argument(
+                flag,
+                dest=f"{section}.{f.name}",
+                type=kind,
+                default=None,
+                help=field_help(cls, f.name),
+            )
+
+
+def _overrides(args) -> dict:
+    out: dict = {}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, name = dest.split(".", 1)
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
 def cmd_inspect(args) -> int:
     from loraplace.placement import ModelPlanner, inspect_table
 
-    print(inspect_table(ModelPlanner.for_model(args.model)))
+    planner = ModelPlanner.for_model(args.model, trust_remote_code=args.trust_remote_code)
+    print(inspect_table(planner))
     return 0
 
 
@@ -36,19 +135,25 @@ def _named_strategies(specs: list[str]) -> dict[str, str]:
     named: dict[str, str] = {}
     for spec in specs:
         name, eq, value = spec.partition("=")
-        if eq:
-            named[name.strip()] = value.strip()
-        else:
-            named[spec.strip()] = spec.strip()
+        key, value = (name.strip(), value.strip()) if eq else (spec.strip(), spec.strip())
+        if key in named:
+            raise LoraplaceError(f"strategy name '{key}' is given twice")
+        named[key] = value
     return named
 
 
 def cmd_plan(args) -> int:
     from loraplace.placement import ModelPlanner, plan_table
 
-    planner = ModelPlanner.for_model(args.model)
-    match = args.match_params
-    plans = planner.plan(_named_strategies(args.strategy), args.rank, match)
+    planner = ModelPlanner.for_model(args.model, trust_remote_code=args.trust_remote_code)
+    named = _named_strategies(args.strategy)
+    if args.ranks and args.match_params:
+        raise LoraplaceError("--ranks and --match-params both choose ranks; use one of them")
+    groups = (
+        [(rank, planner.plan(named, rank)) for rank in args.ranks]
+        if args.ranks
+        else [(args.rank, planner.plan(named, args.rank, args.match_params))]
+    )
     if args.json:
         print(
             json.dumps(
@@ -58,8 +163,10 @@ def cmd_plan(args) -> int:
                     "strategies": [
                         {
                             **plan.to_json(),
+                            **({"rank": rank} if args.ranks else {}),
                             **({"matched_to": plan.matched_to} if plan.matched_to else {}),
                         }
+                        for rank, plans in groups
                         for plan in plans
                     ],
                 },
@@ -67,20 +174,105 @@ def cmd_plan(args) -> int:
             )
         )
     else:
-        print(plan_table(planner, plans))
+        print(
+            "\n\n".join(
+                (f"rank {rank}:\n" if args.ranks else "") + plan_table(planner, plans)
+                for rank, plans in groups
+            )
+        )
     return 0
 
 
-def cmd_run(args) -> int:
-    from loraplace.run import run_command
+def _base_config_mapping(args) -> dict:
+    """The mapping a ``run`` starts from: ``--config``/``--preset`` or nothing (the defaults)."""
+    from loraplace.config import parse_yaml, preset_path
 
-    return run_command(args)
+    if args.config and args.preset:
+        raise LoraplaceError("give --config or --preset, not both")
+    source = preset_path(args.preset) if args.preset else Path(args.config) if args.config else None
+    if source is None:
+        return {}
+    if not source.is_file():
+        raise LoraplaceError(f"study config '{source}' not found")
+    raw = parse_yaml(source.read_text(encoding="utf-8"), str(source))
+    if not isinstance(raw, dict):
+        raise LoraplaceError(f"{source} must be a mapping of study keys")
+    return raw
+
+
+def cmd_run(args) -> int:
+    from loraplace.config import load_study_config
+    from loraplace.run import run_single
+    from loraplace.store import RunKey
+    from loraplace.strategy import parse_strategy
+
+    raw = _base_config_mapping(args)
+    strategies = raw.get("strategies") if isinstance(raw.get("strategies"), dict) else {}
+    if args.strategy in strategies:  # a strategy of the given study, by name
+        name, spec = args.strategy, strategies[args.strategy]
+    else:
+        spec = args.strategy
+        name = args.name or str(parse_strategy(spec))
+    name = args.name or name
+    for key in ("ranks", "match_params", "reference"):
+        raw.pop(key, None)
+    raw["strategies"] = {name: spec}
+    for section, values in _overrides(args).items():
+        raw[section] = {**(raw.get(section) or {}), **values}
+    raw["training"] = {**(raw.get("training") or {}), "seeds": [args.seed]}
+    raw["training"].pop("learning_rates", None)
+    raw["training"].pop("selection_seeds", None)
+    for key, value in (("model", args.model), ("device", args.device)):
+        if value is not None:
+            raw[key] = value
+    if args.trust_remote_code:
+        raw["trust_remote_code"] = True
+    config = load_study_config(raw)
+    key = RunKey(name, args.seed)
+    out = Path(args.out) if args.out else Path("runs") / "single" / key.dirname
+    result = run_single(config, key, out, force=args.force)
+    return 0 if result["status"] == "finished" else 1
 
 
 def cmd_study(args) -> int:
-    from loraplace.study import study_command
+    from loraplace.config import load_study_config, preset_path
+    from loraplace.study import run_study
 
-    return study_command(args)
+    if args.config and args.preset:
+        raise LoraplaceError("give a config file or --preset, not both")
+    source = args.config or preset_path(args.preset or "default")
+    raw = _study_mapping(source)
+    if args.seeds is not None:
+        raw["training"] = {**(raw.get("training") or {}), "seeds": args.seeds}
+    if args.track is not None:
+        raw["tracking"] = args.track
+    if args.trust_remote_code:
+        raw["trust_remote_code"] = True
+    config = load_study_config(raw)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    return run_study(
+        config,
+        out,
+        executor=args.executor,
+        retry_failed=args.retry_failed,
+        report=not args.no_report,
+    )
+
+
+def _study_mapping(source) -> dict:
+    from loraplace.config import parse_yaml, preset_names
+    from loraplace.errors import ConfigError
+
+    path = Path(source)
+    if not path.is_file():
+        raise LoraplaceError(
+            f"study config '{short_repr(str(source), 200)}' not found; presets: "
+            f"{', '.join(preset_names())}"
+        )
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path} must be a mapping of study keys, got {type(raw).__name__}"])
+    return raw
 
 
 def cmd_report(args) -> int:
@@ -91,101 +283,42 @@ def cmd_report(args) -> int:
     return 0
 
 
-def add_run_arguments(p) -> None:
+def cmd_status(args) -> int:
+    from loraplace.status import study_status
+
+    print(study_status(Path(args.study_dir)))
+    return 0
+
+
+def _add_model_options(p, *, required: bool) -> None:
     p.add_argument(
         "--model",
-        default="smollm2-135m",
-        help="built-in alias, local directory or hub id (default smollm2-135m)",
+        required=required,
+        default=None,
+        help="built-in alias (smollm2-135m), local directory or hub id",
     )
     p.add_argument(
-        "--strategy", required=True, help="strategy string or preset, e.g. all, attn, mlp@last:8"
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model directory's own Python code run (off by default; see the README)",
     )
-    p.add_argument("--name", default=None, help="run name (default: the strategy's canonical spec)")
-    p.add_argument("--rank", type=_positive_int, default=8, help="global LoRA rank (default 8)")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed for LoRA init, dropout and data order (default 0)"
-    )
-    p.add_argument("--steps", type=_positive_int, default=24, help="optimizer steps (default 24)")
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=4, help="examples per step (default 4)"
-    )
-    p.add_argument(
-        "--learning-rate", type=float, default=2e-4, help="peak learning rate (default 2e-4)"
-    )
-    p.add_argument(
-        "--dataset", default="gsm8k", help="gsm8k, a local .json/.jsonl/.txt file, or a hub id"
-    )
-    p.add_argument("--train-examples", type=_positive_int, default=256)
-    p.add_argument("--eval-examples", type=_positive_int, default=64)
-    p.add_argument(
-        "--max-length",
-        type=_positive_int,
-        default=384,
-        help="truncate examples to this many tokens",
-    )
-    p.add_argument(
-        "--accuracy-examples",
-        type=int,
-        default=16,
-        help="eval problems scored by greedy decoding (0 skips)",
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=_positive_int,
-        default=256,
-        help="generation budget for accuracy (default 256)",
-    )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument(
-        "--out", default=None, help="run directory (default runs/single/<name>--seed<k>)"
-    )
-    p.add_argument(
-        "--force", action="store_true", help="overwrite an existing finished run directory"
-    )
-
-
-def add_study_arguments(p) -> None:
-    p.add_argument(
-        "config", nargs="?", default=None, help="study YAML (default: the built-in default study)"
-    )
-    p.add_argument(
-        "--preset", default=None, help="a built-in study instead of a config file (default, smoke)"
-    )
-    p.add_argument("--out", default=None, help="study directory (default runs/<name>)")
-    p.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: runs in this process; ray: one Ray task per run (needs loraplace[ray])",
-    )
-    p.add_argument("--seeds", default=None, help="override training.seeds, e.g. 0,1,2")
-    p.add_argument(
-        "--retry-failed", action="store_true", help="run failed runs again instead of keeping them"
-    )
-    p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplace",
-        description="Where should the LoRA adapters go? Plan, run and report LoRA placement studies.",
+        description="Where should the LoRA adapters go? Plan, run and report placement studies.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="show the roles found in each decoder layer of a model")
-    p.add_argument(
-        "--model", required=True, help="built-in alias (smollm2-135m), local directory or hub id"
-    )
+    _add_model_options(p, required=True)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
         "plan", help="compile strategies for a model: targets, ranks, trainable parameters"
     )
-    p.add_argument(
-        "--model", required=True, help="built-in alias (smollm2-135m), local directory or hub id"
-    )
+    _add_model_options(p, required=True)
     p.add_argument(
         "--strategy",
         action="append",
@@ -193,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="strategy string or preset; NAME=SPEC names it (repeatable)",
     )
     p.add_argument("--rank", type=_positive_int, default=8, help="global LoRA rank (default 8)")
+    p.add_argument("--ranks", type=_int_list, default=None, help="several ranks, e.g. 2,8,32")
     p.add_argument(
         "--match-params",
         default=None,
@@ -204,16 +338,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="train and evaluate one strategy with one seed")
-    add_run_arguments(p)
+    p.add_argument(
+        "--strategy", required=True, help="strategy string, preset, or a name in --config"
+    )
+    p.add_argument("--config", default=None, help="take every setting from this study YAML")
+    p.add_argument("--preset", default=None, help="take every setting from a built-in study")
+    _add_model_options(p, required=False)
+    p.add_argument("--name", default=None, help="run name (default: the strategy's spec)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="LoRA init, dropout and data order (default 0)"
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--out", default=None, help="run directory (default runs/single/<name>--seed<k>)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing finished run")
+    add_settings_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("study", help="run a placement study (the default study without a config)")
-    add_study_arguments(p)
+    p.add_argument(
+        "config", nargs="?", default=None, help="study YAML (default: the default study)"
+    )
+    p.add_argument("--preset", default=None, help="a built-in study (default, smoke, pilot)")
+    p.add_argument("--out", default=None, help="study directory (default runs/<name>)")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: runs in this process; ray: one Ray task per run (needs loraplace[ray])",
+    )
+    p.add_argument(
+        "--seeds", type=_int_list, default=None, help="override training.seeds, e.g. 0,1,2"
+    )
+    p.add_argument("--track", type=_word_list, default=None, help="trackers: mlflow,tensorboard")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the model's own code run")
+    p.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
+    p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="write the report of a study directory")
-    p.add_argument("study_dir", help="a study output directory (holding study.yaml and runs/)")
+    p.add_argument("study_dir", help="a study directory (holding study.yaml and runs/)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="finished, failed and pending runs of a study, and an ETA")
+    p.add_argument("study_dir", help="a study directory")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

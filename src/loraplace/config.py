@@ -1,25 +1,48 @@
-"""Study configs: the YAML of SPEC 5, validated completely before anything runs.
+"""Study configs: a YAML file (or mapping) validated completely before anything runs.
 
-Every problem (unknown keys with a did-you-mean, bad strategies, layers out of range for the
-model, bad seeds, a reference that is not a strategy) is collected and raised once as a
-:class:`~loraplace.errors.ConfigError`. Nothing is written until the config is valid.
+Every problem (unknown keys with a did-you-mean, bad values, bad or colliding strategy names,
+layers out of range for the model, a reference that is not a strategy) is collected and raised
+once as a :class:`~loraplace.errors.ConfigError`. Validation compiles every strategy against
+the model's config (no weights) and keeps the compiled plans on the config, so nothing
+downstream parses or plans again: not the executors, not a Ray task, not the report.
+The keys are documented in docs/STUDIES.md.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from loraplace.data import DataConfig
-from loraplace.errors import ConfigError, LoraplaceError
-from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
+from loraplace.errors import ConfigError, LoraplaceError, short_repr
+from loraplace.settings import (
+    DataConfig,
+    EvalSettings,
+    LoraSettings,
+    ReportSettings,
+    TrainingSettings,
+    check_fields,
+    is_int,
+    is_number,
+)
+from loraplace.store import RunKey, safe_name
 from loraplace.strategy import parse_strategy
 
-__all__ = ["StudyConfig", "RayOptions", "load_study_config", "preset_names", "preset_path"]
+__all__ = [
+    "StudyConfig",
+    "RayOptions",
+    "TRACKERS",
+    "load_study_config",
+    "parse_yaml",
+    "preset_names",
+    "preset_path",
+]
+
+#: Experiment trackers a study can log to (see docs/TRACKING.md).
+TRACKERS = ("mlflow", "tensorboard")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -27,9 +50,21 @@ class RayOptions:
     """Resources of each run when the study runs on Ray (``--executor ray``)."""
 
     cpus_per_run: float = 1.0
-    """CPUs reserved for each (strategy, seed) task."""
+    """CPUs reserved for each run's task."""
     gpus_per_run: float = 0.0
-    """GPUs reserved for each task (fractions allowed)."""
+    """GPUs reserved for each run's task (fractions allowed)."""
+
+    def __post_init__(self) -> None:
+        problems = check_fields(
+            self,
+            "ray",
+            {
+                "cpus_per_run": (lambda v: is_number(v) and 0 < v <= 4096, "a number in (0, 4096]"),
+                "gpus_per_run": (lambda v: is_number(v) and 0 <= v <= 64, "a number in [0, 64]"),
+            },
+        )
+        if problems:
+            raise ConfigError(problems)
 
 
 _SECTIONS = {
@@ -37,6 +72,7 @@ _SECTIONS = {
     "lora": LoraSettings,
     "training": TrainingSettings,
     "eval": EvalSettings,
+    "report": ReportSettings,
     "ray": RayOptions,
 }
 
@@ -46,25 +82,65 @@ class StudyConfig:
     """A placement study: which strategies, on which model and data, trained how."""
 
     name: str = "study"
-    """Study name; the default output directory is ``runs/<name>``."""
+    """Study name: a plain name (letters, digits, ._-); the default output is runs/<name>."""
     model: str = "smollm2-135m"
     """Built-in alias, local directory or hub id."""
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     strategies: dict[str, str] = field(default_factory=lambda: {"baseline": "all"})
     """Strategy name -> strategy string."""
+    ranks: list[int] | None = None
+    """A rank sweep: every strategy runs at every rank (a part's own :rN still wins)."""
     reference: str | None = None
     """The strategy every other one is compared against (default: the first)."""
     match_params: int | str | None = None
     """Parameter budget: an integer, or a strategy name whose count is the budget."""
     device: str | None = None
-    """``cpu`` or ``cuda`` (default: CUDA when available)."""
+    """cpu or cuda (default: CUDA when available)."""
     ray: RayOptions = field(default_factory=RayOptions)
+    tracking: list[str] = field(default_factory=list)
+    """Experiment trackers to log to: mlflow, tensorboard (see docs/TRACKING.md)."""
+    trust_remote_code: bool = False
+    """Allow the model directory's own Python code to run (see the README's warning)."""
+    plans: dict | None = field(default=None, repr=False, compare=False)
+    """``{(name, rank): Plan}`` compiled once at validation (not part of the saved config)."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as saved in ``study.yaml`` (everything but the compiled plans)."""
+        out = asdict(self)
+        out.pop("plans")
+        return out
+
+    @property
+    def conditions(self) -> list[tuple[str, int | None]]:
+        """``(name, rank)`` pairs: each strategy at each sweep rank (rank ``None`` without one)."""
+        ranks = self.ranks or [None]
+        return [(name, rank) for rank in ranks for name in self.strategies]
+
+    def run_keys(self) -> list[RunKey]:
+        """Every run of the study: selection runs first, then final runs, seed-major, so an
+        interrupted study already compares every condition on its first seeds."""
+        selection = [
+            RunKey(name, seed, rank, "selection", lr)
+            for seed in self.training.selection
+            for lr in self.training.learning_rates or []
+            for name, rank in self.conditions
+        ]
+        final = [
+            RunKey(name, seed, rank)
+            for seed in self.training.seeds
+            for name, rank in self.conditions
+        ]
+        return selection + final
+
+    def plan_for(self, key: RunKey):
+        """The compiled plan of a run (requires a config loaded with ``check_model=True``)."""
+        if self.plans is None:
+            raise RuntimeError("this config was loaded without compiling its plans")
+        return self.plans[key.condition]
 
 
 def preset_names() -> list[str]:
@@ -78,8 +154,15 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> Path:
     names = preset_names()
     if name not in names:
-        raise LoraplaceError(f"unknown preset '{name}'; presets: {', '.join(names)}")
+        raise LoraplaceError(f"unknown preset {short_repr(name)}; presets: {', '.join(names)}")
     return Path(str(resources.files("loraplace.presets").joinpath(f"{name}.yaml")))
+
+
+def parse_yaml(text: str, where: str):
+    """Parse a study YAML strictly: no anchors or aliases, no duplicate keys, bounded size."""
+    from loraplace.yamlio import load_yaml
+
+    return load_yaml(text, where)
 
 
 def _unknown(keys, valid, where: str) -> list[str]:
@@ -88,7 +171,7 @@ def _unknown(keys, valid, where: str) -> list[str]:
         if key not in valid:
             close = difflib.get_close_matches(str(key), list(valid), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
-            problems.append(f"unknown key '{where}{key}'{hint}")
+            problems.append(f"unknown key '{where}{short_repr(key, 40)}'{hint}")
     return problems
 
 
@@ -96,7 +179,7 @@ def _build_section(cls, raw, key: str, problems: list[str]):
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        problems.append(f"'{key}' must be a mapping, got {raw!r}")
+        problems.append(f"'{key}' must be a mapping, got {short_repr(raw)}")
         return None
     valid = [f.name for f in fields(cls)]
     problems += _unknown(raw, valid, f"{key}.")
@@ -105,123 +188,210 @@ def _build_section(cls, raw, key: str, problems: list[str]):
     except ConfigError as exc:
         problems += exc.problems
     except TypeError as exc:
-        problems.append(f"'{key}': {exc}")
+        problems.append(f"'{key}': {short_repr(str(exc), 200)}")
     return None
 
 
-def load_study_config(source: str | Path | dict, *, check_model: bool = True) -> StudyConfig:
-    """Read and fully validate a study config (a YAML path or a dict).
-
-    Args:
-        source: a YAML file or an already-parsed mapping.
-        check_model: also compile every strategy against the model's config (layer ranges,
-            fused roles, parameter matching), which reads the model's config but no weights.
-
-    Raises:
-        ConfigError: with every problem found.
-    """
-    if isinstance(source, dict):
-        raw, where = source, "config"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise LoraplaceError(
-                f"study config '{source}' not found; presets: {', '.join(preset_names())}"
-            )
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path} is not valid YAML: {str(exc).splitlines()[0]}"]) from None
-        where = str(path)
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{where} must be a mapping of study keys, got {type(raw).__name__}"])
-    problems = _unknown(raw, [f.name for f in fields(StudyConfig)], "")
-    sections = {
-        key: _build_section(cls, raw.get(key), key, problems) for key, cls in _SECTIONS.items()
-    }
-
-    strategies = raw.get("strategies", {"baseline": "all"})
-    if isinstance(strategies, list):
-        strategies = {str(s): str(s) for s in strategies}
-    if not isinstance(strategies, dict) or not strategies:
+def _strategies(raw, problems: list[str]) -> dict[str, str]:
+    """Named strategies from a mapping (or a list of specs); duplicates and names that would
+    share a run directory are refused, never silently merged."""
+    if raw is None:
+        return {"baseline": "all"}
+    if isinstance(raw, list):
+        named: dict[str, str] = {}
+        for item in raw:
+            if not isinstance(item, str):
+                problems.append(f"strategies: list entries must be strings, got {short_repr(item)}")
+                continue
+            if item in named:
+                problems.append(f"strategies: {short_repr(item)} is listed twice")
+            named[item] = item
+        raw = named
+    if not isinstance(raw, dict) or not raw:
         problems.append(
-            f"'strategies' must be a non-empty mapping of name: strategy, got {strategies!r}"
+            f"'strategies' must be a non-empty mapping of name: strategy, got {short_repr(raw)}"
         )
-        strategies = {}
-    for name, spec in strategies.items():
+        return {}
+    out: dict[str, str] = {}
+    dirs: dict[str, str] = {}
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            problems.append(
+                f"strategies: a name must be a non-empty string, got {short_repr(name)}"
+            )
+            continue
+        if not isinstance(spec, str):
+            problems.append(
+                f"strategies.{short_repr(name, 40)}: expected a strategy string, "
+                f"got {short_repr(spec)}"
+            )
+            continue
         try:
             parse_strategy(spec)
         except LoraplaceError as exc:
-            problems.append(f"strategies.{name}: {exc}")
+            problems.append(f"strategies.{short_repr(name, 40)}: {exc}")
+            continue
+        other = dirs.get(safe_name(name))
+        if other is not None:
+            problems.append(
+                f"strategies: names {short_repr(other, 40)} and {short_repr(name, 40)} map to the "
+                f"same run directory '{safe_name(name)}'; rename one"
+            )
+            continue
+        dirs[safe_name(name)] = name
+        out[name] = spec
+    return out
+
+
+def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
+    name = raw.get("name", "study")
+    if not isinstance(name, str) or not _PLAIN_NAME.match(name):
+        problems.append(
+            f"'name' must be a plain name (letters, digits, '.', '_', '-'; no path), got "
+            f"{short_repr(name)}; use --out to choose where the study is written"
+        )
+    model = raw.get("model", "smollm2-135m")
+    if not isinstance(model, str) or not model.strip():
+        problems.append(f"'model' must be a non-empty string, got {short_repr(model)}")
     reference = raw.get("reference")
-    if reference is None and strategies:
-        reference = next(iter(strategies))
-    elif reference is not None and reference not in strategies:
-        close = difflib.get_close_matches(str(reference), list(strategies), n=1)
+    if reference is not None and reference not in strategies:
+        close = difflib.get_close_matches(str(reference), [str(s) for s in strategies], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         problems.append(
-            f"reference '{reference}' is not a strategy of this study ({hint}strategies: {', '.join(strategies)})"
+            f"reference {short_repr(reference)} is not a strategy of this study "
+            f"({hint}strategies: {', '.join(strategies)})"
         )
     match = raw.get("match_params")
     if (
         match is not None
-        and not (isinstance(match, int) and not isinstance(match, bool) and match > 0)
+        and not (is_int(match) and match > 0)
         and not (isinstance(match, str) and match in strategies)
     ):
         problems.append(
-            f"match_params must be a positive integer or a strategy name ({', '.join(strategies)}), got {match!r}"
+            "match_params must be a positive integer or a strategy name "
+            f"({', '.join(strategies)}), got {short_repr(match)}"
         )
-    for key in ("name", "model"):
-        if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
-            problems.append(f"'{key}' must be a non-empty string, got {raw[key]!r}")
+    ranks = raw.get("ranks")
+    if ranks is not None:
+        if not isinstance(ranks, list) or not ranks or not all(is_int(r) and r >= 1 for r in ranks):
+            problems.append(
+                f"ranks must be a non-empty list of integers >= 1, got {short_repr(ranks)}"
+            )
+        elif len(set(ranks)) != len(ranks):
+            problems.append(f"ranks has duplicates: {short_repr(ranks)}")
+        if match is not None:
+            problems.append("ranks and match_params both choose ranks; use one of them")
     device = raw.get("device")
     if device is not None and not (
-        isinstance(device, str) and (device == "cpu" or device.startswith("cuda"))
+        isinstance(device, str) and (device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device))
     ):
-        problems.append(f"device must be 'cpu' or 'cuda', got {device!r}")
-    parsed_ok = {
-        n: s
-        for n, s in strategies.items()
-        if not any(p.startswith(f"strategies.{n}:") for p in problems)
+        problems.append(f"device must be 'cpu' or 'cuda', got {short_repr(device)}")
+    tracking = raw.get("tracking", [])
+    if not isinstance(tracking, list) or not all(t in TRACKERS for t in tracking):
+        problems.append(
+            f"tracking must be a list of {', '.join(TRACKERS)}, got {short_repr(tracking)}"
+        )
+    trust = raw.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        problems.append(f"trust_remote_code must be true or false, got {short_repr(trust)}")
+
+
+def _read_source(source) -> tuple[object, str]:
+    if isinstance(source, dict):
+        return source, "config"
+    path = Path(source)
+    if not path.is_file():
+        hint = f"; presets: {', '.join(preset_names())}"
+        raise LoraplaceError(f"study config '{short_repr(str(source), 200)}' not found{hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoraplaceError(f"cannot read study config '{path}': {exc}") from None
+    return parse_yaml(text, str(path)), str(path)
+
+
+def load_study_config(source: str | Path | dict, *, check_model: bool = True) -> StudyConfig:
+    """Read and fully validate a study config (a YAML path or an already-parsed mapping).
+
+    Args:
+        source: a YAML file or a mapping.
+        check_model: also compile every strategy against the model's config (layer ranges,
+            fused roles, parameter matching, rank sweeps), which reads the model's config but no
+            weights, and keep the plans on the returned config.
+
+    Raises:
+        ConfigError: with every problem found.
+        LoraplaceError: when the file cannot be found or read.
+    """
+    raw, where = _read_source(source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{where} must be a mapping of study keys, got {type(raw).__name__}"])
+    problems = _unknown(raw, [f.name for f in fields(StudyConfig) if f.name != "plans"], "")
+    sections = {
+        key: _build_section(cls, raw.get(key), key, problems) for key, cls in _SECTIONS.items()
     }
-    model = raw.get("model", "smollm2-135m")
-    if check_model and isinstance(model, str) and model.strip() and parsed_ok:
-        problems += _check_against_model(
-            model, parsed_ok, sections["lora"], match if not problems else None
+    strategies = _strategies(raw.get("strategies"), problems)
+    _check_top_level(raw, strategies, problems)
+    training, data = sections["training"], sections["data"]
+    if (
+        training is not None
+        and data is not None
+        and training.learning_rates
+        and not data.validation_examples
+    ):
+        problems.append(
+            "training.learning_rates needs a validation split to select on: set "
+            "data.validation_examples (the eval split is never used for any choice)"
         )
     if problems:
         raise ConfigError(problems)
-    return StudyConfig(
+    reference = raw.get("reference") or next(iter(strategies))
+    config = StudyConfig(
         name=raw.get("name", "study"),
-        model=model,
-        strategies={str(k): str(v) for k, v in strategies.items()},
+        model=raw.get("model", "smollm2-135m"),
+        strategies=strategies,
+        ranks=raw.get("ranks"),
         reference=reference,
-        match_params=match,
-        device=device,
+        match_params=raw.get("match_params"),
+        device=raw.get("device"),
+        tracking=list(raw.get("tracking", [])),
+        trust_remote_code=bool(raw.get("trust_remote_code", False)),
         **sections,
     )
+    if check_model:
+        config.plans = compile_plans(config)
+    return config
 
 
-def _check_against_model(
-    model: str, strategies: dict, lora: LoraSettings | None, match
-) -> list[str]:
-    """Compile each strategy for the model's config (no weights): layer ranges, fused roles."""
+def compile_plans(config: StudyConfig, planner=None) -> dict:
+    """Compile every condition of ``config`` for its model: ``{(name, rank): Plan}``.
+
+    Raises:
+        ConfigError: listing every strategy that does not fit the model.
+    """
     from loraplace.placement import ModelPlanner
 
-    try:
-        planner = ModelPlanner.for_model(model)
-    except LoraplaceError as exc:
-        return [f"model: {exc}"]
-    rank = lora.rank if lora is not None else LoraSettings().rank
-    problems = []
-    for name, spec in strategies.items():
+    if planner is None:
         try:
-            planner.plan({name: spec}, rank)
+            planner = ModelPlanner.for_model(
+                config.model, trust_remote_code=config.trust_remote_code
+            )
         except LoraplaceError as exc:
-            problems.append(f"strategies.{name}: {exc}")
-    if not problems and match is not None:
+            raise ConfigError([f"model: {exc}"]) from None
+    problems, plans = [], {}
+    for rank in config.ranks or [None]:
+        for name, spec in config.strategies.items():
+            try:
+                plans[(name, rank)] = planner.plan({name: spec}, rank or config.lora.rank)[0]
+            except LoraplaceError as exc:
+                at = f" at rank {rank}" if rank is not None else ""
+                problems.append(f"strategies.{name}{at}: {exc}")
+    if not problems and config.match_params is not None:
         try:
-            planner.plan(strategies, rank, match)
+            matched = planner.plan(config.strategies, config.lora.rank, config.match_params)
+            plans = {(plan.name, None): plan for plan in matched}
         except LoraplaceError as exc:
             problems.append(f"match_params: {exc}")
-    return problems
+    if problems:
+        raise ConfigError(problems)
+    return plans

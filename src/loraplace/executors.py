@@ -1,212 +1,312 @@
 """Executors: where a study's pending runs execute.
 
-``run_local`` loads the base model and data once in this process and runs each (strategy,
-seed) in turn. ``run_ray`` submits each (strategy, seed) as a Ray task to an existing cluster
-(``RAY_ADDRESS``) or a local one; a worker process loads the workbench once and reuses it for
-every task it is given. Both write the same ``runs/<name>--seed<k>/`` layout, and a failure of
-one run (an exception, out of memory) is recorded as that run's ``result.json`` while the
-others go on.
+The local executor loads the base model and data once in this process and runs each job in
+turn. The Ray executor submits each job as a Ray task to an existing cluster (``RAY_ADDRESS``)
+or a local one; a worker process loads the workbench once and reuses it for every task of the
+same study. Both write the same run-directory layout through :mod:`loraplace.store`, and a
+failure of one run (an exception, out of memory) is recorded as that run's ``result.json``
+while the others go on. A full disk stops the study with a one-line error instead: the runs
+that follow would fail the same way. Finished runs are logged to the study's experiment
+trackers by the process that owns the study directory.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from loraplace import store
 from loraplace.config import StudyConfig
-from loraplace.run import (
-    base_record,
-    failed_result,
-    plan_record,
-    run_dir_name,
-    summary_line,
-    train_one,
-    write_json_atomic,
-)
+from loraplace.errors import LoraplaceError
+from loraplace.run import plan_record, run_record, summary_line, train_one
 from loraplace.workbench import Workbench
 
-__all__ = ["run_local", "run_ray", "execute_run", "BASE_FILE"]
-
-BASE_FILE = "base.json"
-"""The study directory's record of the base model's eval metrics, reused on resume and by Ray workers."""
+__all__ = ["make_executor", "execute_job", "error_reason"]
 
 
-def _error_reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """A failure's one-line reason as ``result.json`` records it."""
     import torch
 
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return f"out_of_memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+        return f"out_of_memory: {first or type(exc).__name__}"
+    if isinstance(exc, store.DiskFullError) or (isinstance(exc, OSError) and store._disk_full(exc)):
+        return f"disk_full: {first}"
+    return f"{type(exc).__name__}: {first}".strip()
 
 
-def execute_run(
+def _load_bench(config: StudyConfig) -> Workbench:
+    return Workbench.load(
+        config.model,
+        config.data,
+        config.device,
+        trust_remote_code=config.trust_remote_code,
+        min_train=config.training.batch_size,
+    )
+
+
+def _check_identity(bench: Workbench, out: Path) -> None:
+    """A worker's data must be the data the study was started with (same content)."""
+    identity = store.read_json(out / store.IDENTITY_FILE) or {}
+    expected = (identity.get("data") or {}).get("sha256")
+    if expected is not None and bench.data.get("sha256") not in (None, expected):
+        raise LoraplaceError(
+            f"this process reads data with sha256 {bench.data.get('sha256')}, but the study was "
+            f"started with {expected}"
+        )
+
+
+def execute_job(
     bench: Workbench,
     config: StudyConfig,
-    plans: dict,
-    name: str,
-    seed: int,
+    job,
     out: Path,
+    *,
+    base: dict | None,
     show_progress: bool = True,
+    token: str | None = None,
 ) -> dict:
-    """Run one (strategy, seed); any exception becomes a failed ``result.json`` with its reason."""
-    run_dir = out / "runs" / run_dir_name(name, seed)
-    plan = plans[name]
+    """Run one job; any exception becomes a failed ``result.json`` with its reason.
+
+    Raises:
+        DiskFullError: the disk is full (the failure is recorded first where it still fits).
+        KeyboardInterrupt: passed through; the run stays incomplete and is redone on resume.
+    """
+    key = job.key
+    run_dir = key.run_dir(out)
+    store.check_lock_token(out, token)
     try:
         return train_one(
             bench,
-            plan,
-            seed,
+            job.plan,
+            key,
             run_dir,
             lora=config.lora,
             training=config.training,
             evaluation=config.eval,
+            learning_rate=job.learning_rate,
+            selected_from=job.selected_from,
+            base=base,
             show_progress=show_progress,
         )
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - one run's failure must not stop the study
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "traceback.txt").write_text(traceback.format_exc())
-        result = failed_result(
-            base_record(plan, seed, bench, config.lora, config.training, config.eval),
-            _error_reason(exc),
-        )
-        write_json_atomic(run_dir / "result.json", result)
+        reason = error_reason(exc)
+        record = run_record(job.plan, key, bench, config.lora, config.training, config.eval)
+        record["learning_rate"] = job.learning_rate
+        result = store.failed_result(record, reason)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            store.write_result(run_dir, result)
+        except OSError as write_error:
+            if not store._disk_full(write_error) and not reason.startswith("disk_full"):
+                raise
+            reason = reason if reason.startswith("disk_full") else error_reason(write_error)
+        except store.DiskFullError:
+            reason = "disk_full: " + str(run_dir)
+        if reason.startswith("disk_full"):
+            raise store.DiskFullError(
+                f"disk full while running {key.label()} in '{out}': free space, then run the "
+                "same command again (finished runs are kept, this one is redone)"
+            ) from None
         return result
 
 
-def _plans(bench: Workbench, config: StudyConfig) -> dict:
-    plans = bench.planner.plan(config.strategies, config.lora.rank, config.match_params)
-    return {plan.name: plan for plan in plans}
+class _Executor:
+    """Runs jobs and logs each finished run to the study's trackers (a context manager)."""
+
+    def __init__(self, config: StudyConfig, out: Path, token: str, show_progress: bool):
+        self.config, self.out, self.token, self.show = config, out, token, show_progress
+        self.tracking = None
+
+    def __enter__(self):
+        if self.config.tracking:
+            from loraplace.tracking import open_tracking
+
+            self.tracking = open_tracking(
+                self.config.tracking, self.out, self.config.name, self.config.to_dict()
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tracking is not None:
+            self.tracking.close()
+
+    def _done(self, job, result: dict, bar) -> None:
+        bar.write(summary_line(result))
+        if self.tracking is not None:
+            self.tracking.log_run(job.key, result, job.key.run_dir(self.out))
+
+    def record_failure(self, job, error: str) -> None:
+        """A failed ``result.json`` for a run that cannot start or whose worker died."""
+        record = {**plan_record(job.plan, job.key), "learning_rate": job.learning_rate}
+        store.write_result(job.key.run_dir(self.out), store.failed_result(record, error))
+
+    def _bar(self, jobs, stage: str):
+        return tqdm(
+            total=len(jobs),
+            desc=f"study ({stage})",
+            unit="run",
+            disable=not self.show,
+            dynamic_ncols=True,
+        )
 
 
-def run_local(config: StudyConfig, out: Path, pending: list, *, show_progress: bool = True) -> None:
-    """Run ``pending`` in this process, loading the model and data once."""
-    start = time.perf_counter()
-    print(
-        f"loading model '{config.model}' and data '{config.data.dataset}' (once for the whole study) ...",
-        flush=True,
-    )
-    bench = Workbench.load(config.model, config.data, config.device)
-    plans = _plans(bench, config)
-    print(f"loaded in {time.perf_counter() - start:.1f} s; base model metrics ...", flush=True)
-    base = bench.base_metrics(config.eval, out / BASE_FILE)
-    acc = "" if base["accuracy"] is None else f", accuracy {100 * base['accuracy']:.1f}%"
-    how = (
-        f"read from {out / BASE_FILE}"
-        if base["stored"]
-        else f"evaluated in {base['eval_time_s']:.1f} s"
-    )
-    print(
-        f"base model: eval loss {base['eval_loss']:.4f} on {base['eval_tokens']:,} tokens{acc} "
-        f"({how}; shared by every run)",
-        flush=True,
-    )
-    bar = tqdm(
-        total=len(pending), desc="study", unit="run", disable=not show_progress, dynamic_ncols=True
-    )
-    try:
-        for spec in pending:
-            bar.set_postfix_str(f"{spec.name} seed {spec.seed}")
-            result = execute_run(bench, config, plans, spec.name, spec.seed, out, show_progress)
-            bar.write(summary_line(result))
-            bar.update(1)
-    finally:
-        bar.close()
+class LocalExecutor(_Executor):
+    """Runs jobs in this process, loading the model and data once."""
+
+    bench: Workbench | None = None
+    base: dict | None = None
+
+    def _ensure(self, need_base: bool) -> None:
+        config = self.config
+        if self.bench is None:
+            start = time.perf_counter()
+            print(
+                f"loading model '{config.model}' and data '{config.data.dataset}' "
+                "(once for the whole study) ...",
+                flush=True,
+            )
+            self.bench = _load_bench(config)
+            _check_identity(self.bench, self.out)
+            print(f"loaded in {time.perf_counter() - start:.1f} s", flush=True)
+        if need_base and self.base is None:
+            identity = store.read_json(self.out / store.IDENTITY_FILE)
+            print("base model: eval loss on the eval split ...", flush=True)
+            base = self.bench.base_metrics(config.eval, self.out, identity)
+            how = (
+                f"read from {self.out / store.BASE_FILE}"
+                if base["stored"]
+                else f"evaluated in {base['eval_time_s']:.1f} s"
+            )
+            acc = "" if base["accuracy"] is None else f", accuracy {100 * base['accuracy']:.1f}%"
+            print(
+                f"base model: eval loss {base['eval_loss']:.4f} on {base['eval_tokens']:,} tokens"
+                f"{acc} ({how}; shared by every run)",
+                flush=True,
+            )
+            self.base = base
+
+    def __call__(self, jobs: list, stage: str) -> None:
+        self._ensure(need_base=stage == "final")
+        bar = self._bar(jobs, stage)
+        try:
+            for job in jobs:
+                bar.set_postfix_str(job.key.label())
+                result = execute_job(
+                    self.bench,
+                    self.config,
+                    job,
+                    self.out,
+                    base=self.base,
+                    show_progress=self.show,
+                    token=self.token,
+                )
+                self._done(job, result, bar)
+                bar.update(1)
+        finally:
+            bar.close()
 
 
 # --- Ray -----------------------------------------------------------------------------------
 
-_WORKER_BENCH: dict = {}
+_WORKER: dict = {}
 
 
-def _ray_task(config_dict: dict, out: str, name: str, seed: int) -> dict:
+def _ray_task(config: StudyConfig, out: str, job, token: str) -> dict:
     """Body of one Ray task: reuse this worker's workbench when the study is the same."""
-    from loraplace.config import load_study_config
-
-    config = load_study_config(config_dict, check_model=False)
-    key = repr(
-        sorted((k, repr(v)) for k, v in config_dict.items() if k in ("model", "data", "device"))
-    )
-    if key not in _WORKER_BENCH:
-        _WORKER_BENCH.clear()
-        bench = Workbench.load(config.model, config.data, config.device)
-        _WORKER_BENCH[key] = (bench, _plans(bench, config))
-    bench, plans = _WORKER_BENCH[key]
-    bench.base_metrics(
-        config.eval, Path(out) / BASE_FILE
-    )  # computed by the first worker, read by the rest
-    return execute_run(bench, config, plans, name, seed, Path(out), show_progress=False)
+    key = repr((config.model, config.data, config.device))
+    if key not in _WORKER:
+        _WORKER.clear()
+        bench = _load_bench(config)
+        _check_identity(bench, Path(out))
+        _WORKER[key] = bench
+    bench = _WORKER[key]
+    base = None
+    if job.key.stage == "final":
+        identity = store.read_json(Path(out) / store.IDENTITY_FILE)
+        base = bench.base_metrics(config.eval, Path(out), identity)
+    return execute_job(bench, config, job, Path(out), base=base, show_progress=False, token=token)
 
 
-def run_ray(config: StudyConfig, out: Path, pending: list, *, show_progress: bool = True) -> None:
-    """Run each pending (strategy, seed) as a Ray task, on ``RAY_ADDRESS`` or a local instance.
+class RayExecutor(_Executor):
+    """Runs each job as a Ray task, on ``RAY_ADDRESS`` or a local instance.
 
-    Every worker must see ``out`` at the same path (a shared filesystem on a real cluster).
+    Every worker must see the study directory at the same path (a shared filesystem on a
+    real cluster).
     """
-    try:
-        import ray
-    except ImportError:
-        from loraplace.errors import LoraplaceError
 
-        raise LoraplaceError("--executor ray needs Ray: pip install 'loraplace[ray]'") from None
-    import os
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(
-            address=address or None,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    def __enter__(self):
+        try:
+            import ray
+        except ImportError:
+            raise LoraplaceError("--executor ray needs Ray: pip install 'loraplace[ray]'") from None
+        self.ray = ray
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            ray.init(
+                address=os.environ.get("RAY_ADDRESS") or None,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            )
+        resources = self.config.ray
+        self.task = ray.remote(num_cpus=resources.cpus_per_run, num_gpus=resources.gpus_per_run)(
+            _ray_task
         )
-    task = ray.remote(num_cpus=config.ray.cpus_per_run, num_gpus=config.ray.gpus_per_run)(_ray_task)
-    config_dict = config.to_dict()
-    refs = {
-        task.remote(config_dict, str(out.resolve()), spec.name, spec.seed): spec for spec in pending
-    }
-    bar = tqdm(
-        total=len(refs),
-        desc="study (ray)",
-        unit="run",
-        disable=not show_progress,
-        dynamic_ncols=True,
-    )
-    try:
-        remaining = list(refs)
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            for ref in done:
-                spec = refs[ref]
-                try:
-                    result = ray.get(ref)
-                    bar.write(summary_line(result))
-                except Exception as exc:  # noqa: BLE001 - a lost worker fails only its run
-                    bar.write(f"{spec.name} seed {spec.seed}: FAILED in Ray ({_error_reason(exc)})")
-                    _record_ray_failure(config, out, spec, exc)
-                bar.update(1)
-    finally:
-        bar.close()
-        if started_here:
-            ray.shutdown()
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        if self.started_here:
+            self.ray.shutdown()
+
+    def __call__(self, jobs: list, stage: str) -> None:
+        ray = self.ray
+        config_ref = ray.put(self.config)
+        out = str(self.out.resolve())
+        refs = {self.task.remote(config_ref, out, job, self.token): job for job in jobs}
+        bar = self._bar(jobs, f"{stage}, ray")
+        disk_full = None
+        try:
+            remaining = list(refs)
+            while remaining:
+                done, remaining = ray.wait(remaining, num_returns=1)
+                for ref in done:
+                    job = refs[ref]
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - a lost worker fails only its run
+                        cause = getattr(exc, "cause", None) or exc
+                        if isinstance(cause, store.DiskFullError):
+                            disk_full = cause
+                        else:
+                            reason = error_reason(cause)
+                            bar.write(f"{job.key.label()}: FAILED in Ray ({reason})")
+                            self.record_failure(job, reason)
+                    else:
+                        self._done(job, result, bar)
+                    bar.update(1)
+        finally:
+            bar.close()
+        if disk_full is not None:
+            raise store.DiskFullError(str(disk_full))
 
 
-def _record_ray_failure(config: StudyConfig, out: Path, spec, exc: BaseException) -> None:
-    """A failed ``result.json`` for a run whose Ray worker died before it could write one."""
-    from loraplace.placement import ModelPlanner
+def make_executor(kind: str, config: StudyConfig, out: Path, token: str, show_progress: bool):
+    """The executor for ``kind`` (``local`` or ``ray``), as a context manager.
 
-    plan = {
-        p.name: p
-        for p in ModelPlanner.for_model(config.model).plan(
-            config.strategies, config.lora.rank, config.match_params
-        )
-    }[spec.name]
-    write_json_atomic(
-        out / "runs" / spec.dirname / "result.json",
-        failed_result(plan_record(plan, spec.seed), _error_reason(exc)),
-    )
+    Raises:
+        LoraplaceError: an unknown executor.
+    """
+    executors = {"local": LocalExecutor, "ray": RayExecutor}
+    if kind not in executors:
+        raise LoraplaceError(f"unknown executor '{kind}'; valid: {', '.join(executors)}")
+    return executors[kind](config, Path(out), token, show_progress)

@@ -31,9 +31,10 @@ class ModelPlanner:
     base_params: int
 
     @classmethod
-    def for_model(cls, name: str) -> ModelPlanner:
-        source = resolve_model(name)
-        meta = build_meta_model(load_config(source))
+    def for_model(cls, name: str, *, trust_remote_code: bool = False) -> ModelPlanner:
+        """Plan for a model from its config alone (built on the meta device, no weights)."""
+        source = resolve_model(name, trust_remote_code=trust_remote_code)
+        meta = build_meta_model(load_config(source), trust_remote_code=trust_remote_code)
         return cls(source, classify(meta), count_params(meta))
 
     def plan(
@@ -101,7 +102,8 @@ def plan_table(planner: ModelPlanner, plans: list[Plan]) -> str:
     if matched:
         budget = matched[0].matched_to
         notes = [
-            f"  {p.name}: r{p.rank} -> {p.trainable_params:,} ({100 * (p.trainable_params - budget) / budget:+.2f}%)"
+            f"  {p.name}: r{p.rank} -> {p.trainable_params:,} "
+            f"({100 * (p.trainable_params - budget) / budget:+.2f}%)"
             for p in matched
         ]
         text += f"\nparameter-matched to {budget:,} trainable parameters:\n" + "\n".join(notes)
@@ -113,7 +115,8 @@ def inspect_table(planner: ModelPlanner) -> str:
     arch = planner.arch
     lines = [
         f"model: {planner.source.id} ({arch.model_type}), decoder layers at '{arch.layers_path}' "
-        f"({arch.num_layers} layers, hidden size {arch.hidden_size}), {planner.base_params:,} parameters"
+        f"({arch.num_layers} layers, hidden size {arch.hidden_size}), "
+        f"{planner.base_params:,} parameters"
     ]
     signatures: dict[tuple, list[int]] = {}
     for layer in range(arch.num_layers):

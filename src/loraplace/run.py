@@ -1,116 +1,38 @@
-"""One controlled, fully measured training run: (strategy, seed) -> ``runs/<name>--seed<k>/``.
+"""One controlled, fully measured training run: a strategy at a rank and a seed.
 
-The run wraps HF ``Trainer`` + PEFT without subclassing either: the data order is fixed up front
-(length-grouped batches drawn with the run's seed, fed to ``Trainer`` in sequence), and
-measurements are ``TrainerCallback``\\ s. The seed controls the LoRA initialisation, the dropout
-and the data order, so the same (strategy, seed) gives the same result, and every strategy of a
-study sees the same batches for a given seed.
+The seed fixes the LoRA initialisation, the dropout and the data order, so the same run gives
+the same result, and every strategy of a study sees the same batches for a given seed. A
+*final* run is evaluated on the eval split (per-example losses, optional accuracy and eval
+losses at checkpoints during training); a *selection* run, one point of a learning-rate grid,
+is scored on the validation split only and never reads the eval split.
+
+The run directory holds ``metrics.jsonl`` (training curve and checkpoint evals),
+``eval_examples.jsonl``, ``adapter/`` (PEFT format) and ``result.json``, written last and
+atomically: its presence means the run is complete (see docs/FORMATS.md).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import torch
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from loraplace.data import length_grouped_batches
-from loraplace.evaluate import (
-    accepts_logits_mask,
-    completion_loss,
-    completion_positions,
-    eval_accuracy,
-    eval_loss,
-)
-from loraplace.files import write_json_atomic
-from loraplace.placement import ModelPlanner
+from loraplace import store
+from loraplace.evaluate import eval_accuracy, eval_losses
 from loraplace.plan import Plan
+from loraplace.provenance import hardware, versions
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
-from loraplace.workbench import Workbench, hardware, versions
+from loraplace.store import RunKey
+from loraplace.train import train_adapter
+from loraplace.workbench import Split, Workbench
 
-__all__ = [
-    "run_dir_name",
-    "plan_record",
-    "base_record",
-    "train_one",
-    "write_json_atomic",
-    "failed_result",
-    "run_command",
-]
-
-
-def run_dir_name(name: str, seed: int) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_.," else "_" for c in name)
-    return f"{safe}--seed{seed}"
-
-
-class _NonFiniteLoss(Exception):
-    pass
-
-
-class _Measure(TrainerCallback):
-    """Training curve to ``metrics.jsonl``, progress bar, and a stop on a non-finite loss."""
-
-    def __init__(
-        self, metrics_path: Path, tokens_per_step: list[int], label: str, show_progress: bool
-    ):
-        self.path = metrics_path
-        self.cumulative = [sum(tokens_per_step[: i + 1]) for i in range(len(tokens_per_step))]
-        self.label = label
-        self.show = show_progress
-        self.bar = None
-        self.start = None
-        self.nonfinite = False
-        self.handle = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-        self.handle = open(self.path, "w")
-        self.bar = tqdm(
-            total=args.max_steps,
-            desc=self.label,
-            unit="step",
-            leave=False,
-            disable=not self.show,
-            dynamic_ncols=True,
-        )
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(1)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        loss = float(logs["loss"])
-        step = state.global_step
-        record = {
-            "step": step,
-            "loss": loss,
-            "learning_rate": logs.get("learning_rate"),
-            "grad_norm": logs.get("grad_norm"),
-            "tokens": self.cumulative[min(step, len(self.cumulative)) - 1],
-            "time_s": round(time.perf_counter() - self.start, 4),
-        }
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-        self.bar.set_postfix(loss=f"{loss:.3f}")
-        if not math.isfinite(loss):
-            self.nonfinite = True
-            control.should_training_stop = True
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        if self.handle is not None:
-            self.handle.close()
+__all__ = ["plan_record", "run_record", "train_one", "run_single", "summary_line"]
 
 
 class _PeakMemory:
@@ -149,53 +71,11 @@ class _PeakMemory:
         return round(self.peak_bytes / 2**20, 1)
 
 
-class _CompletionBatches:
-    """The study's collator, plus the mask of positions that need logits (see ``completion_positions``)."""
-
-    def __init__(self, collator, mask_logits: bool):
-        self.collator = collator
-        self.mask_logits = mask_logits
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.collator(features)
-        if self.mask_logits:
-            batch["logits_to_keep"] = completion_positions(batch["labels"])
-        return batch
-
-
-def _training_loss(outputs, labels, num_items_in_batch=None):
-    """Mean next-token cross-entropy over the batch's scored tokens (``Trainer``'s ``compute_loss_func``)."""
-    return completion_loss(outputs.logits, labels, num_items=num_items_in_batch)
-
-
-def _ordered_features(
-    features: list[dict], batch_size: int, steps: int, seed: int
-) -> tuple[list[dict], list[int]]:
-    """The exact training sequence: ``steps`` length-grouped batches, new epochs as needed."""
-    lengths = [len(f["input_ids"]) for f in features]
-    batches: list[list[int]] = []
-    epoch = 0
-    while len(batches) < steps:
-        batches += [
-            b
-            for b in length_grouped_batches(lengths, batch_size, seed + epoch)
-            if len(b) == batch_size
-        ]
-        epoch += 1
-        if epoch > 10_000:
-            raise ValueError("cannot form a full batch: fewer training examples than batch_size")
-    batches = batches[:steps]
-    ordered = [features[i] for batch in batches for i in batch]
-    tokens = [sum(lengths[i] for i in batch) for batch in batches]
-    return ordered, tokens
-
-
-def plan_record(plan: Plan, seed: int) -> dict:
-    """The part of ``result.json`` that the plan alone decides (all a lost Ray worker leaves)."""
+def plan_record(plan: Plan, key: RunKey) -> dict:
+    """The part of ``result.json`` that the plan and the run key alone decide."""
     return {
-        "name": plan.name,
+        **key.to_json(),
         "spec": plan.spec,
-        "seed": seed,
         "ranks": plan.part_ranks,
         "targets": plan.targets,
         "placement": {str(k): v for k, v in plan.placement.items()},
@@ -209,9 +89,9 @@ def plan_record(plan: Plan, seed: int) -> dict:
     }
 
 
-def base_record(
+def run_record(
     plan: Plan,
-    seed: int,
+    key: RunKey,
     bench: Workbench,
     lora: LoraSettings,
     training: TrainingSettings,
@@ -219,7 +99,7 @@ def base_record(
 ) -> dict:
     """The part of ``result.json`` known before training (also the body of a failed result)."""
     return {
-        **plan_record(plan, seed),
+        **plan_record(plan, key),
         "available_roles": sorted(bench.arch.roles_present),
         "model": bench.source.describe(),
         "dataset": bench.data,
@@ -227,232 +107,275 @@ def base_record(
         "hardware": hardware(bench.device),
         "config": {
             "lora": vars(lora),
-            "training": {k: v for k, v in vars(training).items() if k != "seeds"},
+            "training": {
+                k: v for k, v in vars(training).items() if k not in ("seeds", "selection_seeds")
+            },
             "eval": vars(evaluation),
         },
     }
 
 
-def failed_result(record: dict, error: str) -> dict:
-    null_keys = (
-        "eval_loss",
-        "perplexity",
-        "accuracy",
-        "train_time_s",
-        "train_tokens",
-        "tokens_per_s",
+def _losses(model, bench: Workbench, split: Split, evaluation: EvalSettings, prefix_layer: int):
+    cache, _ = bench.prefix(split, prefix_layer)
+    return eval_losses(
+        model,
+        split.features,
+        bench.collator,
+        batch_size=evaluation.batch_size,
+        device=bench.device,
+        dtype=bench.dtype,
+        prefix=cache,
     )
-    return {
-        **{k: None for k in null_keys},
-        **record,
-        "status": "failed",
-        "error": error,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
-def _record_failure(out_dir: Path, record: dict, error: str) -> dict:
-    result = failed_result(record, error)
-    write_json_atomic(out_dir / "result.json", result)
-    return result
+def _mean_loss(rows) -> tuple[float, int]:
+    tokens = sum(n for _, n, _ in rows)
+    loss = sum(s for _, _, s in rows) / tokens if tokens else float("nan")
+    return loss, tokens
 
 
 def train_one(
     bench: Workbench,
     plan: Plan,
-    seed: int,
+    key: RunKey,
     out_dir: Path,
     *,
     lora: LoraSettings,
     training: TrainingSettings,
     evaluation: EvalSettings,
+    learning_rate: float,
+    selected_from: list[float] | None = None,
+    base: dict | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Train ``plan`` with ``seed`` on the workbench's base model; write and return ``result.json``.
+    """Train ``plan`` for run ``key`` on the workbench's base model; write and return its record.
 
-    The run directory gets ``metrics.jsonl`` (training curve), ``adapter/`` (PEFT format) and
-    ``result.json`` (written last, atomically: its presence means the run is complete).
-    A non-finite training loss stops the run early with ``status: failed, error: nan_loss``.
+    Args:
+        learning_rate: the peak learning rate of this run.
+        selected_from: the grid this learning rate was selected from (final runs of a study
+            with a learning-rate grid), else ``None``.
+        base: the base model's eval metrics (``Workbench.base_metrics``), recorded beside
+            the run's own for final runs.
+
+    A non-finite training or eval loss ends the run with ``status: failed, error: nan_loss``.
     """
     from peft import get_peft_model
+    from transformers import set_seed
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = base_record(plan, seed, bench, lora, training, evaluation)
-    record["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    base = bench.base_metrics(evaluation)
-
-    set_seed(seed)
-    model = get_peft_model(bench.fresh_model(), plan.lora_config(lora.alpha, lora.dropout))
+    selection = key.stage == "selection"
+    record = run_record(plan, key, bench, lora, training, evaluation)
+    record.update(
+        {"learning_rate": learning_rate, "selected_from": selected_from, "started_at": store.now()}
+    )
+    if selection:
+        record.update({"eval_loss": None, "perplexity": None, "eval_tokens": None})
+    if base is not None and not selection:
+        record.update(
+            {
+                "base_eval_loss": base["eval_loss"],
+                "base_perplexity": math.exp(base["eval_loss"]) if base["eval_loss"] else None,
+                "base_accuracy": base["accuracy"],
+            }
+        )
+    set_seed(key.seed)
+    model = get_peft_model(
+        bench.fresh_model(), plan.lora_config(lora.alpha, lora.dropout, lora.scaling)
+    )
     trainable, total = model.get_nb_trainable_parameters()
     if trainable != plan.trainable_params or total != plan.total_params:
         raise AssertionError(
-            f"PEFT counts {trainable}/{total}, plan says {plan.trainable_params}/{plan.total_params}"
+            f"PEFT counts {trainable}/{total}, "
+            f"plan says {plan.trainable_params}/{plan.total_params}"
         )
+    # Below the lowest adapted layer nothing is trained and (without dropout) nothing changes.
+    layer = plan.lowest_layer if lora.dropout == 0 else 0
+    train_cache, prefix_reason = bench.prefix(bench.train, layer)
+    record["prefix_cache"] = {
+        "layer": layer,
+        "used": train_cache is not None,
+        "reason": prefix_reason,
+    }
 
-    ordered, tokens_per_step = _ordered_features(
-        bench.train_features, training.batch_size, training.steps, seed
-    )
-    measure = _Measure(
-        out_dir / "metrics.jsonl", tokens_per_step, f"{plan.name} seed {seed}", show_progress
-    )
-    cuda = bench.device.startswith("cuda")
-    with tempfile.TemporaryDirectory(prefix="loraplace-trainer-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            max_steps=training.steps,
-            per_device_train_batch_size=training.batch_size,
-            learning_rate=training.learning_rate,
-            warmup_steps=training.warmup_steps,
-            lr_scheduler_type="linear",
-            weight_decay=training.weight_decay,
-            max_grad_norm=training.max_grad_norm,
-            logging_steps=1,
-            logging_nan_inf_filter=False,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=seed,
-            data_seed=seed,
-            train_sampling_strategy="sequential",
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            use_cpu=not cuda,
-            bf16=cuda and bench.dtype == torch.bfloat16,
+    checkpoints = evaluation.checkpoint_steps(training.steps) if not selection else []
+    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics:
+
+        def on_step(row: dict) -> None:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+
+        def on_checkpoint(step: int) -> None:
+            if step == training.steps:
+                return  # the final evaluation below covers the last step
+            loss, tokens = _mean_loss(_losses(model, bench, bench.eval, evaluation, layer))
+            metrics.write(
+                json.dumps({"step": step, "eval_loss": loss, "eval_tokens": tokens}) + "\n"
+            )
+            metrics.flush()
+
+        bar = tqdm(
+            total=training.steps,
+            desc=key.label(),
+            unit="step",
+            leave=False,
+            disable=not show_progress,
+            dynamic_ncols=True,
         )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=ordered,
-            data_collator=_CompletionBatches(bench.collator, accepts_logits_mask(model)),
-            compute_loss_func=_training_loss,
-            callbacks=[measure],
-        )
-        trainer.remove_callback(
-            PrinterCallback
-        )  # the progress bar and metrics.jsonl replace its prints
         try:
             with _PeakMemory(bench.device) as memory:
-                start = time.perf_counter()
-                trainer.train()
-                train_time = time.perf_counter() - start
+                outcome = train_adapter(
+                    model,
+                    bench.train.features,
+                    steps=training.steps,
+                    batch_size=training.batch_size,
+                    learning_rate=learning_rate,
+                    warmup_steps=training.warmup_steps,
+                    weight_decay=training.weight_decay,
+                    max_grad_norm=training.max_grad_norm,
+                    seed=key.seed,
+                    device=bench.device,
+                    dtype=bench.dtype,
+                    prefix=train_cache,
+                    on_step=on_step,
+                    checkpoint_steps=checkpoints,
+                    on_checkpoint=on_checkpoint,
+                    progress=bar,
+                    pad_token_id=bench.collator.pad_token_id,
+                )
         finally:
-            measure.close()
-
-    steps_done = trainer.state.global_step
-    train_tokens = sum(tokens_per_step[:steps_done])
-    record.update(
-        {
-            "steps": steps_done,
-            "train_time_s": round(train_time, 3),
-            "train_tokens": train_tokens,
-            "tokens_per_s": round(train_tokens / train_time, 2),
-            "peak_memory_mb": memory.mb,
-            "base_eval_loss": base["eval_loss"],
-            "base_perplexity": math.exp(base["eval_loss"]),
-            "base_accuracy": base["accuracy"],
-        }
-    )
-    if measure.nonfinite:
-        return _record_failure(out_dir, record, "nan_loss")
-
-    eval_start = time.perf_counter()
-    loss, scored = eval_loss(
-        model,
-        bench.eval_features,
-        bench.collator,
-        batch_size=evaluation.batch_size,
-        device=bench.device,
-        dtype=bench.dtype,
-    )
-    if not math.isfinite(loss):
-        return _record_failure(out_dir, record, "nan_loss")
-    accuracy, samples = None, []
-    if evaluation.accuracy_examples:
-        accuracy, samples = eval_accuracy(
-            model,
-            bench.tokenizer,
-            bench.eval_examples[: evaluation.accuracy_examples],
-            max_new_tokens=evaluation.max_new_tokens,
-            batch_size=evaluation.batch_size,
-            device=bench.device,
-            dtype=bench.dtype,
+            bar.close()
+        record.update(
+            {
+                "steps": outcome.steps,
+                "train_time_s": round(outcome.train_time_s, 3),
+                "train_tokens": outcome.train_tokens,
+                "tokens_per_s": round(outcome.train_tokens / outcome.train_time_s, 2),
+                "peak_memory_mb": memory.mb,
+            }
         )
-    if samples:
-        with open(out_dir / "generations.jsonl", "w") as handle:
-            handle.writelines(json.dumps(s) + "\n" for s in samples)
-    model.save_pretrained(out_dir / "adapter")
+        if outcome.nonfinite:
+            return _finish(out_dir, store.failed_result(record, "nan_loss"))
+
+        eval_start = time.perf_counter()
+        if bench.validation.features:
+            loss, _ = _mean_loss(_losses(model, bench, bench.validation, evaluation, layer))
+            record["validation_loss"] = loss if math.isfinite(loss) else None
+            if selection and not math.isfinite(loss):
+                return _finish(out_dir, store.failed_result(record, "nan_loss"))
+        if not selection:
+            rows = _losses(model, bench, bench.eval, evaluation, layer)
+            loss, tokens = _mean_loss(rows)
+            if not math.isfinite(loss):
+                return _finish(out_dir, store.failed_result(record, "nan_loss"))
+            store.write_eval_examples(out_dir / store.EXAMPLES_FILE, rows)
+            metrics.write(
+                json.dumps({"step": outcome.steps, "eval_loss": loss, "eval_tokens": tokens}) + "\n"
+            )
+            record.update({"eval_loss": loss, "perplexity": math.exp(loss), "eval_tokens": tokens})
+            accuracy, samples = None, []
+            if evaluation.accuracy_examples:
+                accuracy, samples = eval_accuracy(
+                    model,
+                    bench.tokenizer,
+                    bench.eval.examples[: evaluation.accuracy_examples],
+                    max_new_tokens=evaluation.max_new_tokens,
+                    batch_size=evaluation.batch_size,
+                    device=bench.device,
+                    dtype=bench.dtype,
+                )
+            if samples:
+                store.write_text_atomic(
+                    out_dir / "generations.jsonl", "".join(json.dumps(s) + "\n" for s in samples)
+                )
+                record["correct"] = [bool(s["correct"]) for s in samples]
+            record.update({"accuracy": accuracy, "accuracy_examples": len(samples)})
+            model.save_pretrained(out_dir / "adapter")
     record.update(
         {
             "status": "finished",
-            "eval_loss": loss,
-            "perplexity": math.exp(loss),
-            "eval_tokens": scored,
-            "accuracy": accuracy,
-            "accuracy_examples": len(samples),
             "eval_time_s": round(time.perf_counter() - eval_start, 3),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": store.now(),
         }
     )
-    write_json_atomic(out_dir / "result.json", record)
+    return _finish(out_dir, record)
+
+
+def _finish(out_dir: Path, record: dict) -> dict:
+    store.write_result(out_dir, record)
     return record
 
 
-def run_command(args) -> int:
-    from loraplace.data import DataConfig
-    from loraplace.errors import LoraplaceError
-    from loraplace.strategy import parse_strategy
-
-    strategy = parse_strategy(args.strategy)
-    name = args.name or str(strategy)
-    out = Path(args.out) if args.out else Path("runs") / "single" / run_dir_name(name, args.seed)
-    if (out / "result.json").exists() and not args.force:
-        raise LoraplaceError(
-            f"'{out}' already holds a finished run; pass --force to overwrite or choose --out"
-        )
-    lora = LoraSettings(rank=args.rank, alpha=args.alpha, dropout=args.dropout)
-    training = TrainingSettings(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate
-    )
-    evaluation = EvalSettings(
-        accuracy_examples=args.accuracy_examples, max_new_tokens=args.max_new_tokens
-    )
-    data = DataConfig(
-        dataset=args.dataset,
-        train_examples=args.train_examples,
-        eval_examples=args.eval_examples,
-        max_length=args.max_length,
-    )
-    # Check the strategy against the model's config before loading any weights.
-    ModelPlanner.for_model(args.model).plan({name: args.strategy}, lora.rank)
-    print(f"loading {args.model} and {args.dataset} ...", flush=True)
-    bench = Workbench.load(args.model, data, args.device)
-    plan = bench.planner.plan({name: args.strategy}, lora.rank)[0]
-    print(
-        f"{name}: {plan.trainable_params:,} trainable parameters ({plan.trainable_pct:.3f}% of "
-        f"{plan.total_params:,}), {len(plan.targets)} modules, seed {args.seed}",
-        flush=True,
-    )
-    result = train_one(
-        bench, plan, args.seed, out, lora=lora, training=training, evaluation=evaluation
-    )
-    print(summary_line(result))
-    print(f"written to {out}")
-    return 0 if result["status"] == "finished" else 1
-
-
 def summary_line(result: dict) -> str:
-    if result["status"] != "finished":
-        return f"{result['name']} seed {result['seed']}: FAILED ({result['error']})"
-    acc = (
-        ""
-        if result.get("accuracy") is None
-        else f", accuracy {100 * result['accuracy']:.1f}% "
-        f"(base {100 * (result.get('base_accuracy') or 0):.1f}%)"
+    """One line about a finished or failed run, for the study's progress output."""
+    key = RunKey(
+        result["name"],
+        result.get("seed", 0),
+        result.get("rank"),
+        result.get("stage") or "final",
+        result.get("learning_rate") if result.get("stage") == "selection" else None,
     )
+    if result["status"] != "finished":
+        return f"{key.label()}: FAILED ({result['error']})"
+    if result.get("stage") == "selection":
+        score = f"validation loss {result['validation_loss']:.4f}"
+    else:
+        score = f"eval loss {result['eval_loss']:.4f}"
+        if result.get("base_eval_loss") is not None:
+            score += f" (base {result['base_eval_loss']:.4f})"
+        if result.get("accuracy") is not None:
+            score += f", accuracy {100 * result['accuracy']:.1f}%"
     return (
-        f"{result['name']} seed {result['seed']}: eval loss {result['eval_loss']:.4f} "
-        f"(base {result['base_eval_loss']:.4f}), perplexity {result['perplexity']:.2f}{acc}, "
+        f"{key.label()}: {score}, lr {result.get('learning_rate'):.0e}, "
         f"{result['train_time_s']:.1f} s, {result['tokens_per_s']:.0f} tokens/s, "
         f"peak {result['peak_memory_mb']:.0f} MB"
     )
+
+
+def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
+    """``loraplace run``: one run of ``config``'s single strategy, outside any study.
+
+    The run is the same as that strategy's run with that seed in a study with the same config
+    (same data, plan, seed and code path), so their eval losses agree.
+
+    Raises:
+        LoraplaceError: ``out`` holds a finished run and ``force`` is not set.
+    """
+    from loraplace.errors import LoraplaceError
+
+    if store.read_result(out) is not None and not force:
+        raise LoraplaceError(
+            f"'{out}' already holds a finished run; pass --force to replace it or choose --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise LoraplaceError(f"--out '{out}' is a file, not a directory")
+    # An interrupted forced run must not leave the old result beside a new partial curve.
+    store.clear_run_dir(out)
+    plan = config.plan_for(key)
+    print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
+    bench = Workbench.load(
+        config.model,
+        config.data,
+        config.device,
+        trust_remote_code=config.trust_remote_code,
+        min_train=config.training.batch_size,
+    )
+    print(
+        f"{key.name}: {plan.trainable_params:,} trainable parameters ({plan.trainable_pct:.3f}% "
+        f"of {plan.total_params:,}), {len(plan.targets)} modules, seed {key.seed}",
+        flush=True,
+    )
+    base = bench.base_metrics(config.eval)
+    result = train_one(
+        bench,
+        plan,
+        key,
+        out,
+        lora=config.lora,
+        training=config.training,
+        evaluation=config.eval,
+        learning_rate=config.training.learning_rate,
+        base=base,
+    )
+    print(summary_line(result))
+    print(f"written to {out}")
+    return result

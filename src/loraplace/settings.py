@@ -1,25 +1,68 @@
-"""Typed settings shared by ``loraplace run`` and study configs (one dataclass per concept).
+"""Typed settings, one dataclass per concept, shared by ``loraplace run`` and study configs.
 
-Every problem is collected and raised once as a :class:`~loraplace.errors.ConfigError` naming
-the field (as it is spelled in a study YAML) and the bad value.
+Each field's default is defined here and nowhere else: the CLI options of ``run`` are derived
+from these dataclasses (:func:`field_help` reads each field's docstring as its ``--help``
+text), and a study YAML's sections are built from them. Every problem is collected and raised
+once as a :class:`~loraplace.errors.ConfigError` naming the field as it is spelled in a study
+YAML and the bad value.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from loraplace.errors import ConfigError
+from loraplace.errors import ConfigError, short_repr
+from loraplace.formats import FORMATS
 
-__all__ = ["LoraSettings", "TrainingSettings", "EvalSettings", "check_fields"]
+__all__ = [
+    "DataConfig",
+    "LoraSettings",
+    "TrainingSettings",
+    "EvalSettings",
+    "ReportSettings",
+    "SCALINGS",
+    "MAX_SEED",
+    "check_fields",
+    "field_help",
+    "is_int",
+    "is_number",
+]
+
+#: Seeds are passed to numpy and torch, which take 32-bit unsigned seeds.
+MAX_SEED = 2**32 - 1
+#: LoRA scaling conventions (see docs/CONCEPTS.md, "LoRA scaling").
+SCALINGS = ("standard", "rslora")
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An ``int`` that is not a ``bool`` (YAML's ``true`` must not pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seed(value) -> bool:
+    return is_int(value) and 0 <= value <= MAX_SEED
+
+
+def _seed_list_problem(name: str, seeds, *, required: bool) -> str | None:
+    if seeds is None and not required:
+        return None
+    if not isinstance(seeds, list) or not seeds or not all(_is_seed(s) for s in seeds):
+        return (
+            f"{name} must be a non-empty list of integers in [0, {MAX_SEED}], "
+            f"got {short_repr(seeds)}"
+        )
+    if len(set(seeds)) != len(seeds):
+        return f"{name} has duplicates: {short_repr(seeds)}"
+    return None
 
 
 def check_fields(obj, section: str, rules: dict[str, tuple]) -> list[str]:
@@ -28,8 +71,84 @@ def check_fields(obj, section: str, rules: dict[str, tuple]) -> list[str]:
     for name, (ok, description) in rules.items():
         value = getattr(obj, name)
         if not ok(value):
-            problems.append(f"{section}.{name} must be {description}, got {value!r}")
+            problems.append(f"{section}.{name} must be {description}, got {short_repr(value)}")
     return problems
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+@functools.cache
+def _docstrings(cls) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal after each field)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_help(cls, name: str) -> str:
+    """The docstring of field ``name`` of settings class ``cls``, with its default appended."""
+    default = next(f.default for f in fields(cls) if f.name == name)
+    text = _docstrings(cls).get(name, "")
+    return f"{text} (default: {default})" if default is not None else text
+
+
+@dataclass
+class DataConfig:
+    """What to train and evaluate on. Fixed per study: every run sees the same splits."""
+
+    dataset: str = "gsm8k"
+    """A built-in alias (gsm8k), a local .json/.jsonl/.txt file, or a hub dataset id
+    (owner/name or owner/name:config; needs the datasets package and network access)."""
+    train_examples: int = 256
+    """Training examples drawn from the source."""
+    eval_examples: int = 64
+    """Held-out evaluation examples, disjoint from every other split."""
+    validation_examples: int = 0
+    """Validation examples carved from the training pool (disjoint from train and eval), on
+    which learning rates are selected; 0 for none."""
+    max_length: int = 384
+    """Maximum tokens per example (prompt + completion); longer completions are cut at the end,
+    and an example whose prompt alone is too long is dropped."""
+    format: str | None = None
+    """gsm8k, alpaca, messages or text; unset detects it from the first record's fields."""
+    split_seed: int = 0
+    """Seed of the deterministic split into eval, validation and train examples. Fixed per
+    study; not a run's training seed."""
+
+    def __post_init__(self) -> None:
+        problems = check_fields(
+            self,
+            "data",
+            {
+                "dataset": (
+                    lambda v: isinstance(v, str) and bool(v.strip()),
+                    "a dataset alias, file path or hub id",
+                ),
+                "train_examples": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "eval_examples": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "validation_examples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+                "max_length": (lambda v: is_int(v) and v >= 2, "an integer >= 2"),
+                "format": (
+                    lambda v: v is None or v in FORMATS,
+                    f"one of {', '.join(FORMATS)} (or null to detect it)",
+                ),
+                "split_seed": (_is_seed, f"an integer in [0, {MAX_SEED}]"),
+            },
+        )
+        _raise(problems)
 
 
 @dataclass
@@ -37,25 +156,30 @@ class LoraSettings:
     """LoRA hyperparameters, the same for every strategy of a study."""
 
     rank: int = 8
-    """Global LoRA rank; a strategy part's ``:rN`` or parameter matching overrides it."""
+    """Global LoRA rank; a strategy part's :rN, a rank sweep or parameter matching overrides
+    it."""
     alpha: float = 16.0
-    """LoRA alpha at the global rank. Modules with another rank keep the scaling alpha/r."""
+    """LoRA alpha. Each module's scaling is alpha / r (standard) or alpha / sqrt(r) (rslora),
+    with r the module's own rank."""
     dropout: float = 0.0
-    """Dropout on the LoRA input. Off by default: a study's short runs (well under a few epochs)
-    have nothing to regularise, and on a CPU the dropout masks cost ~30% of training time."""
+    """Dropout on the LoRA input. Off by default: short runs have little to regularise, and
+    on a CPU the dropout masks cost about 30% of training time."""
+    scaling: str = "standard"
+    """LoRA scaling convention: standard (alpha / r) or rslora (alpha / sqrt(r), rank-
+    stabilised; arXiv 2312.03732)."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
             self,
             "lora",
             {
-                "rank": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-                "alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-                "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+                "rank": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "alpha": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "dropout": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+                "scaling": (lambda v: v in SCALINGS, f"one of {', '.join(SCALINGS)}"),
             },
         )
-        if problems:
-            raise ConfigError(problems)
+        _raise(problems)
 
 
 @dataclass
@@ -67,7 +191,7 @@ class TrainingSettings:
     batch_size: int = 4
     """Examples per step (dynamic padding, length-grouped batches)."""
     learning_rate: float = 2.0e-4
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate (AdamW), used when no learning-rate grid is given."""
     warmup_steps: int = 2
     """Linear warm-up steps before the linear decay to zero."""
     weight_decay: float = 0.0
@@ -75,7 +199,14 @@ class TrainingSettings:
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     seeds: list[int] | None = None
-    """Seeds of a study (each strategy runs once per seed). Ignored by ``loraplace run``."""
+    """Seeds of a study (each strategy runs once per seed; default [0, 1]). A run's seed fixes
+    the LoRA initialisation, dropout and data order."""
+    learning_rates: list[float] | None = None
+    """A learning-rate grid: each (strategy, rank) is first trained at every value on the
+    selection seeds and scored on the validation split; the final runs use the value with the
+    lowest validation loss. Unset: every run uses learning_rate."""
+    selection_seeds: list[int] | None = None
+    """Seeds of the learning-rate selection stage (default: the first seed)."""
 
     def __post_init__(self) -> None:
         if self.seeds is None:
@@ -84,49 +215,107 @@ class TrainingSettings:
             self,
             "training",
             {
-                "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-                "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-                "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-                "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-                "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-                "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+                "steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "learning_rate": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "warmup_steps": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+                "weight_decay": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+                "max_grad_norm": (lambda v: is_number(v) and v > 0, "a number > 0"),
             },
         )
-        seeds = self.seeds
-        if (
-            not isinstance(seeds, list)
-            or not seeds
-            or not all(_is_int(s) and s >= 0 for s in seeds)
-        ):
-            problems.append(
-                f"training.seeds must be a non-empty list of integers >= 0, got {seeds!r}"
-            )
-        elif len(set(seeds)) != len(seeds):
-            problems.append(f"training.seeds has duplicates: {seeds!r}")
-        if problems:
-            raise ConfigError(problems)
+        seed_problem = _seed_list_problem("training.seeds", self.seeds, required=True)
+        problems += [seed_problem] if seed_problem else []
+        grid = self.learning_rates
+        if grid is not None:
+            if (
+                not isinstance(grid, list)
+                or not grid
+                or not all(is_number(v) and v > 0 for v in grid)
+            ):
+                problems.append(
+                    "training.learning_rates must be a non-empty list of numbers > 0, "
+                    f"got {short_repr(grid)}"
+                )
+            elif len(set(grid)) != len(grid):
+                problems.append(f"training.learning_rates has duplicates: {short_repr(grid)}")
+        selection = self.selection_seeds
+        if selection is not None:
+            if grid is None:
+                problems.append(
+                    "training.selection_seeds is set but training.learning_rates is not"
+                )
+            else:
+                problem = _seed_list_problem("training.selection_seeds", selection, required=True)
+                problems += [problem] if problem else []
+        _raise(problems)
+
+    @property
+    def selection(self) -> list[int]:
+        """The seeds of the learning-rate selection stage (empty without a grid)."""
+        if not self.learning_rates:
+            return []
+        return list(self.selection_seeds or self.seeds[:1])
 
 
 @dataclass
 class EvalSettings:
-    """What is measured after training."""
+    """What is measured after (and during) training."""
 
-    accuracy_examples: int = 16
-    """Eval problems scored by greedy decoding for task accuracy (GSM8K); 0 skips it."""
+    accuracy_examples: int = 0
+    """Eval problems scored by greedy decoding for task accuracy (GSM8K-style answers); 0
+    skips it. A 135M model scores near zero on GSM8K, and a handful of problems carries no
+    information, so it is opt-in."""
     max_new_tokens: int = 256
     """Generation budget per problem for accuracy."""
     batch_size: int = 8
     """Sequences per forward pass when evaluating loss and accuracy."""
+    checkpoints: list[float] | None = None
+    """Fractions of the training steps (in (0, 1]) at which eval loss is also measured, e.g.
+    [0.25, 0.5, 1.0]; the curve goes to metrics.jsonl and the report checks ranking stability.
+    The final step is always evaluated."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
             self,
             "eval",
             {
-                "accuracy_examples": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-                "max_new_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-                "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                "accuracy_examples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+                "max_new_tokens": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "checkpoints": (
+                    lambda v: (
+                        v is None
+                        or (
+                            isinstance(v, list)
+                            and bool(v)
+                            and all(is_number(f) and 0 < f <= 1 for f in v)
+                            and len(set(v)) == len(v)
+                        )
+                    ),
+                    "a non-empty list of distinct fractions in (0, 1]",
+                ),
             },
         )
-        if problems:
-            raise ConfigError(problems)
+        _raise(problems)
+
+    def checkpoint_steps(self, steps: int) -> list[int]:
+        """The optimizer steps at which eval loss is measured: the checkpoints and the last."""
+        fractions = self.checkpoints or []
+        return sorted({max(1, min(steps, round(f * steps))) for f in fractions} | {steps})
+
+
+@dataclass
+class ReportSettings:
+    """How the report turns numbers into sentences (see docs/STATISTICS.md)."""
+
+    equivalence_margin: float = 0.01
+    """Margin, in nats of eval loss, within which two strategies count as equivalent when a
+    TOST equivalence test shows it (0.01 nats is a 1% change in perplexity)."""
+
+    def __post_init__(self) -> None:
+        problems = check_fields(
+            self,
+            "report",
+            {"equivalence_margin": (lambda v: is_number(v) and v > 0, "a number > 0")},
+        )
+        _raise(problems)

@@ -1,144 +1,147 @@
-"""Studies: every (strategy, seed) of a config, run once, resumable, failures isolated.
+"""Studies: every run of a config, run once, resumable, failures isolated.
+
+A study has up to two stages. With a learning-rate grid (``training.learning_rates``), every
+condition (strategy, rank) is first trained at each learning rate on the selection seeds and
+scored on the validation split; its final runs then use the learning rate with the lowest
+validation loss. The eval split is never used for that choice. Without a grid there is only
+the final stage.
 
 A run is complete exactly when its ``result.json`` exists (written atomically, last). On start
 the runner skips complete runs, clears the leftovers of interrupted ones and runs the rest, so
 killing the process at any moment (``kill -9`` included) and running the same command again
-finishes the study without redoing or duplicating anything. ``results.csv`` is regenerated
-from the ``result.json`` records, never appended to.
+finishes the study without redoing or duplicating anything. One process at a time holds a
+study directory (:class:`~loraplace.store.StudyLock`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import shutil
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from loraplace.config import StudyConfig, load_study_config, preset_path
+from loraplace import store
+from loraplace.config import StudyConfig, load_study_config, parse_yaml
 from loraplace.errors import LoraplaceError
-from loraplace.files import read_json
-from loraplace.run import run_dir_name
+from loraplace.store import RunKey
 
 __all__ = [
-    "RunSpec",
-    "pending_runs",
+    "Job",
+    "LrChoice",
+    "choose_learning_rates",
+    "collect_results",
+    "pending",
     "prepare_study_dir",
-    "write_results_csv",
     "run_study",
-    "study_command",
-    "RESULT_COLUMNS",
-]
-
-RESULT_COLUMNS = [
-    "name",
-    "spec",
-    "seed",
-    "status",
-    "error",
-    "trainable_params",
-    "total_params",
-    "trainable_pct",
-    "eval_loss",
-    "perplexity",
-    "base_eval_loss",
-    "accuracy",
-    "base_accuracy",
-    "train_time_s",
-    "train_tokens",
-    "tokens_per_s",
-    "peak_memory_mb",
-    "steps",
-    "run_dir",
+    "study_identity",
 ]
 
 
-class RunSpec(tuple):
-    """``(strategy name, seed)``: one run of a study."""
+@dataclass(frozen=True)
+class Job:
+    """A run to execute: its key, its compiled plan and its learning rate."""
 
-    __slots__ = ()
+    key: RunKey
+    plan: object
+    learning_rate: float
+    selected_from: list[float] | None = None
 
-    def __new__(cls, name: str, seed: int):
-        return super().__new__(cls, (name, seed))
+
+@dataclass(frozen=True)
+class LrChoice:
+    """The learning rate chosen for one condition, and the grid it was chosen from."""
+
+    chosen: float | None
+    """``None`` when no learning rate of the grid trained without failure."""
+    validation_loss: dict[float, float | None]
+    """Mean validation loss over the selection seeds at each learning rate (``None``: failed)."""
 
     @property
-    def name(self) -> str:
-        return self[0]
-
-    @property
-    def seed(self) -> int:
-        return self[1]
-
-    @property
-    def dirname(self) -> str:
-        return run_dir_name(self.name, self.seed)
+    def at_edge(self) -> bool:
+        grid = sorted(self.validation_loss)
+        return self.chosen is not None and len(grid) > 1 and self.chosen in (grid[0], grid[-1])
 
 
-def all_runs(config: StudyConfig) -> list[RunSpec]:
-    """Seed-major order: every strategy's first seed before any second seed, so an interrupted
-    study already compares all strategies."""
-    return [RunSpec(name, seed) for seed in config.training.seeds for name in config.strategies]
+def collect_results(config: StudyConfig, out: Path, keys: list[RunKey] | None = None) -> list[dict]:
+    """The complete records of ``keys`` (default: every run of the study), with ``run_dir``."""
+    results = []
+    for key in keys if keys is not None else config.run_keys():
+        result = store.read_result(key.run_dir(out))
+        if result is not None:
+            results.append({**result, "run_dir": key.relpath})
+    return results
 
 
-def read_result(run_dir: Path) -> dict | None:
-    """A run's result, or ``None`` when it is missing or unreadable (i.e. not complete)."""
-    result = read_json(run_dir / "result.json")
-    return result if result is not None and result.get("status") in ("finished", "failed") else None
+def choose_learning_rates(config: StudyConfig, out: Path) -> dict[tuple, LrChoice]:
+    """For each condition whose selection runs are all complete: the learning rate with the
+    lowest mean validation loss over the selection seeds (ties: the smaller learning rate).
 
-
-def pending_runs(config: StudyConfig, out: Path, *, retry_failed: bool = False) -> list[RunSpec]:
-    """Runs without a complete result; leftovers of interrupted runs are removed."""
-    pending = []
-    for spec in all_runs(config):
-        run_dir = out / "runs" / spec.dirname
-        result = read_result(run_dir)
-        if result is not None and not (retry_failed and result["status"] == "failed"):
+    A failed selection run (e.g. a diverging learning rate) counts as an infinite loss.
+    """
+    grid = config.training.learning_rates or []
+    choices = {}
+    for condition in config.conditions:
+        losses: dict[float, float | None] = {}
+        complete = True
+        for lr in grid:
+            values = []
+            for seed in config.training.selection:
+                key = RunKey(condition[0], seed, condition[1], "selection", lr)
+                result = store.read_result(key.run_dir(out))
+                if result is None:
+                    complete = False
+                    break
+                loss = result.get("validation_loss")
+                ok = result["status"] == "finished" and isinstance(loss, (int, float))
+                values.append(loss if ok and math.isfinite(loss) else math.inf)
+            if not complete:
+                break
+            mean = sum(values) / len(values)
+            losses[lr] = mean if math.isfinite(mean) else None
+        if not complete:
             continue
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        pending.append(spec)
-    return pending
+        finite = [(loss, lr) for lr, loss in losses.items() if loss is not None]
+        choices[condition] = LrChoice(min(finite)[1] if finite else None, losses)
+    return choices
+
+
+def pending(
+    config: StudyConfig, out: Path, keys: list[RunKey], *, retry_failed: bool
+) -> list[RunKey]:
+    """Runs of ``keys`` without a complete result; leftovers of interrupted runs are removed.
+
+    A run that failed because the disk was full is always retried: that failure says nothing
+    about the run.
+    """
+    todo = []
+    for key in keys:
+        run_dir = key.run_dir(out)
+        result = store.read_result(run_dir)
+        if result is not None:
+            disk = str(result.get("error") or "").startswith("disk_full")
+            if not (result["status"] == "failed" and (retry_failed or disk)):
+                continue
+        store.clear_run_dir(run_dir)
+        todo.append(key)
+    return todo
+
+
+def study_identity(config: StudyConfig) -> dict:
+    """What the study's results depend on beyond its config: the model's files and the data's
+    content. A resumed study whose model or data changed is refused."""
+    from loraplace.data import load_splits
+    from loraplace.models import model_identity, resolve_model
+
+    provenance = load_splits(config.data).provenance
+    data = {k: provenance.get(k) for k in ("dataset", "source", "sha256", "splits")}
+    source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    return {"model": model_identity(source), "data": data}
 
 
 def _normalised(config_dict: dict) -> str:
+    import yaml
+
     return yaml.safe_dump(config_dict, sort_keys=True)
-
-
-def prepare_study_dir(config: StudyConfig, out: Path) -> None:
-    """Create ``out`` with ``study.yaml``, or check that it belongs to this same config.
-
-    Raises:
-        LoraplaceError: when ``out`` holds a study with a different config (never overwritten).
-    """
-    resolved = config.to_dict()
-    existing = out / "study.yaml"
-    if existing.exists():
-        try:
-            previous = yaml.safe_load(existing.read_text()) or {}
-        except yaml.YAMLError:
-            previous = {}
-        if _normalised(_without_seeds(previous)) != _normalised(_without_seeds(resolved)):
-            changed = sorted(
-                k for k in set(resolved) | set(previous) if previous.get(k) != resolved.get(k)
-            )
-            raise LoraplaceError(
-                f"'{out}' holds a study with a different config (differs in: {', '.join(changed) or 'format'}); "
-                f"nothing was changed there: choose another directory with --out"
-            )
-        if _normalised(previous) != _normalised(resolved):
-            # Only the seed list changed: every run's own config is the same, so the study can
-            # grow (or be reported on fewer seeds) in place; existing runs stay valid.
-            _write_yaml_atomic(existing, resolved)
-        return
-    if out.exists() and any(out.iterdir()):
-        raise LoraplaceError(
-            f"'{out}' exists and is not a loraplace study directory; choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_yaml_atomic(existing, resolved)
 
 
 def _without_seeds(config_dict: dict) -> dict:
@@ -146,35 +149,83 @@ def _without_seeds(config_dict: dict) -> dict:
     return {**config_dict, "training": training}
 
 
-def _write_yaml_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+def _differences(old: dict, new: dict) -> str:
+    return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) or "format"
 
 
-def collect_results(config: StudyConfig, out: Path) -> list[dict]:
-    results = []
-    for spec in all_runs(config):
-        result = read_result(out / "runs" / spec.dirname)
-        if result is not None:
-            results.append({**result, "run_dir": f"runs/{spec.dirname}"})
-    return results
+def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
+    """Write ``study.yaml`` and ``identity.json`` into a new study directory, or check that an
+    existing one holds this same config, model and data. Call it with the lock held.
+
+    Raises:
+        LoraplaceError: ``out`` holds a study with a different config, model or data (nothing
+            there is changed).
+    """
+    import yaml
+
+    resolved = config.to_dict()
+    config_file = out / "study.yaml"
+    if config_file.exists():
+        try:
+            previous = parse_yaml(config_file.read_text(encoding="utf-8"), str(config_file))
+        except LoraplaceError:
+            previous = None
+        if not isinstance(previous, dict):
+            raise LoraplaceError(
+                f"'{config_file}' is not a readable study config; the directory was left as it is"
+            )
+        if _normalised(_without_seeds(previous)) != _normalised(_without_seeds(resolved)):
+            raise LoraplaceError(
+                f"'{out}' holds a study with a different config (differs in: "
+                f"{_differences(previous, resolved)}); nothing was changed there: choose another "
+                "directory with --out"
+            )
+        stored = store.read_json(out / store.IDENTITY_FILE)
+        if stored is not None and stored != identity:
+            raise LoraplaceError(
+                f"'{out}' was started with a different {_differences(stored, identity)} "
+                f"(model files or data content changed since); its runs would mix them. Restore "
+                "them or choose another directory with --out"
+            )
+        if stored is None:
+            store.write_json_atomic(out / store.IDENTITY_FILE, identity)
+        if _normalised(previous) != _normalised(resolved):
+            # Only the seed list changed: every run's own config is the same, so the study can
+            # grow (or be reported on fewer seeds) in place; existing runs stay valid.
+            store.write_text_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
+        return
+    store.write_json_atomic(out / store.IDENTITY_FILE, identity)
+    store.write_text_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
 
 
-def write_results_csv(config: StudyConfig, out: Path) -> list[dict]:
-    """Regenerate ``results.csv`` (one row per complete run) atomically; return the results."""
-    results = collect_results(config, out)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for result in results:
-        writer.writerow(
-            {k: ("" if result.get(k) is None else result.get(k)) for k in RESULT_COLUMNS}
-        )
-    tmp = out / ".results.csv.tmp"
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, out / "results.csv")
-    return results
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise LoraplaceError(f"--out '{out}' is a file, not a directory; choose another --out")
+    if out.is_dir() and not store.is_study_dir(out):
+        leftovers = [p for p in out.iterdir() if p.name != store.LOCK_FILE]
+        if leftovers:
+            raise LoraplaceError(
+                f"'{out}' exists and is not a loraplace study directory; choose another --out"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoraplaceError(f"cannot create study directory '{out}': {exc.strerror}") from None
+
+
+def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple[list[Job], list]:
+    jobs, unresolved = [], []
+    for key in keys:
+        grid = config.training.learning_rates
+        if not grid:
+            jobs.append(Job(key, config.plan_for(key), config.training.learning_rate))
+            continue
+        choice = choices.get(key.condition)
+        if choice is None or choice.chosen is None:
+            unresolved.append((key, choice))
+            continue
+        jobs.append(Job(key, config.plan_for(key), choice.chosen, list(grid)))
+    return jobs, unresolved
 
 
 def run_study(
@@ -186,41 +237,76 @@ def run_study(
     show_progress: bool = True,
     report: bool = True,
 ) -> int:
-    """Run every pending (strategy, seed) of ``config`` into ``out``; returns the exit status.
+    """Run every pending run of ``config`` into ``out``; returns the exit status.
 
     Returns:
         0 when every run finished, 1 when any run failed (each failure is recorded with its
         reason and the other runs still ran).
+
+    Raises:
+        LoraplaceError: the directory is in use, holds another study, or the disk is full.
     """
-    prepare_study_dir(config, out)
-    pending = pending_runs(config, out, retry_failed=retry_failed)
-    total = len(all_runs(config))
-    print(
-        f"study '{config.name}' in {out}: {total} runs ({len(config.strategies)} strategies x "
-        f"{len(config.training.seeds)} seeds), {total - len(pending)} already complete, {len(pending)} to run",
-        flush=True,
-    )
-    start = time.perf_counter()
-    if pending:
-        if executor == "local":
-            from loraplace.executors import run_local
+    from loraplace.executors import make_executor
 
-            run_local(config, out, pending, show_progress=show_progress)
-        elif executor == "ray":
-            from loraplace.executors import run_ray
-
-            run_ray(config, out, pending, show_progress=show_progress)
-        else:
-            raise LoraplaceError(f"unknown executor '{executor}'; valid: local, ray")
-    results = write_results_csv(config, out)
+    if config.plans is None:
+        raise ValueError("run_study needs a config loaded with check_model=True")
+    out = Path(out)
+    _check_out(out)
+    identity = study_identity(config)
+    with store.StudyLock(out) as lock:
+        prepare_study_dir(config, out, identity)
+        keys = config.run_keys()
+        selection = [k for k in keys if k.stage == "selection"]
+        final = [k for k in keys if k.stage == "final"]
+        todo_selection = pending(config, out, selection, retry_failed=retry_failed)
+        todo_final = pending(config, out, final, retry_failed=retry_failed)
+        conditions = len(config.conditions)
+        print(
+            f"study '{config.name}' in {out}: {len(keys)} runs ({conditions} conditions x "
+            f"{len(config.training.seeds)} seeds"
+            + (f", plus {len(selection)} selection runs" if selection else "")
+            + f"); {len(keys) - len(todo_selection) - len(todo_final)} already complete, "
+            f"{len(todo_selection) + len(todo_final)} to run",
+            flush=True,
+        )
+        start = time.perf_counter()
+        with make_executor(executor, config, out, lock.token, show_progress) as run:
+            if todo_selection:
+                run(
+                    [Job(k, config.plan_for(k), k.learning_rate) for k in todo_selection],
+                    stage="selection",
+                )
+            choices = choose_learning_rates(config, out)
+            for condition, choice in choices.items():
+                if choice.at_edge:
+                    print(
+                        f"  note: {condition[0]}"
+                        + (f" r{condition[1]}" if condition[1] else "")
+                        + f": the chosen learning rate {choice.chosen:g} is at the grid's edge",
+                        flush=True,
+                    )
+            jobs, unresolved = _final_jobs(config, todo_final, choices)
+            for key, _choice in unresolved:
+                run.record_failure(
+                    Job(key, config.plan_for(key), math.nan),
+                    "no_learning_rate: every learning rate of the grid failed in selection",
+                )
+            if jobs:
+                run(jobs, stage="final")
+        results = collect_results(config, out)
+        store.write_results_csv(out, results)
+    finals = [r for r in results if r.get("stage", "final") == "final"]
     failed = [r for r in results if r["status"] == "failed"]
     print(
-        f"study '{config.name}': {len(results) - len(failed)} finished, {len(failed)} failed, "
-        f"{time.perf_counter() - start:.0f} s this session; results in {out / 'results.csv'}",
+        f"study '{config.name}': {len(finals) - sum(r['status'] == 'failed' for r in finals)} "
+        f"final runs finished, {len(failed)} runs failed, {time.perf_counter() - start:.0f} s "
+        f"this session; results in {out / 'results.csv'}",
         flush=True,
     )
+    from loraplace.run import summary_line
+
     for result in failed:
-        print(f"  failed: {result['name']} seed {result['seed']}: {result['error']}", flush=True)
+        print(f"  {summary_line(result)}", flush=True)
     if report:
         from loraplace.report import write_report
 
@@ -228,30 +314,7 @@ def run_study(
     return 1 if failed else 0
 
 
-def study_command(args) -> int:
-    if args.config and args.preset:
-        raise LoraplaceError("give a config file or --preset, not both")
-    source = args.config or preset_path(args.preset or "default")
-    if args.seeds:
-        raw = yaml.safe_load(Path(source).read_text()) if Path(source).is_file() else None
-        if not isinstance(raw, dict):
-            config = load_study_config(source)  # raises the proper error
-            raw = config.to_dict()
-        try:
-            seeds = [int(s) for s in args.seeds.split(",")]
-        except ValueError:
-            raise LoraplaceError(
-                f"--seeds must be comma-separated integers, got '{args.seeds}'"
-            ) from None
-        raw.setdefault("training", {})["seeds"] = seeds
-        config = load_study_config(raw)
-    else:
-        config = load_study_config(source)
-    out = Path(args.out) if args.out else Path("runs") / config.name
-    return run_study(
-        config,
-        out,
-        executor=args.executor,
-        retry_failed=args.retry_failed,
-        report=not args.no_report,
-    )
+def load_and_run(source, out: Path | None = None, **kwargs) -> int:
+    """Load a study config (path, preset path or mapping), then :func:`run_study` it."""
+    config = load_study_config(source)
+    return run_study(config, out or Path("runs") / config.name, **kwargs)

@@ -1,37 +1,40 @@
-"""What a study loads once: the base model, its tokenizer, the tokenized data, base metrics.
+"""What a study process loads once: the base model, its tokenizer, the tokenized splits, the
+frozen-prefix activation caches and the base model's metrics.
 
-Every run of a study process trains on a fresh adapter around the same frozen base weights
-(:meth:`Workbench.fresh_model` shares them without copying), with the same tokenized data,
-and reuses the base model's eval loss and accuracy computed once here.
+Every run of a study process trains a fresh adapter around the same frozen base weights
+(:meth:`Workbench.fresh_model` shares them without copying), on the same tokenized data, and
+reuses the base model's eval metrics computed once per study directory (``base.json``).
 """
 
 from __future__ import annotations
 
 import copy
-import platform
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from torch import nn
 
+from loraplace import store
 from loraplace.arch import ArchInfo, classify
-from loraplace.data import (
-    DataConfig,
-    DynamicPaddingCollator,
-    Example,
-    load_dataset_split,
-    tokenize_examples,
-)
-from loraplace.errors import DataError
-from loraplace.evaluate import eval_accuracy, eval_loss
-from loraplace.files import read_json, write_json_atomic
+from loraplace.batching import DynamicPaddingCollator, tokenize_examples
+from loraplace.data import DataConfig, Example, load_splits
+from loraplace.errors import DataError, LoraplaceError
+from loraplace.evaluate import eval_accuracy, eval_losses
 from loraplace.models import ModelSource, count_params, load_model, load_tokenizer, resolve_model
 from loraplace.placement import ModelPlanner
 from loraplace.settings import EvalSettings
 
-__all__ = ["Workbench", "pick_device", "versions", "hardware"]
+__all__ = ["Workbench", "Split", "pick_device", "DROPPED_WARNING"]
+
+#: Share of dropped (too long) examples above which a split gets a warning.
+DROPPED_WARNING = 0.05
+#: Share of available memory a study may spend on frozen-prefix caches.
+PREFIX_MEMORY_SHARE = 0.25
 
 
 def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
@@ -39,8 +42,6 @@ def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            from loraplace.errors import LoraplaceError
-
             raise LoraplaceError(
                 f"device '{device}' requested but CUDA is not available; use --device cpu"
             )
@@ -48,35 +49,15 @@ def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
     return device, torch.float32
 
 
-def versions() -> dict:
-    import peft
-    import transformers
+@dataclass
+class Split:
+    """One tokenized split: its examples, features (``input_ids``, ``labels``, ``example``)
+    and token statistics (``examples``, ``dropped``, ``truncated``, ``tokens``, ...)."""
 
-    from loraplace import __version__
-
-    return {
-        "loraplace": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def hardware(device: str) -> dict:
-    import os
-
-    info = {
-        "device": "cuda" if device.startswith("cuda") else "cpu",
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    if info["device"] == "cuda":
-        info["name"] = torch.cuda.get_device_name(torch.device(device))
-    else:
-        info["name"] = platform.processor() or platform.machine()
-    return info
+    name: str
+    examples: list[Example]
+    features: list[dict]
+    stats: dict
 
 
 @dataclass
@@ -89,9 +70,8 @@ class Workbench:
         tokenizer: its tokenizer.
         arch: classifier result on the real model.
         base_params: base parameter count.
-        train_features, eval_features: tokenized examples (``input_ids``, ``labels``).
-        eval_examples: the eval examples (for accuracy by generation).
-        data: provenance of the data (source, split sizes, token statistics).
+        train, validation, eval: the tokenized splits (validation may be empty).
+        data: provenance of the data (source, sha256, split sizes, token statistics).
         device, dtype: where and in what precision runs compute.
     """
 
@@ -100,40 +80,75 @@ class Workbench:
     tokenizer: object
     arch: ArchInfo
     base_params: int
-    train_features: list[dict]
-    eval_features: list[dict]
-    eval_examples: list[Example]
+    train: Split
+    validation: Split
+    eval: Split
     data: dict
     device: str
     dtype: torch.dtype
     _base: dict = field(default_factory=dict)
+    _prefix: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, model: str, data: DataConfig, device: str | None = None) -> Workbench:
+    def load(
+        cls,
+        model: str,
+        data: DataConfig,
+        device: str | None = None,
+        *,
+        trust_remote_code: bool = False,
+        min_train: int = 1,
+    ) -> Workbench:
+        """Load the model and tokenize the data splits.
+
+        Args:
+            min_train: fewer kept training examples than this (a batch) is an error.
+
+        Raises:
+            DataError: no usable examples, or fewer training examples than a batch.
+        """
         device, dtype = pick_device(device)
-        source = resolve_model(model)
+        source = resolve_model(model, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(source)
-        train, evaluation, provenance = load_dataset_split(data)
-        train_features, train_stats = tokenize_examples(train, tokenizer, data.max_length)
-        eval_features, eval_stats = tokenize_examples(evaluation, tokenizer, data.max_length)
-        if not train_features or not eval_features:
+        parts = load_splits(data)
+        splits = {}
+        for name, examples in (
+            ("train", parts.train),
+            ("validation", parts.validation),
+            ("eval", parts.eval),
+        ):
+            features, stats = tokenize_examples(examples, tokenizer, data.max_length)
+            if examples and stats["dropped"] > DROPPED_WARNING * len(examples):
+                warnings.warn(
+                    f"{stats['dropped']} of {len(examples)} {name} examples are longer than "
+                    f"max_length {data.max_length} before their completion and were dropped; "
+                    "raise data.max_length",
+                    stacklevel=2,
+                )
+            splits[name] = Split(name, examples, features, stats)
+        if not splits["eval"].features or len(splits["train"].features) < min_train:
             raise DataError(
-                f"no usable examples in '{data.dataset}' after tokenizing to max_length "
-                f"{data.max_length}: raise data.max_length"
+                f"'{data.dataset}' leaves {len(splits['train'].features)} train and "
+                f"{len(splits['eval'].features)} eval examples after tokenizing to max_length "
+                f"{data.max_length}; at least {min_train} train example(s) (a batch) and 1 eval "
+                "example are needed: raise data.max_length or the example counts"
             )
         base = load_model(source, device=device)
         base.requires_grad_(False)
         base.eval()
-        provenance = {**provenance, "train_tokens": train_stats, "eval_tokens": eval_stats}
+        provenance = {
+            **parts.provenance,
+            **{f"{name}_tokens": split.stats for name, split in splits.items()},
+        }
         return cls(
             source,
             base,
             tokenizer,
             classify(base),
             count_params(base),
-            train_features,
-            eval_features,
-            evaluation,
+            splits["train"],
+            splits["validation"],
+            splits["eval"],
             provenance,
             device,
             dtype,
@@ -157,27 +172,61 @@ class Workbench:
         memo.update({id(b): b for b in self.model.buffers()})
         return copy.deepcopy(self.model, memo)
 
-    def base_metrics(self, settings: EvalSettings, store: Path | None = None) -> dict:
+    def prefix(self, split: Split, layer: int) -> tuple[object | None, str]:
+        """The frozen-prefix cache of ``split`` for layer ``layer`` (built once), or ``None``
+        with the reason it is not used (layer 0, unsupported architecture, too large)."""
+        from loraplace.prefix import PrefixCache, prefix_supported
+
+        if layer <= 0 or not split.features:
+            return None, "the lowest adapted layer is 0"
+        key = (split.name, layer)
+        if key not in self._prefix:
+            supported, reason = prefix_supported(self.model, self.arch, layer)
+            if not supported:
+                self._prefix[key] = (None, reason)
+            else:
+                tokens = sum(len(f["input_ids"]) for f in split.features)
+                wanted = tokens * self.arch.hidden_size * 4
+                budget = PREFIX_MEMORY_SHARE * psutil.virtual_memory().available
+                held = sum(c.nbytes for c, _ in self._prefix.values() if c is not None)
+                if held + wanted > budget:
+                    self._prefix[key] = (None, f"cache of {wanted / 2**20:.0f} MB does not fit")
+                else:
+                    cache = PrefixCache.build(
+                        self.model,
+                        split.features,
+                        layer,
+                        device=self.device,
+                        dtype=self.dtype,
+                        batch_size=8,
+                    )
+                    self._prefix[key] = (cache, "used")
+        return self._prefix[key]
+
+    def base_metrics(self, settings: EvalSettings, out: Path | None = None, identity=None) -> dict:
         """Eval loss (and accuracy) of the un-adapted model, computed once and reused.
 
         Args:
-            store: a JSON file (a study's ``base.json``) that keeps the result across processes:
-                read when it was computed with the same eval settings, device and dtype, written
-                (atomically) otherwise. A resumed study or a Ray worker then skips the base eval.
+            settings: the eval settings (they are part of the stored record's key).
+            out: a study directory: ``base.json`` and ``base_eval_examples.jsonl`` there keep
+                the result across processes. It is read when it was computed for the same
+                model, data, eval settings, device and dtype, and written otherwise.
+            identity: the study's model and data identity (part of the key).
         """
-        identity = {
+        key_fields = {
+            "identity": identity,
             "accuracy_examples": settings.accuracy_examples,
             "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size,
-            "eval_examples": len(self.eval_features),
+            "eval_examples": len(self.eval.features),
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
-        key = tuple(identity.values())
-        if key in self._base:
-            return self._base[key]
-        stored = read_json(store) if store is not None else None
-        if stored is not None and stored.get("settings") == identity:
+        cache_key = repr(sorted(key_fields.items(), key=lambda kv: kv[0]))
+        if cache_key in self._base:
+            return self._base[cache_key]
+        stored = store.read_json(out / store.BASE_FILE) if out is not None else None
+        if stored is not None and stored.get("settings") == key_fields:
             metrics = {
                 **{
                     k: stored.get(k)
@@ -187,33 +236,36 @@ class Workbench:
             }
         else:
             start = time.perf_counter()
-            loss, tokens = eval_loss(
+            rows = eval_losses(
                 self.model,
-                self.eval_features,
+                self.eval.features,
                 self.collator,
                 batch_size=settings.batch_size,
                 device=self.device,
                 dtype=self.dtype,
             )
+            tokens = sum(n for _, n, _ in rows)
+            loss = sum(s for _, _, s in rows) / tokens
             accuracy = None
             if settings.accuracy_examples:
                 accuracy, _ = eval_accuracy(
                     self.model,
                     self.tokenizer,
-                    self.eval_examples[: settings.accuracy_examples],
+                    self.eval.examples[: settings.accuracy_examples],
                     max_new_tokens=settings.max_new_tokens,
                     batch_size=settings.batch_size,
                     device=self.device,
                     dtype=self.dtype,
                 )
             metrics = {
-                "eval_loss": loss,
+                "eval_loss": loss if math.isfinite(loss) else None,
                 "eval_tokens": tokens,
                 "accuracy": accuracy,
                 "eval_time_s": round(time.perf_counter() - start, 3),
             }
-            if store is not None:
-                write_json_atomic(store, {"settings": identity, **metrics})
+            if out is not None:
+                store.write_eval_examples(out / store.BASE_EXAMPLES_FILE, rows)
+                store.write_json_atomic(out / store.BASE_FILE, {"settings": key_fields, **metrics})
             metrics["stored"] = False
-        self._base[key] = metrics
+        self._base[cache_key] = metrics
         return metrics

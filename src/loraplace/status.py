@@ -1,0 +1,102 @@
+"""``loraplace status DIR``: where a study stands, read from its directory alone.
+
+Nothing is loaded but ``study.yaml`` and the run records: no model, no data. The estimate of
+the time left uses the measured wall time of finished runs of the same condition and stage
+(another strategy's or rank's runs can be several times faster or slower), falling back to the
+mean over all finished runs of the stage.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from loraplace import store
+from loraplace.errors import LoraplaceError
+
+__all__ = ["study_status", "run_states", "format_duration"]
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1 h 05 min``, ``12 min 30 s`` or ``45 s``."""
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _duration(result: dict) -> float | None:
+    try:
+        start = datetime.fromisoformat(result["started_at"])
+        end = datetime.fromisoformat(result["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def run_states(out: Path) -> list[tuple[store.RunKey, str, dict | None]]:
+    """Every run of the study in ``out`` with its state: ``finished``, ``failed``,
+    ``in progress`` (a directory without a result) or ``pending``."""
+    from loraplace.config import load_study_config
+
+    out = Path(out)
+    if not (out / "study.yaml").is_file():
+        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
+    config = load_study_config(out / "study.yaml", check_model=False)
+    states = []
+    for key in config.run_keys():
+        result = store.read_result(key.run_dir(out))
+        if result is not None:
+            states.append((key, result["status"], result))
+        elif key.run_dir(out).exists():
+            states.append((key, "in progress", None))
+        else:
+            states.append((key, "pending", None))
+    return states
+
+
+def study_status(out: Path) -> str:
+    """A table of runs per stage and state, the wall time spent and the estimated time left."""
+    states = run_states(out)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    times: dict[tuple, list[float]] = defaultdict(list)
+    stage_times: dict[str, list[float]] = defaultdict(list)
+    for key, state, result in states:
+        counts[key.stage][state] += 1
+        duration = _duration(result) if result else None
+        if duration is not None:
+            times[(key.stage, key.condition)].append(duration)
+            stage_times[key.stage].append(duration)
+    spent = sum(sum(v) for v in stage_times.values())
+    left, unknown = 0.0, 0
+    for key, state, _ in states:
+        if state in ("pending", "in progress"):
+            same = times.get((key.stage, key.condition)) or stage_times.get(key.stage)
+            if same:
+                left += sum(same) / len(same)
+            else:
+                unknown += 1
+    columns = ("finished", "failed", "in progress", "pending")
+    lines = [f"study directory: {out}", f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns)]
+    for stage in ("selection", "final"):
+        if stage in counts:
+            lines.append(f"{stage:<10} " + " ".join(f"{counts[stage][c]:>11}" for c in columns))
+    lines.append(f"wall time of complete runs: {format_duration(spent)}")
+    estimate = (
+        format_duration(left)
+        if not unknown
+        else (
+            f"{format_duration(left)} plus {unknown} run(s) with no finished run of their stage to "
+            "time them by"
+        )
+    )
+    lines.append(f"estimated time to finish: {estimate if left or unknown else '0 s (complete)'}")
+    failed = [(k, r) for k, s, r in states if s == "failed"]
+    for key, result in failed:
+        lines.append(f"  failed: {key.label()}: {result.get('error')}")
+    return "\n".join(lines)

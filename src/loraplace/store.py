@@ -1,0 +1,441 @@
+"""The study directory: its layout, its records, and the lock that keeps it consistent.
+
+Every writer and reader of a study directory goes through this module: ``loraplace run``,
+the study runner, the executors (Ray workers included), the report and ``loraplace status``.
+The formats are documented in docs/FORMATS.md.
+
+```
+OUT/
+  study.yaml            the resolved config; a different config is refused
+  identity.json         the model and data the study was started with; a change is refused
+  .lock                 held (flock) by the one process running the study
+  base.json             base-model eval metrics, keyed by model, data and eval settings
+  base_eval_examples.jsonl   the base model's per-example eval losses
+  results.csv           one row per complete run, regenerated from result.json
+  runs/<run>/           final runs: result.json (written last), metrics.jsonl,
+                        eval_examples.jsonl, adapter/, generations.jsonl, traceback.txt
+  selection/<run>/      learning-rate selection runs (validation split only)
+  report/
+```
+
+A run is complete exactly when its ``result.json`` exists with status ``finished`` or
+``failed``; it is written atomically and last.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from loraplace.errors import LoraplaceError
+
+__all__ = [
+    "BASE_FILE",
+    "BASE_EXAMPLES_FILE",
+    "IDENTITY_FILE",
+    "LOCK_FILE",
+    "RESULT_COLUMNS",
+    "DiskFullError",
+    "RunKey",
+    "StudyLock",
+    "safe_name",
+    "format_lr",
+    "now",
+    "read_json",
+    "write_json_atomic",
+    "write_text_atomic",
+    "read_result",
+    "write_result",
+    "failed_result",
+    "read_jsonl",
+    "write_eval_examples",
+    "read_eval_examples",
+    "write_results_csv",
+    "is_study_dir",
+]
+
+BASE_FILE = "base.json"
+BASE_EXAMPLES_FILE = "base_eval_examples.jsonl"
+IDENTITY_FILE = "identity.json"
+LOCK_FILE = ".lock"
+RESULT_FILE = "result.json"
+EXAMPLES_FILE = "eval_examples.jsonl"
+
+RESULT_COLUMNS = [
+    "name",
+    "spec",
+    "rank",
+    "seed",
+    "stage",
+    "learning_rate",
+    "status",
+    "error",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "eval_loss",
+    "perplexity",
+    "validation_loss",
+    "base_eval_loss",
+    "accuracy",
+    "base_accuracy",
+    "train_time_s",
+    "train_tokens",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "steps",
+    "run_dir",
+]
+"""Columns of ``results.csv``: one row per complete run."""
+
+
+class DiskFullError(LoraplaceError):
+    """The disk filled up (ENOSPC/EDQUOT) while the study was writing."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def now() -> str:
+    """The current UTC time as an ISO 8601 string with seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def safe_name(name: str) -> str:
+    """A strategy name as it appears in a directory name: characters other than letters,
+    digits and ``-_.,`` become ``_``. Config validation rejects names that collide here."""
+    return "".join(c if c.isalnum() or c in "-_.," else "_" for c in name)
+
+
+def format_lr(value: float) -> str:
+    """A learning rate as it appears in a directory name (``3e-04``)."""
+    return f"{value:.0e}" if float(f"{value:.0e}") == value else repr(float(value))
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One run of a study: strategy, rank (in a rank sweep), seed and stage.
+
+    Attributes:
+        name: the strategy's name in the study.
+        seed: the run's seed.
+        rank: the sweep rank, or ``None`` when the study has no ``ranks`` list.
+        stage: ``final`` (evaluated on the eval split) or ``selection`` (a learning-rate
+            selection run, scored on the validation split only).
+        learning_rate: the learning rate of a selection run; ``None`` for final runs, whose
+            learning rate is chosen by the selection stage or fixed by the config.
+    """
+
+    name: str
+    seed: int
+    rank: int | None = None
+    stage: str = "final"
+    learning_rate: float | None = None
+
+    @property
+    def condition(self) -> tuple[str, int | None]:
+        """``(name, rank)``: the runs of one condition differ only in seed (and stage)."""
+        return (self.name, self.rank)
+
+    @property
+    def dirname(self) -> str:
+        parts = [safe_name(self.name)]
+        if self.rank is not None:
+            parts.append(f"r{self.rank}")
+        if self.stage == "selection":
+            parts.append(f"lr{format_lr(self.learning_rate)}")
+        parts.append(f"seed{self.seed}")
+        return "--".join(parts)
+
+    @property
+    def relpath(self) -> str:
+        """Path of the run directory inside the study directory."""
+        return f"{'selection' if self.stage == 'selection' else 'runs'}/{self.dirname}"
+
+    def run_dir(self, out: Path) -> Path:
+        return Path(out) / self.relpath
+
+    def label(self) -> str:
+        """A short human label: ``attn r8 seed 1``, ``mlp lr 3e-04 seed 0 (selection)``."""
+        text = self.name + (f" r{self.rank}" if self.rank is not None else "")
+        if self.stage == "selection":
+            text += f" lr {format_lr(self.learning_rate)}"
+        return text + f" seed {self.seed}" + (" (selection)" if self.stage == "selection" else "")
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "rank": self.rank,
+            "stage": self.stage,
+            "learning_rate": self.learning_rate,
+        }
+
+
+_SEED_SUFFIX = re.compile(r"--seed(\d+)$")
+
+
+def dir_seed(dirname: str) -> int | None:
+    """The seed encoded at the end of a run directory's name, or ``None``."""
+    match = _SEED_SUFFIX.search(dirname)
+    return int(match.group(1)) if match else None
+
+
+# --- atomic files -----------------------------------------------------------------------------
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so a reader sees the old file or the whole new one, never a partial one.
+
+    The temporary file has a unique name, is fsynced, gets the permissions an ordinary new file
+    would get, and is removed whatever happens (a full disk included).
+
+    Raises:
+        DiskFullError: when the disk is full; nothing is left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if _disk_full(exc):
+            raise DiskFullError(
+                f"disk full while writing {path}: free space, then run the "
+                "same command again (finished runs are kept)"
+            ) from None
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or ``None`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; a line cut short by a kill is skipped."""
+    out = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+# --- run records ------------------------------------------------------------------------------
+
+_RESULT_TYPES = {
+    "name": (str,),
+    "status": (str,),
+    "seed": (int,),
+    "eval_loss": (int, float, type(None)),
+    "trainable_params": (int, type(None)),
+}
+
+
+def read_result(run_dir: Path) -> dict | None:
+    """A run's complete record, or ``None`` when it is missing, unreadable, not complete, or has
+    a field of the wrong type (such a run is treated as not complete)."""
+    result = read_json(Path(run_dir) / RESULT_FILE)
+    if result is None or result.get("status") not in ("finished", "failed"):
+        return None
+    for key, types in _RESULT_TYPES.items():
+        value = result.get(key)
+        if key in result and (not isinstance(value, types) or isinstance(value, bool)):
+            return None
+    return result
+
+
+def write_result(run_dir: Path, record: dict) -> None:
+    """Write a run's ``result.json`` (atomically; its presence marks the run complete)."""
+    write_json_atomic(Path(run_dir) / RESULT_FILE, record)
+
+
+_NULL_METRICS = (
+    "eval_loss",
+    "perplexity",
+    "validation_loss",
+    "accuracy",
+    "train_time_s",
+    "train_tokens",
+    "tokens_per_s",
+)
+
+
+def failed_result(record: dict, error: str) -> dict:
+    """A failed run's record: what was known before the failure, the metrics ``None``."""
+    return {
+        **{k: None for k in _NULL_METRICS},
+        **record,
+        "status": "failed",
+        "error": error,
+        "finished_at": now(),
+    }
+
+
+def write_eval_examples(path: Path, rows: Iterable[tuple[int, int, float]]) -> None:
+    """Per-example eval losses: one ``{"example", "tokens", "loss_sum"}`` line per example."""
+    lines = [
+        json.dumps({"example": int(i), "tokens": int(n), "loss_sum": float(s)}) + "\n"
+        for i, n, s in rows
+    ]
+    write_text_atomic(path, "".join(lines))
+
+
+def read_eval_examples(path: Path) -> dict[int, tuple[int, float]]:
+    """``{example index: (tokens, loss_sum)}`` from an ``eval_examples.jsonl`` file."""
+    out = {}
+    for row in read_jsonl(path):
+        try:
+            out[int(row["example"])] = (int(row["tokens"]), float(row["loss_sum"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def write_results_csv(out: Path, results: list[dict]) -> None:
+    """Regenerate ``results.csv`` (one row per complete run) atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for result in results:
+        writer.writerow(
+            {k: ("" if result.get(k) is None else result.get(k)) for k in RESULT_COLUMNS}
+        )
+    write_text_atomic(Path(out) / "results.csv", buffer.getvalue())
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove an incomplete or forced run's directory, leaving nothing stale behind."""
+    if run_dir.is_symlink() or run_dir.is_file():
+        run_dir.unlink()
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)
+
+
+def is_study_dir(path: Path) -> bool:
+    """Whether ``path`` looks like a study directory (it has ``study.yaml`` or ``runs/``)."""
+    return (Path(path) / "study.yaml").is_file() or (Path(path) / "runs").is_dir()
+
+
+# --- the lock ---------------------------------------------------------------------------------
+
+
+class StudyLock:
+    """An exclusive lock on a study directory, held for as long as a study process runs.
+
+    It is an ``flock`` on ``OUT/.lock``, so the kernel releases it when the holder exits, even
+    by ``kill -9``: a lock file left behind by a dead process is simply taken over. The file
+    records the holder (pid, host, start time) for the error message a second process gets,
+    and a random token that Ray workers check before writing into the directory. ``flock`` is
+    reliable on local filesystems; on network filesystems see docs/STUDIES.md.
+    """
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.token = secrets.token_hex(8)
+        self._fd: int | None = None
+
+    def acquire(self) -> StudyLock:
+        """Take the lock or raise a one-line :class:`LoraplaceError` naming its holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = read_json(self.path) or {}
+            raise LoraplaceError(
+                f"study directory '{self.path.parent}' is in use by pid {holder.get('pid', '?')} "
+                f"on {holder.get('host', '?')} since {holder.get('started_at', '?')}; wait for "
+                "it to finish or stop it (a killed process releases the lock by itself)"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": now(),
+            "token": self.token,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StudyLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_lock_token(out: Path, token: str | None) -> None:
+    """Refuse to write into ``out`` unless the study lock is still held by ``token``'s owner.
+
+    Ray workers call this before writing a run: a study directory taken over by another
+    process (after the driver died) must not receive results from the old driver's tasks.
+    """
+    if token is None:
+        return
+    holder = read_json(Path(out) / LOCK_FILE) or {}
+    if holder.get("token") != token:
+        raise LoraplaceError(
+            f"study directory '{out}' is no longer held by the process that started this task "
+            f"(now held by pid {holder.get('pid', '?')} on {holder.get('host', '?')}); "
+            "the result is not written"
+        )
