@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from loraplace import figures
-from loraplace.files import read_json
+from loraplace.store import read_json
 from loraplace.report_render import (
     FAILURES_HEADING,
     _first,
