@@ -195,6 +195,13 @@ def summarize_sample(values: Sequence[Number]) -> SampleSummary:
     )
 
 
+def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    # Plain floats: for a handful of seeds numpy's per-call overhead dominates.
+    n = len(xs)
+    m = math.fsum(xs) / n
+    return m, math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (n - 1))
+
+
 def _is_constant(xs: Sequence[float], scale: float = 1.0) -> bool:
     # Relative to the magnitude of the inputs: [0.1 + 0.2, 0.3] is constant, not a tiny variance.
     return max(xs) - min(xs) <= 1e-12 * max(1.0, scale, max(abs(x) for x in xs))
@@ -218,11 +225,11 @@ def welch_p_value(a: Sequence[Number], b: Sequence[Number]) -> float | None:
     xa, xb = finite(a), finite(b)
     if len(xa) < 2 or len(xb) < 2 or (_is_constant(xa) and _is_constant(xb)):
         return None
-    na, nb = len(xa), len(xb)
-    va, vb = np.var(xa, ddof=1) / na, np.var(xb, ddof=1) / nb
-    se2 = float(va + vb)
-    df = se2**2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    return _t_two_sided_p((np.mean(xa) - np.mean(xb)) / math.sqrt(se2), df)
+    (ma, sa), (mb, sb) = _mean_sd(xa), _mean_sd(xb)
+    va, vb = sa * sa / len(xa), sb * sb / len(xb)
+    se2 = va + vb
+    df = se2**2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
+    return _t_two_sided_p((ma - mb) / math.sqrt(se2), df)
 
 
 # --- Paired tests over seeds ---------------------------------------------------------------------
@@ -257,8 +264,8 @@ def _check_conf(conf: float) -> None:
         raise ValueError(f"conf must be in (0, 1), got {conf!r}")
 
 
-def _aligned(a: SeedValues, b: SeedValues) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
-    """The common seeds with finite values on both sides, and the two aligned value arrays."""
+def _aligned(a: SeedValues, b: SeedValues) -> tuple[tuple[int, ...], list[float], list[float]]:
+    """The common seeds with finite values on both sides, and the two aligned value lists."""
     for name, x in (("a", a), ("b", b)):
         if not isinstance(x, Mapping):
             raise TypeError(
@@ -266,16 +273,14 @@ def _aligned(a: SeedValues, b: SeedValues) -> tuple[tuple[int, ...], np.ndarray,
                 f"{name} is a {type(x).__name__}"
             )
     seeds = tuple(sorted(s for s in a.keys() & b.keys() if _ok(a[s]) and _ok(b[s])))
-    xa = np.array([float(a[s]) for s in seeds])
-    xb = np.array([float(b[s]) for s in seeds])
-    return seeds, xa, xb
+    return seeds, [float(a[s]) for s in seeds], [float(b[s]) for s in seeds]
 
 
-def _differences(a: SeedValues, b: SeedValues) -> tuple[tuple[int, ...], np.ndarray, bool]:
+def _differences(a: SeedValues, b: SeedValues) -> tuple[tuple[int, ...], list[float], bool]:
     seeds, xa, xb = _aligned(a, b)
-    d = xa - xb
-    scale = float(np.max(np.abs(np.concatenate([xa, xb])))) if len(d) else 1.0
-    return seeds, d, len(d) >= 2 and _is_constant(d.tolist(), scale)
+    d = [x - y for x, y in zip(xa, xb)]
+    scale = max(map(abs, xa + xb), default=1.0)
+    return seeds, d, len(d) >= 2 and _is_constant(d, scale)
 
 
 def paired_difference(a: SeedValues, b: SeedValues, conf: float = 0.95) -> Paired:
@@ -301,12 +306,11 @@ def paired_difference(a: SeedValues, b: SeedValues, conf: float = 0.95) -> Paire
     _check_conf(conf)
     seeds, d, constant = _differences(a, b)
     n = len(d)
-    m = float(d.mean()) if n else None
     if n < 2:
-        return Paired(n, seeds, m, None, None, None, None, None, conf)
+        return Paired(n, seeds, d[0] if d else None, None, None, None, None, None, conf)
+    m, sd = _mean_sd(d)
     if constant:
         return Paired(n, seeds, m, 0.0, n - 1, None, None, None, conf)
-    sd = float(d.std(ddof=1))
     se = sd / math.sqrt(n)
     half = _t_quantile((1 + conf) / 2, n - 1) * se
     p = _t_two_sided_p(m / se, n - 1)
@@ -399,10 +403,10 @@ def tost_paired(a: SeedValues, b: SeedValues, margin: float, alpha: float = 0.05
         raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
     _, d, constant = _differences(a, b)
     n = len(d)
-    m = float(d.mean()) if n else None
     if n < 2 or constant:
-        return Equivalence(n, m, margin, alpha, None, None, None)
-    se = float(d.std(ddof=1)) / math.sqrt(n)
+        return Equivalence(n, math.fsum(d) / n if n else None, margin, alpha, None, None, None)
+    m, sd = _mean_sd(d)
+    se = sd / math.sqrt(n)
     p_lower = float(special.stdtr(n - 1, -(m + margin) / se))
     p_upper = float(special.stdtr(n - 1, (m - margin) / se))
     half = _t_quantile(1 - alpha, n - 1) * se
