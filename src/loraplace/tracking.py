@@ -1,0 +1,550 @@
+"""Experiment tracking: a study's runs mirrored to MLflow and/or TensorBoard.
+
+The study directory stays the record of a study (``result.json`` per run, read by the report);
+tracking is a copy for the tools researchers already use. :func:`open_tracking` returns one
+:class:`Tracking` for the whole study, :meth:`Tracking.run` one :class:`TrackedRun` per
+(strategy, seed) run. Both backends are optional extras (``loraplace[mlflow]``,
+``loraplace[tensorboard]``).
+
+Tracking never changes results and never stops a study: every call into a backend is guarded,
+and a failure (a locked store, a full disk) is reported once per backend as a
+:class:`TrackingWarning`, counted, and otherwise ignored. See ``docs/TRACKING.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from loraplace.errors import LoraplaceError
+
+__all__ = [
+    "BACKENDS",
+    "FINAL_METRICS",
+    "TrackingWarning",
+    "Tracking",
+    "TrackedRun",
+    "check_backends",
+    "flatten_params",
+    "open_tracking",
+]
+
+BACKENDS: tuple[str, ...] = ("mlflow", "tensorboard")
+"""Valid tracking backend names, as written in a study config or after ``--track``."""
+
+FINAL_METRICS: tuple[str, ...] = (
+    "eval_loss",
+    "perplexity",
+    "accuracy",
+    "train_time_s",
+    "tokens_per_s",
+    "peak_memory_mb",
+)
+"""``result.json`` keys logged as a run's final metrics (at its last training step)."""
+
+# result.json key -> param name: what identifies a run besides its resolved config.
+_RESULT_PARAMS = {
+    "name": "strategy",
+    "seed": "seed",
+    "spec": "spec",
+    "trainable_params": "trainable_params",
+    "total_params": "total_params",
+    "matched_to": "matched_to",
+}
+_EXTRAS = {"mlflow": ("mlflow", "sqlalchemy", "alembic"), "tensorboard": ("tensorboard",)}
+_MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+_STUDY_DIR_TAG = "loraplace.study_dir"
+_ROLE_TAG = "loraplace.role"
+_RUN_TAG = "loraplace.run"
+_PARENT_TAG = "mlflow.parentRunId"
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+_BATCH = 100  # MLflow's limit on params or tags per log_batch call
+
+
+class TrackingWarning(UserWarning):
+    """A tracking backend failed; the run goes on and its ``result.json`` is unaffected."""
+
+
+def check_backends(names: Sequence[str]) -> list[str]:
+    """Validates and normalises backend names (case, spaces, duplicates).
+
+    Args:
+        names: Backend names, e.g. ``["mlflow", "tensorboard"]``.
+
+    Returns:
+        The names in lower case, each once, in the order given.
+
+    Raises:
+        LoraplaceError: A name is not one of :data:`BACKENDS`.
+    """
+    out: list[str] = []
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name not in BACKENDS:
+            raise LoraplaceError(
+                f"unknown tracking backend {raw!r}; valid backends: {', '.join(BACKENDS)}"
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: ``{"lora": {"rank": 8}}`` -> ``{"lora.rank": 8}``.
+
+    Scalars (str, int, float, bool) are kept, ``None`` becomes ``"None"`` and anything else
+    (lists, tuples) its JSON text, so every value is one that both backends accept.
+
+    Args:
+        params: A possibly nested mapping.
+        prefix: Prepended to every key, with a dot.
+
+    Returns:
+        A flat ``{key: value}`` dict.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name))
+        elif value is None:
+            flat[name] = "None"
+        elif isinstance(value, str | int | float | bool):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return flat
+
+
+def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of ``metrics`` (``None``, text and booleans are not metrics)."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _result_params(result: Mapping[str, Any]) -> dict[str, Any]:
+    params = {new: result[old] for old, new in _RESULT_PARAMS.items() if old in result}
+    if isinstance(result.get("ranks"), Mapping):
+        params["ranks"] = result["ranks"]
+    if isinstance(result.get("config"), Mapping):
+        params.update(result["config"])
+    return flatten_params(params)
+
+
+def _require(backend: str) -> None:
+    for module in _EXTRAS[backend]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise LoraplaceError(
+                f"tracking backend {backend!r} needs the {module!r} package, which is not "
+                f"installed: pip install 'loraplace[{backend}]'"
+            ) from exc
+
+
+class _RunHandle(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def log_result(
+        self, result: Mapping[str, Any], files: Sequence[Path], adapter_dir: Path | None
+    ) -> None: ...
+
+    def end(self, status: str) -> None: ...
+
+
+class _Backend(Protocol):
+    name: str
+
+    def start_run(self, run_name: str) -> _RunHandle: ...
+
+    def close(self, status: str) -> None: ...
+
+
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Raise ``loggers`` to WARNING for a while (MLflow's store creation logs at INFO)."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def _mlflow_key(key: str) -> str:
+    # The characters MLflow accepts in a param or metric name on every platform.
+    return re.sub(r"[^/\w.\- ]", "_", key)[:250]
+
+
+class _MlflowRun:
+    def __init__(self, client: Any, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.logged: dict[str, str] = {}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        # MLflow refuses to change a logged param; the first value of a key stays.
+        new = {
+            _mlflow_key(k): str(v)[:_MAX_PARAM_CHARS]
+            for k, v in params.items()
+            if _mlflow_key(k) not in self.logged
+        }
+        items = [Param(k, v) for k, v in new.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        self.logged.update(new)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(_mlflow_key(k), v, now, int(step)) for k, v in metrics.items()]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_result(
+        self, result: Mapping[str, Any], files: Sequence[Path], adapter_dir: Path | None
+    ) -> None:
+        from mlflow.entities import RunTag
+
+        self.log_params(_result_params(result))
+        final = _metric_values({k: result.get(k) for k in FINAL_METRICS})
+        self.log_metrics(int(result.get("steps") or 0), final)
+        tags = {"status": result.get("status"), "error": result.get("error")}
+        self.client.log_batch(
+            self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        )
+        for path in files:
+            if Path(path).is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        if adapter_dir is not None and Path(adapter_dir).is_dir():
+            self.client.log_artifacts(self.run_id, str(adapter_dir), artifact_path="adapter")
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
+
+
+class _MlflowBackend:
+    """The study as an MLflow parent run, each (strategy, seed) run nested under it."""
+
+    name = "mlflow"
+
+    def __init__(self, study_dir: Path, study_name: str, params: dict[str, Any]):
+        from mlflow import MlflowClient
+
+        env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = env_uri or f"sqlite:///{study_dir}/mlflow.db"
+        with _quiet("mlflow", "alembic"):
+            self.client = MlflowClient(tracking_uri=uri)
+            experiment = self.client.get_experiment_by_name(study_name)
+            if experiment is None:
+                # With the default store the artifacts sit in the study directory too; a store
+                # the user chose keeps its own artifact root.
+                where = None if env_uri else (study_dir / "mlartifacts").as_uri()
+                self.experiment_id = self.client.create_experiment(study_name, where)
+            else:
+                self.experiment_id = experiment.experiment_id
+                if experiment.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(self.experiment_id)
+        self.uri = uri
+        self.parent = self._parent_run(study_dir, study_name, params)
+
+    def _parent_run(self, study_dir: Path, study_name: str, params: dict[str, Any]) -> _MlflowRun:
+        found = [
+            r
+            for r in self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{_ROLE_TAG}` = 'study'",
+                order_by=["attributes.start_time ASC"],
+            )
+            if r.data.tags.get(_STUDY_DIR_TAG) == str(study_dir)
+        ]
+        if found:  # a resumed study: the same parent run, running again
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            run = _MlflowRun(self.client, run_id)
+            run.logged.update(found[0].data.params)
+        else:
+            tags = {_ROLE_TAG: "study", _STUDY_DIR_TAG: str(study_dir)}
+            info = self.client.create_run(self.experiment_id, tags=tags, run_name=study_name).info
+            run = _MlflowRun(self.client, info.run_id)
+        run.log_params(params)
+        return run
+
+    def start_run(self, run_name: str) -> _MlflowRun:
+        parent_id = self.parent.run_id
+        # An attempt that a killed study left RUNNING is marked KILLED; the retry is a new run.
+        for old in self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{_PARENT_TAG}` = '{parent_id}'"
+        ):
+            if old.data.tags.get(_RUN_TAG) == run_name and old.info.status == "RUNNING":
+                self.client.set_terminated(old.info.run_id, "KILLED")
+        tags = {_ROLE_TAG: "run", _RUN_TAG: run_name, _PARENT_TAG: parent_id}
+        info = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info
+        return _MlflowRun(self.client, info.run_id)
+
+    def close(self, status: str) -> None:
+        self.parent.end(status)
+
+
+class _TensorBoardRun:
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        # A run starts from scratch, so the event files of an earlier attempt are stale.
+        for old in log_dir.glob("events.out.tfevents.*"):
+            old.unlink()
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.params: dict[str, Any] = {}
+        self.final: dict[str, float] = {}
+        self.step = 0
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        # Written once, with the final metrics, when the run ends (the HParams tab needs both).
+        self.params.update(params)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, int(step))
+        self.step = max(self.step, int(step))
+
+    def log_result(
+        self, result: Mapping[str, Any], files: Sequence[Path], adapter_dir: Path | None
+    ) -> None:
+        self.log_params(_result_params(result))
+        self.final = _metric_values({k: result.get(k) for k in FINAL_METRICS})
+        self.log_metrics(int(result.get("steps") or 0), self.final)
+        status = f"{result.get('status')}" + (f": {result['error']}" if result.get("error") else "")
+        self.writer.add_text("status", status, self.step)
+
+    def end(self, status: str) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        try:
+            # The HParams tab: one row per run, its params and the final metrics it has.
+            metrics = {k: v for k, v in self.final.items() if math.isfinite(v)}
+            for summary in hparams(self.params, metrics):
+                self.writer.file_writer.add_summary(summary, self.step)
+        finally:
+            self.writer.close()
+
+
+class _TensorBoardBackend:
+    """Event files under ``<study dir>/tensorboard/<run name>/``, one directory per run."""
+
+    name = "tensorboard"
+
+    def __init__(self, study_dir: Path):
+        self.root = study_dir / "tensorboard"
+
+    def start_run(self, run_name: str) -> _TensorBoardRun:
+        return _TensorBoardRun(self.root / run_name.replace(os.sep, "_"))
+
+    def close(self, status: str) -> None:
+        pass
+
+
+class _Guard:
+    """Runs backend calls; a failure is warned about once per backend, counted, and dropped."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+
+    def __call__(self, backend: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - no tracking problem may stop a study
+            self.failures[backend] = self.failures.get(backend, 0) + 1
+            if self.failures[backend] == 1:
+                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                warnings.warn(
+                    f"{backend} tracking failed ({what}): {text}; the study goes on, its results "
+                    "stay complete in the study directory, and further failures of this "
+                    "backend are only counted",
+                    TrackingWarning,
+                    stacklevel=3,
+                )
+            return None
+
+
+class TrackedRun:
+    """One (strategy, seed) run as seen by the tracking backends; made by :meth:`Tracking.run`."""
+
+    def __init__(self, handles: list[tuple[str, _RunHandle]], guard: _Guard):
+        self._handles = handles
+        self._guard = guard
+        self.status: str | None = None
+        """``"finished"``/``"failed"`` once :meth:`log_result` has been called."""
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Logs one point of the training curve or an eval checkpoint.
+
+        Args:
+            step: Optimizer step the values belong to.
+            metrics: ``{name: value}``, e.g. a ``metrics.jsonl`` record; entries that are not
+                numbers (``None``, text) are skipped, so a record can be passed as it is.
+        """
+        values = _metric_values({k: v for k, v in metrics.items() if k != "step"})
+        for name, handle in self._handles:
+            self._guard(name, "log_metrics", handle.log_metrics, int(step), values)
+
+    def log_result(
+        self,
+        result: Mapping[str, Any],
+        files: Sequence[Path] = (),
+        adapter_dir: Path | None = None,
+    ) -> None:
+        """Logs a run's outcome: params, final metrics, status tags and artifacts.
+
+        Args:
+            result: The run's ``result.json`` record (finished or failed).
+            files: Files to keep as artifacts, e.g. ``result.json`` and ``metrics.jsonl``;
+                missing ones are skipped.
+            adapter_dir: The saved PEFT adapter, kept as the ``adapter/`` artifact (MLflow).
+        """
+        self.status = "finished" if result.get("status") == "finished" else "failed"
+        for name, handle in self._handles:
+            self._guard(name, "log_result", handle.log_result, result, files, adapter_dir)
+
+    def _end(self, status: str) -> None:
+        for name, handle in self._handles:
+            self._guard(name, "end run", handle.end, status)
+
+
+class Tracking:
+    """The tracking of one study: zero or more backends behind one small interface.
+
+    Use it as a context manager, or call :meth:`close` when the study ends.
+    """
+
+    def __init__(self, backends: list[_Backend], guard: _Guard | None = None):
+        self._backends = backends
+        self._guard = guard or _Guard()
+
+    @property
+    def backends(self) -> list[str]:
+        """Names of the backends that opened."""
+        return [b.name for b in self._backends]
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """How many tracking calls failed, per backend name."""
+        return dict(self._guard.failures)
+
+    @contextmanager
+    def run(self, run_name: str, params: Mapping[str, Any]) -> Iterator[TrackedRun]:
+        """Tracks one (strategy, seed) run for the duration of the ``with`` block.
+
+        The run ends as the status of the result logged in the block; as failed if the block
+        raised (killed on ``KeyboardInterrupt``), and as killed if no result was logged.
+
+        Args:
+            run_name: The run's name, e.g. its run-directory name ``"attn--seed0"``.
+            params: Params known at the start (nested dicts are flattened with dots).
+
+        Yields:
+            The :class:`TrackedRun` to log metrics and the result to.
+        """
+        flat = flatten_params(params)
+        handles = []
+        for backend in self._backends:
+            handle = self._guard(backend.name, "start run", backend.start_run, run_name)
+            if handle is not None:
+                self._guard(backend.name, "log params", handle.log_params, flat)
+                handles.append((backend.name, handle))
+        tracked = TrackedRun(handles, self._guard)
+        try:
+            yield tracked
+        except Exception:
+            tracked._end("failed")
+            raise
+        except BaseException:
+            tracked._end("killed")
+            raise
+        tracked._end(tracked.status or "killed")
+
+    def close(self, *, interrupted: bool = False) -> None:
+        """Ends the study in every backend and reports how many tracking calls failed.
+
+        Args:
+            interrupted: The study did not run to its end (the MLflow parent run is then
+                marked killed; resuming the study makes it run again).
+        """
+        status = "killed" if interrupted else "finished"
+        for backend in self._backends:
+            self._guard(backend.name, "close", backend.close, status)
+        lost = {k: v for k, v in self._guard.failures.items() if v}
+        if lost:
+            counts = ", ".join(f"{k}: {v}" for k, v in lost.items())
+            warnings.warn(
+                f"tracking calls that failed ({counts}); the study directory has every result",
+                TrackingWarning,
+                stacklevel=2,
+            )
+        self._backends = []
+
+    def __enter__(self) -> Tracking:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(interrupted=exc_type is not None)
+
+
+def open_tracking(
+    backends: Sequence[str], study_dir: Path, study_name: str, params: Mapping[str, Any]
+) -> Tracking:
+    """Opens the tracking of a study in the given backends (none: a no-op :class:`Tracking`).
+
+    MLflow: the study is a parent run (found again on resume by its study-directory tag) and
+    each run a nested run. The store is ``MLFLOW_TRACKING_URI`` when set, otherwise
+    ``sqlite:///<study dir>/mlflow.db`` with artifacts in ``<study dir>/mlartifacts``.
+    TensorBoard: event files in ``<study dir>/tensorboard/<run name>/``.
+
+    Args:
+        backends: Backend names from :data:`BACKENDS`.
+        study_dir: The study directory (made absolute here).
+        study_name: The study's name: the MLflow experiment and parent-run name.
+        params: The study's resolved config (flattened with dots for the parent run).
+
+    Returns:
+        A :class:`Tracking`. A backend whose store cannot be opened is left out with a
+        :class:`TrackingWarning`.
+
+    Raises:
+        LoraplaceError: An unknown backend name, or a backend whose extra is not installed.
+    """
+    names = check_backends(backends)
+    for name in names:
+        _require(name)
+    study_dir = Path(study_dir).resolve()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    guard = _Guard()
+    flat = flatten_params(params)
+    opened: list[_Backend] = []
+    for name in names:
+        if name == "mlflow":
+            backend = guard(name, "open", _MlflowBackend, study_dir, study_name, flat)
+        else:
+            backend = guard(name, "open", _TensorBoardBackend, study_dir)
+        if backend is not None:
+            opened.append(backend)
+    return Tracking(opened, guard)
