@@ -624,3 +624,8 @@ def test_equal_budget_difference_by_hand():
         # so the 95% percentile interval is exactly [min, max] of the per-seed differences.
         assert (o.boot_low, o.boot_high) == (pytest.approx(d.min()), pytest.approx(d.max()))
     assert [o.p_holm for o in out[1:3]] == pytest.approx(_holm_by_definition(ps))
+
+
+def test_bootstrap_without_tokens_is_undefined():
+    empty = {0: np.zeros((4, 2))}
+    assert bootstrap_paired_examples(empty, empty) is None

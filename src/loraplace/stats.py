@@ -570,8 +570,8 @@ def bootstrap_paired_examples(
         conf: Confidence level.
 
     Returns:
-        The :class:`Bootstrap` over the common seeds, or ``None`` without a common seed or
-        without examples.
+        The :class:`Bootstrap` over the common seeds, or ``None`` without a common seed, without
+        examples, or when a run's examples hold no tokens.
 
     Raises:
         ValueError: When the arrays disagree in shape or hold negative token counts.
@@ -598,6 +598,8 @@ def bootstrap_paired_examples(
     estimate = float(diff(np.ones((1, e)))[0])
     boot = diff(w.astype(float))
     boot = boot[np.isfinite(boot)]  # a resample whose examples hold no tokens has no loss
+    if not math.isfinite(estimate) or boot.size == 0:
+        return None
     tail = 100 * (1 - conf) / 2
     low, high = np.percentile(boot, [tail, 100 - tail])
     return Bootstrap(estimate, float(low), float(high), n_boot, conf)
@@ -800,7 +802,9 @@ class Comparison:
     """One paired comparison of ``strategy`` against ``reference`` (differences ``s - ref``)."""
 
     strategy: str
+    """The strategy compared."""
     reference: str
+    """What it is compared with (the reference, or another strategy in pairwise tables)."""
     n: int
     """Paired seeds (for the reference itself: its finished seeds)."""
     mean: float | None
@@ -812,6 +816,7 @@ class Comparison:
     ci_high: float | None
     """Upper end of the paired t interval."""
     conf: float
+    """Confidence level of the intervals."""
     p: float | None
     """Raw two-sided paired t p-value; ``None`` when no test was run (exploratory, undefined)."""
     p_holm: float | None
@@ -825,11 +830,15 @@ class Comparison:
     tost_p_holm: float | None
     """Holm-adjusted TOST p over the :attr:`tost_family_size` equivalence tests."""
     tost_family_size: int
+    """Number of equivalence tests adjusted together."""
     verdict: str
+    """The named rule that applies (see :func:`verdict`)."""
     direction: str | None
+    """:data:`BETTER` or :data:`WORSE` for a directional verdict, else ``None``."""
     boot_low: float | None
     """Lower end of the eval-example bootstrap interval, when per-example losses were given."""
     boot_high: float | None
+    """Upper end of that interval."""
     welch_p: float | None
     """Unpaired Welch p over all finished seeds of each side (secondary, not used by verdicts)."""
 
