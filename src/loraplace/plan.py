@@ -122,6 +122,30 @@ def _placement_of(strategy: Strategy, arch: ArchInfo, rank: int) -> dict[int, di
     return placement
 
 
+def _check_ranks_fit(strategy: Strategy, arch: ArchInfo, module_ranks: dict[str, int]) -> None:
+    """Refuse a rank above a target's smaller dimension.
+
+    ``B @ A`` has rank at most ``min(in, out)``, so a larger ``r`` adds parameters (and skews
+    every count and parameter match) without adding capacity (Hu et al., 2021, "LoRA",
+    https://arxiv.org/abs/2106.09685, section 4).
+    """
+    over = [
+        p
+        for p in arch.projections
+        if p.name in module_ranks and module_ranks[p.name] > min(p.in_features, p.out_features)
+    ]
+    if not over:
+        return
+    worst = min(over, key=lambda p: min(p.in_features, p.out_features))
+    largest = min(worst.in_features, worst.out_features)
+    raise StrategyError(
+        f"rank {module_ranks[worst.name]} in strategy '{strategy}' is larger than module "
+        f"'{worst.name}' ({worst.in_features}->{worst.out_features}) can use: LoRA with "
+        f"r > min(in, out) adds parameters without adding capacity; the largest valid rank "
+        f"for it is {largest}"
+    )
+
+
 def compile_plan(
     strategy: Strategy | str,
     arch: ArchInfo,
@@ -141,7 +165,8 @@ def compile_plan(
 
     Raises:
         StrategyError: layers out of range, a role that exists only fused with roles the
-            strategy does not adapt, or a strategy that matches no module.
+            strategy does not adapt, a strategy that matches no module, or a rank larger than
+            a target module's smaller dimension.
     """
     if isinstance(strategy, str):
         strategy = parse_strategy(strategy)
@@ -155,8 +180,9 @@ def compile_plan(
             # Broad groups adapt what exists (GPT-2's mlp has no gate); a named role must exist.
             if absent and group not in ("all", "attn", "mlp"):
                 raise StrategyError(
-                    f"group '{group}' in '{part}' asks for role {','.join(absent)}, which {arch.model_type} does "
-                    f"not have; its roles: {','.join(r for r in ROLES if r in present)}"
+                    f"group '{group}' in '{part}' asks for role {','.join(absent)}, which "
+                    f"{arch.model_type} does not have; its roles: "
+                    f"{','.join(r for r in ROLES if r in present)}"
                 )
     module_ranks: dict[str, int] = {}
     placement: dict[int, dict[str, int]] = {}
@@ -173,9 +199,9 @@ def compile_plan(
                 else ",".join(proj.roles) + "' or 'mlp"
             )
             raise StrategyError(
-                f"role '{','.join(chosen)}' cannot be adapted alone in {arch.model_type}: it is fused with "
-                f"{','.join(missing)} in '{proj.local_name}' ({proj.in_features}->{proj.out_features}); "
-                f"adapt '{suggestion}' instead"
+                f"role '{','.join(chosen)}' cannot be adapted alone in {arch.model_type}: it is "
+                f"fused with {','.join(missing)} in '{proj.local_name}' "
+                f"({proj.in_features}->{proj.out_features}); adapt '{suggestion}' instead"
             )
         ranks = {roles[role] for role in chosen}
         if len(ranks) > 1:
@@ -191,8 +217,10 @@ def compile_plan(
         asked = sorted({role for roles in wanted.values() for role in roles})
         raise StrategyError(
             f"strategy '{strategy}' matches no module in {arch.model_type}: it asks for "
-            f"{','.join(asked)} but the model has roles {','.join(r for r in ROLES if r in present)}"
+            f"{','.join(asked)} but the model has roles "
+            f"{','.join(r for r in ROLES if r in present)}"
         )
+    _check_ranks_fit(strategy, arch, module_ranks)
     trainable = sum(
         r * (p.in_features + p.out_features)
         for p in arch.projections
@@ -232,7 +260,8 @@ def match_rank(
     the two around ``budget / (params at rank 1)``; ties go to the smaller rank.
 
     Raises:
-        StrategyError: when the strategy sets its own part ranks (matching chooses them).
+        StrategyError: when the strategy sets its own part ranks (matching chooses them), or
+            the budget needs a rank above a target module's smaller dimension.
     """
     if strategy.has_part_ranks:
         raise StrategyError(
@@ -241,9 +270,22 @@ def match_rank(
         )
     if budget < 1:
         raise StrategyError(f"parameter budget must be a positive integer, got {budget}")
-    unit = compile_plan(strategy, arch, 1, base_params=base_params, name=name).trainable_params
+    unit_plan = compile_plan(strategy, arch, 1, base_params=base_params, name=name)
+    unit = unit_plan.trainable_params
     low = max(1, budget // unit)
     best = min((low, low + 1), key=lambda r: (abs(r * unit - budget), r))
+    narrowest = min(
+        (p for p in arch.projections if p.name in unit_plan.module_ranks),
+        key=lambda p: min(p.in_features, p.out_features),
+    )
+    largest = min(narrowest.in_features, narrowest.out_features)
+    if best > largest:
+        raise StrategyError(
+            f"matching {budget:,} trainable parameters needs rank {best} for strategy "
+            f"'{name or strategy}', but its module '{narrowest.name}' "
+            f"({narrowest.in_features}->{narrowest.out_features}) allows at most rank {largest} "
+            f"({largest * unit:,} parameters); lower the budget"
+        )
     plan = compile_plan(strategy, arch, best, base_params=base_params, name=name)
     return Plan(**{**plan.__dict__, "matched_to": budget})
 
