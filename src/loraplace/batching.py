@@ -1,9 +1,9 @@
 """From examples to padded batches: prompt formatting, masked tokenization, dynamic padding and
 length-grouped batch order.
 
-Loss is computed on completion tokens only (SPEC 3): prompt tokens get the label -100. Batches
-are padded to their own longest sequence, never to a fixed maximum, and length grouping puts
-sequences of similar length together so little compute is spent on padding (SPEC 7).
+Loss is computed on completion tokens only: prompt tokens get the label -100. Batches are padded
+to their own longest sequence, never to a fixed maximum, and length grouping puts sequences of
+similar length together so little compute is spent on padding (see docs/CONCEPTS.md).
 """
 
 from __future__ import annotations
@@ -104,8 +104,10 @@ def tokenize_examples(
         max_length: Maximum tokens per sequence.
 
     Returns:
-        `(features, stats)`. Each feature is `{"input_ids": [...], "labels": [...]}` with labels
-        equal to input_ids except -100 on the prompt tokens. stats: `examples` (kept), `dropped`,
+        `(features, stats)`. Each feature is `{"input_ids": [...], "labels": [...], "example":
+        i}` with labels equal to input_ids except -100 on the prompt tokens, and `example` the
+        index of its example in `examples`, so per-example results stay aligned with the split
+        when examples are dropped. stats: `examples` (kept), `dropped`,
         `truncated`, `tokens` (total of kept sequences), `completion_tokens` (tokens the loss is
         computed on, after the causal shift), `mean_length`, `longest`.
 
@@ -125,7 +127,7 @@ def tokenize_examples(
     completions = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     features, dropped, truncated, scored_total = [], 0, 0, 0
-    for prompt_ids, completion_ids in zip(prompts, completions):
+    for index, (prompt_ids, completion_ids) in enumerate(zip(prompts, completions)):
         completion_ids = list(completion_ids) + [eos]
         cut = len(prompt_ids) + len(completion_ids) > max_length
         if cut:
@@ -140,6 +142,7 @@ def tokenize_examples(
             {
                 "input_ids": prompt_ids + completion_ids,
                 "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+                "example": index,
             }
         )
         scored_total += scored
@@ -159,7 +162,8 @@ def tokenize_examples(
 class DynamicPaddingCollator:
     """Pads a batch to its own longest sequence (never to a fixed maximum), on the right.
 
-    Padding uses the pad id in `input_ids`, 0 in `attention_mask` and -100 in `labels`.
+    Padding uses the pad id in `input_ids`, 0 in `attention_mask` and -100 in `labels`. Keys
+    other than `input_ids` and `labels` (such as `example`) are ignored.
 
     Args:
         tokenizer: Used for its pad id (falling back to its EOS id); or pass `pad_token_id`.
