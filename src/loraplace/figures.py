@@ -19,7 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import EngFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    EngFormatter,
+    MaxNLocator,
+    NullFormatter,
+    ScalarFormatter,
+    StrMethodFormatter,
+)
 
 from loraplace.strategy import ATTN_ROLES, MLP_ROLES  # noqa: E402
 
@@ -88,7 +94,10 @@ def role_category(roles: Sequence[str], available: Sequence[str] = ATTN_ROLES + 
 
 
 def role_label(roles: Sequence[str]) -> str:
-    """Compact cell text: attention letters, then MLP letters on a second line (``"qkvo\\ngud"``)."""
+    """Compact cell text: attention letters, then MLP letters on a second line.
+
+    ``["q", "k", "v", "o", "gate", "up", "down"]`` gives ``"qkvo\\ngud"``.
+    """
     got = set(roles)
     attn = "".join(_ROLE_LETTER[r] for r in ATTN_ROLES if r in got)
     mlp = "".join(_ROLE_LETTER[r] for r in MLP_ROLES if r in got)
@@ -96,7 +105,22 @@ def role_label(roles: Sequence[str]) -> str:
     return "\n".join(s for s in (attn, mlp, other) if s)
 
 
+def _plain_ticks(fig: plt.Figure) -> None:
+    """Every tick label states its value: no offset ("+5.936") and no scientific notation.
+
+    Losses of nearby strategies differ in the third or fourth decimal, where matplotlib would
+    otherwise label the ticks relative to an offset, which cannot be read in print.
+    """
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for fmt in (axis.get_major_formatter(), axis.get_minor_formatter()):
+                if isinstance(fmt, ScalarFormatter):  # EngFormatter is one too
+                    fmt.set_useOffset(False)
+                    fmt.set_scientific(False)
+
+
 def _save(fig: plt.Figure, path: str | Path) -> Path:
+    _plain_ticks(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
@@ -279,6 +303,9 @@ def plot_curves(
     if drawn:
         ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
+        # Whole steps with thousands separators ("12,000"), never "0.5" or an offset.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     else:
         _empty(ax, "no training metrics recorded")
     ax.set_xlabel("training step")
