@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from loraplace.data import DataConfig
 from loraplace.run import train_one
-from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
+from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingSettings
+from loraplace.store import RunKey, read_eval_examples
 from loraplace.workbench import Workbench
 
 SPEC_KEYS = {
@@ -52,7 +52,16 @@ def bench(tiny_model_dir, tiny_data_file):
 def _run(bench, spec, seed, out, training=TRAINING):
     plan = bench.planner.plan({spec: spec}, LORA.rank)[0]
     return train_one(
-        bench, plan, seed, out, lora=LORA, training=training, evaluation=EVAL, show_progress=False
+        bench,
+        plan,
+        RunKey(spec, seed),
+        out,
+        lora=LORA,
+        training=training,
+        evaluation=EVAL,
+        learning_rate=training.learning_rate,
+        base=bench.base_metrics(EVAL),
+        show_progress=False,
     )
 
 
@@ -98,8 +107,13 @@ def test_counts_equal_peft_on_the_wrapped_model(bench, attn_run):
 
 def test_train_tokens_are_the_non_padding_tokens_of_the_trained_batches(attn_run):
     result, out, _ = attn_run
-    curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in lines if "loss" in r]
     assert [r["step"] for r in curve] == [1, 2, 3]
+    # The final eval loss is also on the curve, at the last step.
+    assert [r for r in lines if "eval_loss" in r] == [
+        {"step": 3, "eval_loss": result["eval_loss"], "eval_tokens": result["eval_tokens"]}
+    ]
     assert curve[-1]["tokens"] == result["train_tokens"]
     assert all(a["tokens"] < b["tokens"] for a, b in zip(curve, curve[1:]))
     assert result["tokens_per_s"] == pytest.approx(
@@ -132,10 +146,21 @@ def test_saved_adapter_loads_with_plain_peft_and_reproduces_eval_loss(bench, att
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     loaded = PeftModel.from_pretrained(bench.fresh_model(), out / "adapter")
     loss, tokens = eval_loss(
-        loaded, bench.eval_features, bench.collator, batch_size=8, device="cpu"
+        loaded, bench.eval.features, bench.collator, batch_size=8, device="cpu"
     )
     assert tokens == result["eval_tokens"]
     assert loss == pytest.approx(result["eval_loss"], rel=1e-6)
+
+
+def test_per_example_eval_losses_add_up_to_the_eval_loss(bench, attn_run):
+    result, out, _ = attn_run
+    rows = read_eval_examples(out / "eval_examples.jsonl")
+    assert sorted(rows) == [f["example"] for f in bench.eval.features]
+    tokens = sum(n for n, _ in rows.values())
+    assert tokens == result["eval_tokens"]
+    assert sum(s for _, s in rows.values()) / tokens == pytest.approx(
+        result["eval_loss"], rel=1e-12
+    )
 
 
 def test_non_finite_loss_fails_the_run_with_nan_loss(bench, tmp_path):
@@ -161,7 +186,7 @@ def test_last_k_strategy_computes_no_gradient_below_its_lowest_layer(bench):
                 i, out[0] if isinstance(out, tuple) else out
             )
         )
-    batch = bench.collator(bench.train_features[:2])
+    batch = bench.collator(bench.train.features[:2])
     model(**batch).loss.backward()
     assert not seen[0].requires_grad
     assert seen[len(layers) - 1].requires_grad

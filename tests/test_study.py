@@ -88,10 +88,10 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(
 
     real = executors.train_one
 
-    def flaky(bench, plan, seed, out_dir, **kwargs):
-        if plan.name == "attention-only" and seed == 1:
+    def flaky(bench, plan, key, out_dir, **kwargs):
+        if plan.name == "attention-only" and key.seed == 1:
             raise RuntimeError("simulated crash in one run")
-        return real(bench, plan, seed, out_dir, **kwargs)
+        return real(bench, plan, key, out_dir, **kwargs)
 
     monkeypatch.setattr(executors, "train_one", flaky)
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
@@ -140,13 +140,13 @@ def test_the_base_evaluation_is_stored_once_and_reused_on_resume(
     import loraplace.workbench as workbench
 
     calls = []
-    real = workbench.eval_loss
+    real = workbench.eval_losses
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(workbench, "eval_loss", counting)
+    monkeypatch.setattr(workbench, "eval_losses", counting)
     raw = tiny_study(
         tiny_model_dir, tiny_data_file, strategies={"top": "mlp@last:1"}, reference="top"
     )
@@ -247,25 +247,29 @@ def test_kill_9_at_several_points_then_resume_completes_without_duplicates(
     for row in rows:
         result = json.loads((out / row["run_dir"] / "result.json").read_text())
         assert result["status"] == "finished"
-        lines = (out / row["run_dir"] / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))
+        lines = [
+            json.loads(x) for x in (out / row["run_dir"] / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert [r["step"] for r in lines if "loss" in r] == list(range(1, 13))
 
 
 def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(
     tiny_model_dir, tiny_data_file, tmp_path
 ):
     # When a Ray worker dies, no workbench is left to describe the run: the driver writes the
-    # failed result from the plan alone, and the study treats it like any other failure.
-    from loraplace.executors import _record_ray_failure
-    from loraplace.placement import ModelPlanner
-    from loraplace.study import RunSpec
+    # failed result from the plan it already holds, and the study treats it like any failure.
+    from loraplace.executors import make_executor
+    from loraplace.store import RunKey
+    from loraplace.study import Job
 
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
-    _record_ray_failure(config, tmp_path, RunSpec("top", 1), MemoryError("worker killed"))
+    key = RunKey("top", 1)
+    with make_executor("local", config, tmp_path, "token", False) as executor:
+        executor.record_failure(
+            Job(key, config.plan_for(key), 1e-3), "out_of_memory: worker killed"
+        )
     result = json.loads((tmp_path / "runs" / "top--seed1" / "result.json").read_text())
-    plan = {
-        p.name: p for p in ModelPlanner.for_model(str(tiny_model_dir)).plan(config.strategies, 4)
-    }["top"]
+    plan = config.plan_for(key)
     assert (result["status"], result["error"]) == ("failed", "out_of_memory: worker killed")
     assert (result["name"], result["seed"], result["spec"]) == ("top", 1, "mlp@last:1")
     assert result["trainable_params"] == plan.trainable_params > 0

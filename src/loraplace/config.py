@@ -165,13 +165,17 @@ def parse_yaml(text: str, where: str):
     return load_yaml(text, where)
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _unknown(keys, valid, where: str) -> list[str]:
     problems = []
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(str(key), list(valid), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
-            problems.append(f"unknown key '{where}{short_repr(key, 40)}'{hint}")
+            problems.append(f"unknown key '{where}{_clip(str(key))}'{hint}")
     return problems
 
 
@@ -222,14 +226,14 @@ def _strategies(raw, problems: list[str]) -> dict[str, str]:
             continue
         if not isinstance(spec, str):
             problems.append(
-                f"strategies.{short_repr(name, 40)}: expected a strategy string, "
+                f"strategies.{_clip(name)}: expected a strategy string, "
                 f"got {short_repr(spec)}"
             )
             continue
         try:
             parse_strategy(spec)
         except LoraplaceError as exc:
-            problems.append(f"strategies.{short_repr(name, 40)}: {exc}")
+            problems.append(f"strategies.{_clip(name)}: {exc}")
             continue
         other = dirs.get(safe_name(name))
         if other is not None:
@@ -343,15 +347,36 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
             "training.learning_rates needs a validation split to select on: set "
             "data.validation_examples (the eval split is never used for any choice)"
         )
+    if (
+        check_model
+        and strategies
+        and sections["lora"] is not None
+        and isinstance(raw.get("model", "smollm2-135m"), str)
+    ):
+        # Compile what parsed, even when other keys have problems: all are reported at once.
+        probe = StudyConfig(
+            model=raw.get("model", "smollm2-135m"),
+            strategies=strategies,
+            ranks=raw.get("ranks") if not any(p.startswith("ranks") for p in problems) else None,
+            lora=sections["lora"],
+            trust_remote_code=raw.get("trust_remote_code") is True,
+        )
+        try:
+            plans = compile_plans(
+                probe,
+                match=not problems and raw.get("match_params") is not None,
+                match_params=raw.get("match_params"),
+            )
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    reference = raw.get("reference") or next(iter(strategies))
     config = StudyConfig(
         name=raw.get("name", "study"),
         model=raw.get("model", "smollm2-135m"),
         strategies=strategies,
         ranks=raw.get("ranks"),
-        reference=reference,
+        reference=raw.get("reference") or next(iter(strategies)),
         match_params=raw.get("match_params"),
         device=raw.get("device"),
         tracking=list(raw.get("tracking", [])),
@@ -359,12 +384,18 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
         **sections,
     )
     if check_model:
-        config.plans = compile_plans(config)
+        config.plans = plans
     return config
 
 
-def compile_plans(config: StudyConfig, planner=None) -> dict:
+def compile_plans(
+    config: StudyConfig, planner=None, *, match: bool = True, match_params=None
+) -> dict:
     """Compile every condition of ``config`` for its model: ``{(name, rank): Plan}``.
+
+    Args:
+        planner: a :class:`~loraplace.placement.ModelPlanner` (default: from the config's model).
+        match: apply parameter matching (``match_params``, default the config's).
 
     Raises:
         ConfigError: listing every strategy that does not fit the model.
@@ -378,6 +409,7 @@ def compile_plans(config: StudyConfig, planner=None) -> dict:
             )
         except LoraplaceError as exc:
             raise ConfigError([f"model: {exc}"]) from None
+    budget = match_params if match_params is not None else config.match_params
     problems, plans = [], {}
     for rank in config.ranks or [None]:
         for name, spec in config.strategies.items():
@@ -386,9 +418,9 @@ def compile_plans(config: StudyConfig, planner=None) -> dict:
             except LoraplaceError as exc:
                 at = f" at rank {rank}" if rank is not None else ""
                 problems.append(f"strategies.{name}{at}: {exc}")
-    if not problems and config.match_params is not None:
+    if not problems and match and budget is not None:
         try:
-            matched = planner.plan(config.strategies, config.lora.rank, config.match_params)
+            matched = planner.plan(config.strategies, config.lora.rank, budget)
             plans = {(plan.name, None): plan for plan in matched}
         except LoraplaceError as exc:
             problems.append(f"match_params: {exc}")
