@@ -551,6 +551,14 @@ def test_tokenize_without_template_keeps_the_tokenizers_bos_in_the_prompt():
     )
 
 
+def test_tokenize_gives_each_feature_its_example_index_across_dropped_examples(tiny_tokenizer):
+    ok = Example([{"role": "user", "content": "Q?"}], "ok", None)
+    huge_prompt = Example([{"role": "user", "content": "many words " * 100}], "ok", None)
+    features, stats = tokenize_examples([ok, huge_prompt, ok, huge_prompt, ok], tiny_tokenizer, 32)
+    assert stats["dropped"] == 2
+    assert [f["example"] for f in features] == [0, 2, 4]
+
+
 def test_tokenize_needs_an_eos_token():
     tokenizer = make_tiny_tokenizer()
     tokenizer.eos_token = None
@@ -586,6 +594,13 @@ def test_collator_pads_to_the_batch_longest(tiny_tokenizer, lengths, multiple, w
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
         assert batch["input_ids"][row, n:].tolist() == [tiny_tokenizer.pad_token_id] * (width - n)
         assert batch["labels"][row, n:].tolist() == [-100] * (width - n)
+
+
+def test_collator_ignores_keys_other_than_ids_and_labels(tiny_tokenizer):
+    features = [{**f, "example": 7 + k} for k, f in enumerate(_features([3, 5]))]
+    batch = DynamicPaddingCollator(tiny_tokenizer)(features)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"][1].tolist() == features[1]["input_ids"]
 
 
 def test_collator_on_tokenized_examples_ignores_max_length(tiny_tokenizer):
