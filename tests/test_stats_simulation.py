@@ -13,15 +13,14 @@ import math
 
 import numpy as np
 
-from loraplace.stats import (
+from loraplace.stats import paired_difference, tost_paired
+from loraplace.verdicts import (
     BETTER,
     CLEAR,
     EQUIVALENT,
     SUGGESTIVE,
     SUPPORTED,
     compare_to_reference,
-    paired_difference,
-    tost_paired,
 )
 
 N_STUDIES = 2000
