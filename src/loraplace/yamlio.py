@@ -7,11 +7,13 @@ config never needs and that hurt when they come from a careless or hostile file:
   "billion laughs" document). They are refused outright, and so are merge keys (``<<``).
 - **duplicate keys**: ``safe_load`` keeps the last one and drops the other without a word. They
   are refused at any depth, naming the key and both lines.
+- **tags** (``!!int``, ``!!python/object``, ``!foo``): a config needs none, and an explicit
+  tag builds values the resolver never checked.
 - **size and depth**: input over :data:`MAX_YAML_BYTES` or nested deeper than
   :data:`MAX_YAML_DEPTH` is refused before it is built.
 
-Every problem, including a syntax error or a bad tagged value (``!!int abc``, the date
-``2001-13-45``), becomes one :class:`~loraplace.errors.ConfigError` with a one-line message.
+Every problem, including a syntax error or an impossible value (the date ``2001-13-45``, a
+5,000-digit integer), becomes one :class:`~loraplace.errors.ConfigError` with a one-line message.
 :func:`dump_yaml` writes YAML that :func:`load_yaml` reads back: it never emits aliases.
 """
 
@@ -21,7 +23,7 @@ import os
 from pathlib import Path
 
 import yaml
-from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
+from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent, ScalarEvent
 from yaml.nodes import MappingNode
 
 from loraplace.errors import ConfigError, one_line, short_repr
@@ -33,7 +35,8 @@ MAX_YAML_BYTES = 1_000_000
 MAX_YAML_DEPTH = 32
 """Deepest nesting of mappings and sequences accepted (a study config nests two levels)."""
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
+_CORE_TAG_PREFIX = "tag:yaml.org,2002:"
+_MERGE_TAG = _CORE_TAG_PREFIX + "merge"
 
 
 class _Refused(Exception):
@@ -58,6 +61,14 @@ class _StrictLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, NodeEvent) and event.anchor is not None:
             raise _Refused(_ALIAS_MESSAGE, event.start_mark)
+        if isinstance(event, (ScalarEvent, CollectionStartEvent)) and event.tag is not None:
+            # Explicit tags build values the resolver never checked ('!!int' of nothing).
+            tag = event.tag.replace(_CORE_TAG_PREFIX, "!!", 1)
+            raise _Refused(
+                f"YAML tags ({short_repr(tag, 40)}) are not allowed in study configs; "
+                f"quote a value to make it a string",
+                event.start_mark,
+            )
         if not isinstance(event, CollectionStartEvent):
             return super().compose_node(parent, index)
         self._depth += 1
@@ -199,4 +210,6 @@ def dump_yaml(data: object, *, sort_keys: bool = False) -> str:
     Returns:
         The YAML document.
     """
-    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=sort_keys, allow_unicode=True)
+    # allow_unicode=False escapes non-ASCII: with it on, PyYAML writes U+0085 (NEL) unescaped
+    # in a quoted scalar and reads it back as a space.
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=sort_keys, allow_unicode=False)
