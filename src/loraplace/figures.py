@@ -1,7 +1,8 @@
 """Report figures: the Pareto plot, training-loss curves and the placement map.
 
-Each function draws one PNG from plain data (summary rows, metric records, placements), so the
-figures can be tested and reused without a study directory. Matplotlib runs headless (Agg).
+Each function draws one PNG from plain data (summary rows, metric records, placements, budget
+curves, eval checkpoints), so the figures can be tested and reused without a study directory.
+Matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = [
     "plot_pareto",
     "plot_curves",
     "plot_placement",
+    "plot_budget",
+    "plot_eval_curves",
 ]
 
 _ROLE_LETTER = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "g", "up": "u", "down": "d"}
@@ -233,13 +236,7 @@ def plot_pareto(
     ax.plot([], [], "o", color="#1f77b4", label="dominated strategy")
     if pts:
         _base_line(ax, pts, base_eval_loss)
-        ax.set_xscale("log")
-        xs = [r["trainable_params"] for r in pts]
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        # Within one decade the major ticks are too few: label the minor ones too.
-        ax.xaxis.set_minor_formatter(
-            EngFormatter(sep="") if max(xs) / min(xs) < 10 else NullFormatter()
-        )
+        _log_params_axis(ax, [r["trainable_params"] for r in pts])
         _label_points(ax, pts)
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, which="both", alpha=0.3)
@@ -407,4 +404,87 @@ def plot_placement(rows: Sequence[PlacementRow], num_layers: int, path: str | Pa
     ax.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False
     )
+    return _save(fig, path)
+
+
+def _log_params_axis(ax: plt.Axes, xs: Sequence[float]) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    # Within one decade the major ticks are too few: label the minor ones too.
+    ax.xaxis.set_minor_formatter(
+        EngFormatter(sep="") if max(xs) / min(xs) < 10 else NullFormatter()
+    )
+
+
+def plot_budget(
+    curves: Mapping[str, Sequence[tuple[int, float, float, float | None]]],
+    path: str | Path,
+    base_eval_loss: float | None = None,
+) -> Path:
+    """Eval loss against trainable parameters (log x), one line per placement through its ranks.
+
+    Args:
+        curves: ``{strategy: [(rank, trainable params, mean eval loss, 95% CI half-width or
+            None), ...]}``.
+        path: Where to write the PNG.
+        base_eval_loss: Eval loss of the base model; drawn as a dashed line.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    xs = []
+    for i, (name, points) in enumerate(curves.items()):
+        pts = sorted(points, key=lambda p: p[1])
+        if not pts:
+            continue
+        ranks, params, means, cis = zip(*pts)
+        yerr = [c if c is not None else 0.0 for c in cis]
+        color = f"C{i % 10}"
+        ax.errorbar(params, means, yerr=yerr, fmt="o-", color=color, capsize=4, label=name)
+        for rank, x, y in zip(ranks, params, means):
+            ax.annotate(f"r{rank}", (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        xs += list(params)
+    if xs:
+        rows = [{"eval_loss_mean": m} for pts in curves.values() for _, _, m, _ in pts]
+        _base_line(ax, rows, base_eval_loss)
+        _log_params_axis(ax, xs)
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    else:
+        _empty(ax, "no finished runs")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("eval loss (mean ± 95% CI over seeds)")
+    ax.set_title("Budget curves: each placement through its ranks")
+    return _save(fig, path)
+
+
+def plot_eval_curves(curves: Mapping[str, Mapping[int, float]], path: str | Path) -> Path:
+    """Eval loss at each checkpoint step, one line per condition (mean over seeds).
+
+    Args:
+        curves: ``{condition: {step: mean eval loss}}``.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = 0
+    for i, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        steps = sorted(points)
+        ax.plot(steps, [points[s] for s in steps], "o-", color=f"C{i % 10}", lw=1.6, label=name)
+        drawn += 1
+    if drawn:
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    else:
+        _empty(ax, "no eval checkpoints recorded")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("eval loss (mean over seeds)")
+    ax.set_title("Eval loss at checkpoints: a late crossing means an unstable ranking")
     return _save(fig, path)

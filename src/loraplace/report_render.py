@@ -1,100 +1,129 @@
-"""Rendering of the study report as LaTeX (booktabs), Markdown and self-contained HTML.
+"""Rendering of the study report as Markdown, self-contained HTML and LaTeX (booktabs).
 
-Pure text formatting of what :mod:`loraplace.report` computes: the summary rows, the findings and
-the figure list. Nothing here reads or writes files except :func:`render_html`, which embeds the
-already written figures as base64 data URIs.
+The report's text is *rich text*: plain strings in which :func:`code` marks spans to show as
+code (strategy names, config keys). Each renderer escapes the plain parts for its format and
+renders the code spans its own way, so a hostile strategy name (``|``, backticks, ``*``,
+``<script>``, ``%``, newlines ...) is shown as written and never breaks a table, a list or a
+LaTeX run. Nothing here computes a statistic; nothing reads a file except
+:func:`render_html`, which embeds the already written figures as base64 data URIs.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
-import math
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from loraplace.report import Study
+from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = [
-    "tex_escape",
-    "render_tex",
-    "render_markdown",
+    "DASH",
+    "Document",
+    "Table",
+    "code",
+    "fmt",
+    "html_text",
+    "md_cell",
+    "md_text",
+    "p_text",
+    "pm",
+    "interval",
+    "plain_text",
     "render_html",
+    "render_markdown",
+    "render_tex",
+    "tex_escape",
+    "tex_text",
 ]
 
-
-def _num(value: Any) -> float | None:
-    """``value`` as a finite float, or ``None`` (also for bools). Shared with :mod:`loraplace.report`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+DASH = "–"
+_OPEN, _CLOSE = "\x02", "\x03"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _first(recs: list[dict[str, Any]], key: str) -> Any:
-    """First non-``None`` value of ``key`` among ``recs``. Shared with :mod:`loraplace.report`."""
-    return next((r[key] for r in recs if r.get(key) is not None), None)
+def code(text: object) -> str:
+    """Marks ``text`` as a code span in rich text (newlines and control characters become
+    spaces: a code span is one line)."""
+    return _OPEN + _CONTROL.sub(" ", str(text)) + _CLOSE
 
 
-_DASH = "–"
+def _parts(rich: str) -> list[tuple[bool, str]]:
+    """``(is_code, text)`` pieces of a rich string; plain text loses its control characters."""
+    out = []
+    for i, piece in enumerate(re.split(f"[{_OPEN}{_CLOSE}]", str(rich))):
+        if piece:
+            out.append((i % 2 == 1, piece if i % 2 else _CONTROL.sub(" ", piece)))
+    return out
 
 
-def _fmt(value: Any, spec: str, suffix: str = "") -> str:
-    return _DASH if value is None else format(value, spec) + suffix
+# --- Numbers ------------------------------------------------------------------------------------
 
 
-def _mean_pm(mean: float | None, spread: float | None, spec: str) -> str:
+def fmt(value: float | int | None, spec: str, suffix: str = "") -> str:
+    """``value`` formatted with ``spec``, or a dash when it is missing."""
+    return DASH if value is None else format(value, spec) + suffix
+
+
+def pm(mean: float | None, spread: float | None, spec: str) -> str:
     """``mean ± spread`` (the spread left out when there is none, e.g. one seed)."""
     if mean is None:
-        return _DASH
+        return DASH
     return format(mean, spec) + (f" ± {format(spread, spec)}" if spread is not None else "")
 
 
-def _p_text(p: float | None) -> str:
-    return _DASH if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+def interval(low: float | None, high: float | None, spec: str) -> str:
+    """``[low, high]``, or a dash when undefined."""
+    return DASH if low is None or high is None else f"[{low:{spec}}, {high:{spec}}]"
 
 
-_HEADERS = (
-    "Strategy",
-    "Spec",
-    "n",
-    "Trainable params",
-    "% of model",
-    "Reduction",
-    "Eval loss ± 95% CI",
-    "Perplexity",
-    "Accuracy",
-    "Train time (s) ± std",
-    "Speedup",
-    "p vs ref",
-    "vs ref",
-    "Pareto",
-)
+def p_text(p: float | None) -> str:
+    """A p-value to three decimals, ``<0.001`` below that, a dash when no test was made."""
+    return DASH if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def _display(row: dict[str, Any]) -> list[str]:
-    acc = row["accuracy_mean"]
-    return [
-        row["strategy"],
-        row["spec"] or "",
-        str(row["n"]),
-        _fmt(row["trainable_params"], ","),
-        _fmt(row["trainable_pct"], ".3f", "%"),
-        _fmt(row["param_reduction_pct"], ".1f", "%"),
-        _mean_pm(row["eval_loss_mean"], row["eval_loss_ci95"], ".4f"),
-        _fmt(row["perplexity"], ".3f"),
-        _DASH if acc is None else f"{100 * acc:.1f}%",
-        # Train time with its spread: one machine's speed varies from run to run, and a speedup
-        # (a ratio of means) is only as firm as that spread.
-        _mean_pm(row["train_time_s_mean"], row["train_time_s_std"], ".1f"),
-        _fmt(row["speedup_vs_reference"], ".2f", "×"),
-        _p_text(row["p_value_vs_reference"]),
-        row["vs_reference"] or _DASH,
-        "yes" if row["pareto"] else "no",
-    ]
+# --- Escaping -----------------------------------------------------------------------------------
+
+# Characters with a meaning anywhere in a line of GitHub-flavoured Markdown (emphasis, code,
+# links, HTML, tables, strikethrough, entities, math); a backslash makes each literal. Those
+# that matter only at the start of a line (#, +, -) never start a line the report writes.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")
+
+
+def md_text(rich: str) -> str:
+    """Rich text as Markdown outside tables: plain parts escaped, code as code spans."""
+    return "".join(
+        _md_code(t) if is_code else _MD_SPECIAL.sub(r"\\\1", t) for is_code, t in _parts(rich)
+    )
+
+
+def md_cell(rich: str) -> str:
+    """Rich text as one Markdown table cell: as :func:`md_text`, and ``|`` inside code spans
+    escaped too (a table splits on every unescaped ``|``, even inside code)."""
+    return "".join(
+        _md_code(t).replace("|", "\\|") if is_code else _MD_SPECIAL.sub(r"\\\1", t)
+        for is_code, t in _parts(rich)
+    )
+
+
+def _md_code(text: str) -> str:
+    # A code span's fence is longer than any run of backticks inside it (CommonMark 6.1).
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or text.strip() != text else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def plain_text(rich: str) -> str:
+    """Rich text as plain text, code spans between backticks (for terminals and logs)."""
+    return "".join(f"`{t}`" if is_code else t for is_code, t in _parts(rich))
+
+
+def html_text(rich: str) -> str:
+    """Rich text as HTML: everything escaped, code spans as ``<code>``."""
+    return "".join(
+        f"<code>{html.escape(t)}</code>" if is_code else html.escape(t)
+        for is_code, t in _parts(rich)
+    )
 
 
 _TEX = {
@@ -113,294 +142,203 @@ _TEX = {
         "±": r"$\pm$",
         "×": r"$\times$",
         "–": "--",
-        "<": r"$<$",
-        ">": r"$>$",
+        "<": r"\textless{}",
+        ">": r"\textgreater{}",
+        "|": r"\textbar{}",
         "Δ": r"$\Delta$",
+        "−": r"$-$",
+        "†": r"$^\dagger$",
+        "→": r"$\to$",
+        "\n": " ",
+        "\r": " ",
     }.items()
 }
 
 
 def tex_escape(text: str) -> str:
-    """Escapes LaTeX special characters (``& % $ # _ { } ~ ^ \\``) and the report's symbols."""
-    return str(text).translate(_TEX)
+    """Escapes LaTeX special characters (``& % $ # _ { } ~ ^ \\ < > |``) and the report's
+    symbols; line breaks become spaces (a blank line would end a table row's paragraph)."""
+    return _CONTROL.sub(" ", str(text).translate(_TEX))
 
 
-def render_tex(study: Study, rows: list[dict[str, Any]]) -> str:
-    """A booktabs ``table`` fragment (needs ``\\usepackage{booktabs}``), ready to ``\\input``."""
-    head = [
-        "Strategy",
-        "$n$",
-        "Params",
-        r"\%",
-        "Reduction",
-        "Eval loss",
-        "PPL",
-        "Acc.",
-        "Time (s)",
-        "Speedup",
-        "$p$",
-    ]
-    lines = []
-    for row in rows:
-        d = _display(row)
-        name = (
-            tex_escape(d[0])
-            + (r"$^\dagger$" if row["pareto"] else "")
-            + (" (ref.)" if row["vs_reference"] == "reference" else "")
-        )
-        cells = [d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11]]
-        lines.append(" & ".join([name] + [tex_escape(c) for c in cells]) + r" \\")
-    name = tex_escape(study.config.get("name", study.root.name))
-    caption = (
-        rf"LoRA placement study \texttt{{{name}}}: eval loss as mean $\pm$ 95\% CI over $n$ seeds; "
-        r"perplexity $=\exp(\text{mean eval loss})$; time as mean $\pm$ std over seeds; "
-        r"reduction and speedup relative to the reference; "
-        r"$p$ from Welch's $t$-test vs the reference; $^\dagger$ Pareto-optimal (parameters vs loss)."
-    )
-    return "\n".join(
-        [
-            r"% Generated by loraplace. Requires \usepackage{booktabs} (and amsmath for \text).",
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\small",
-            rf"\caption{{{caption}}}",
-            rf"\label{{tab:loraplace-{re.sub(r'[^A-Za-z0-9-]', '-', str(study.config.get('name', 'study')))}}}",
-            r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
-            r"\toprule",
-            " & ".join(head) + r" \\",
-            r"\midrule",
-            *lines,
-            r"\bottomrule",
-            r"\end{tabular}",
-            r"\end{table}",
-            "",
-        ]
+def tex_text(rich: str) -> str:
+    """Rich text as LaTeX: escaped, code spans in ``\\texttt``."""
+    return "".join(
+        rf"\texttt{{{tex_escape(t)}}}" if is_code else tex_escape(t) for is_code, t in _parts(rich)
     )
 
 
-def _unique(values: list[str]) -> str:
-    seen = list(dict.fromkeys(v for v in values if v))
-    return "; ".join(seen) if seen else _DASH
+# --- Documents ----------------------------------------------------------------------------------
 
 
-def _provenance(study: Study) -> list[tuple[str, str]]:
-    recs = study.records
-    model = _unique(
-        [
-            f"{(r.get('model') or {}).get('id', '?')} ({(r.get('model') or {}).get('source', '?')})"
-            for r in recs
-        ]
-    )
-    data = _unique([json.dumps(r.get("dataset"), sort_keys=True) for r in recs if r.get("dataset")])
-    keys = list(dict.fromkeys(k for r in recs for k in (r.get("versions") or {})))
-    versions = ", ".join(
-        f"{k} {_unique([str((r.get('versions') or {}).get(k, '')) for r in recs])}" for k in keys
-    )
-    hw = _unique(
-        [
-            " / ".join(
-                str((r.get("hardware") or {}).get(k, "?")) for k in ("device", "name", "cpus")
-            )
-            for r in recs
-        ]
-    )
-    starts = sorted(str(r["started_at"]) for r in recs if r.get("started_at"))
-    ends = sorted(str(r["finished_at"]) for r in recs if r.get("finished_at"))
-    total = sum(_num(r.get("train_time_s")) or 0.0 for r in recs)
-    span = f"{len(recs)} runs, {starts[0] if starts else '?'} to {ends[-1] if ends else '?'}, {total:.0f} s of training"
-    return [
-        ("Model", model),
-        ("Dataset", data),
-        ("Versions", versions or _DASH),
-        ("Hardware (device / name / cpus)", hw),
-        ("Runs", span),
-    ]
+@dataclass(frozen=True)
+class Table:
+    """One table of the report: rich-text headers and cells."""
+
+    title: str
+    """Section heading."""
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    """Rich text under the table: what the columns mean."""
+    intro: str = ""
+    """Rich text above the table."""
+
+
+@dataclass
+class Document:
+    """The report's content, independent of its format."""
+
+    title: str
+    subtitle: str
+    """Rich text."""
+    findings: list[str]
+    """Rich-text sentences."""
+    tables: list[Table]
+    """The analysis tables, in order (before the figures)."""
+    figures: list[tuple[str, str]]
+    """``(file name, caption)`` of each PNG in the report directory."""
+    failures: list[str]
+    """Rich text: failed runs and unreadable run directories."""
+    runs: Table
+    """The per-run table (the last table)."""
+    provenance: list[tuple[str, str]]
+    config_text: str
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    """Extra headed lists (rich text), e.g. the training budget, after the findings."""
 
 
 FAILURES_HEADING = "Failed and unfinished runs"
 """Report section listing failed runs and run directories without a readable result.json."""
 
 
-def _failures(study: Study) -> list[str]:
-    out = [
-        f"`{r['name']}` seed {r.get('seed')}: {r.get('error') or 'no error recorded'}"
-        for r in study.records
-        if r.get("status") != "finished"
-    ]
-    return out + [
-        f"`{d}`: no readable result.json (in progress, interrupted or corrupt); not included"
-        for d in study.incomplete
-    ]
-
-
-_RUN_HEADERS = (
-    "Strategy",
-    "Seed",
-    "Status",
-    "Eval loss",
-    "Accuracy",
-    "Train time (s)",
-    "Tokens/s",
-    "Peak memory (MB)",
-    "Error",
-)
-
-
-def _run_rows(study: Study) -> list[list[str]]:
-    return [
-        [
-            r["name"],
-            str(r.get("seed")),
-            str(r.get("status")),
-            _fmt(_num(r.get("eval_loss")), ".4f"),
-            _fmt(_num(r.get("accuracy")), ".3f"),
-            _fmt(_num(r.get("train_time_s")), ".1f"),
-            _fmt(_num(r.get("tokens_per_s")), ".0f"),
-            _fmt(_num(r.get("peak_memory_mb")), ".0f"),
-            str(r.get("error") or ""),
-        ]
-        for name in study.strategies
-        for r in study.runs(name)
-    ]
-
-
-_TABLE_NOTE = (
-    "n = finished seeds. Reduction = 1 − trainable / reference trainable. Train time = mean ± std "
-    "over seeds (measured wall time). Speedup = reference mean train time / strategy mean train "
-    "time. p = Welch's t-test on eval loss vs the reference (p < 0.05: significant; otherwise "
-    "within noise). Perplexity = exp(mean eval loss)."
-)
-
-
-def _title(study: Study) -> tuple[str, str]:
-    cfg = study.config
-    seeds = (cfg.get("training") or {}).get("seeds") or sorted(
-        {r.get("seed") for r in study.records} - {None}
-    )
-    model = cfg.get("model") or (_first(study.records, "model") or {}).get("id", "?")
-    ref = f"`{study.reference}`" if study.reference else "none"
-    return (
-        f"LoRA placement study: {cfg.get('name', study.root.name)}",
-        f"Model `{model}`, {len(study.strategies)} strategies, seeds {seeds}, reference {ref}.",
-    )
-
-
-def _md_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return [
-        "| " + " | ".join(map(esc, headers)) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(map(esc, r)) + " |" for r in rows),
-    ]
-
-
-def render_markdown(
-    study: Study, rows: list[dict[str, Any]], notes: list[str], figs: list[tuple[str, str]]
-) -> str:
-    """``report.md``: findings, summary table, figures (by relative file name), failures, provenance."""
-    title, sub = _title(study)
-    md = [
-        f"# {title}",
-        "",
-        sub,
-        "",
-        "## Findings",
-        "",
-        *(f"- {n}" for n in notes),
-        "",
-        "## Summary",
-        "",
-        *_md_table(_HEADERS, [_display(r) for r in rows]),
-        "",
-        _TABLE_NOTE,
-        "",
-        "## Figures",
+def _md_table(table: Table) -> list[str]:
+    out = [f"## {md_text(table.title)}", ""]
+    if table.intro:
+        out += [md_text(table.intro), ""]
+    out += [
+        "| " + " | ".join(md_cell(h) for h in table.headers) + " |",
+        "|" + "---|" * len(table.headers),
+        *("| " + " | ".join(md_cell(c) for c in row) + " |" for row in table.rows),
         "",
     ]
-    for file, caption in figs:
-        md += [f"![{caption}]({file})", "", f"*{caption}*", ""]
-    md += [
-        f"## {FAILURES_HEADING}",
-        "",
-        *([f"- {f}" for f in _failures(study)] or ["None."]),
-        "",
-        "## Per-run results",
-        "",
-        *_md_table(_RUN_HEADERS, _run_rows(study)),
-        "",
-        "## Provenance",
-        "",
-        *(f"- **{k}**: {v}" for k, v in _provenance(study)),
-        "",
-        "## Study config",
-        "",
-        "```yaml",
-        study.config_text.rstrip() or "# study.yaml not found",
-        "```",
-        "",
-    ]
+    return out + ([md_text(table.note), ""] if table.note else [])
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
+    return "`" * (longest + 1)
+
+
+def render_markdown(doc: Document) -> str:
+    """``report.md``: findings, tables, figures (by relative file name), failures, runs,
+    provenance and the study config."""
+    md = [f"# {md_text(doc.title)}", "", md_text(doc.subtitle), "", "## Findings", ""]
+    md += [f"- {md_text(n)}" for n in doc.findings] + [""]
+    for heading, items in doc.sections.items():
+        md += [f"## {md_text(heading)}", "", *(f"- {md_text(i)}" for i in items), ""]
+    for table in doc.tables:
+        md += _md_table(table)
+    md += ["## Figures", ""]
+    for file, caption in doc.figures:
+        md += [f"![{md_text(caption)}]({file})", "", f"*{md_text(caption)}*", ""]
+    md += [f"## {FAILURES_HEADING}", ""]
+    md += [f"- {md_text(f)}" for f in doc.failures] or ["None."]
+    md += ["", *_md_table(doc.runs), "## Provenance", ""]
+    md += [f"- **{md_text(k)}**: {md_text(v)}" for k, v in doc.provenance]
+    fence = _fence(doc.config_text)
+    text = doc.config_text.rstrip() or "# study.yaml not found"
+    md += ["", "## Study config", "", f"{fence}yaml", text, fence, ""]
     return "\n".join(md)
 
 
-def _inline(text: str) -> str:
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def _html_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html_text(h)}</th>" for h in table.headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in table.rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    intro = f"<p>{html_text(table.intro)}</p>" if table.intro else ""
+    note = f"<p class='note'>{html_text(table.note)}</p>" if table.note else ""
+    return (
+        f"<h2>{html_text(table.title)}</h2>{intro}<table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>{note}"
+    )
 
 
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;
-margin:2em auto;padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:.85em;
-margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:right}th:first-child,
-td:first-child{text-align:left}thead th{border-bottom:2px solid #444}code,pre{background:#f5f5f5;
-border-radius:3px}pre{padding:.8em;overflow:auto}figure{margin:1.5em 0}img{max-width:100%}
-figcaption{color:#555;font-size:.9em}.note{color:#555;font-size:.85em}"""
+_CSS = (
+    "body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;"
+    "max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
+    "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}"
+    "th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #444}"
+    "code,pre{background:#f5f5f5;border-radius:3px}pre{padding:.8em;overflow:auto}"
+    "figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555;font-size:.9em}"
+    ".note{color:#555;font-size:.85em}"
+)
 
 
-def render_html(
-    study: Study,
-    rows: list[dict[str, Any]],
-    notes: list[str],
-    figs: list[tuple[str, str]],
-    fig_dir: Path,
-) -> str:
-    """``report.html``: the same content as ``report.md`` in one file, figures as base64 data URIs."""
-    title, sub = _title(study)
+def _html_list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html_text(i)}</li>" for i in items) + "</ul>"
+
+
+def render_html(doc: Document, fig_dir: Path) -> str:
+    """``report.html``: the content of ``report.md`` in one file, figures as data URIs."""
+    title = html.escape(doc.title)
     parts = [
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{_inline(sub)}</p>",
-        "<h2>Findings</h2><ul>",
-        *(f"<li>{_inline(n)}</li>" for n in notes),
-        "</ul>",
-        "<h2>Summary</h2>",
-        _html_table(_HEADERS, [_display(r) for r in rows]),
-        f"<p class='note'>{html.escape(_TABLE_NOTE)}</p><h2>Figures</h2>",
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{title}</h1><p>{html_text(doc.subtitle)}</p>",
+        "<h2>Findings</h2>",
+        _html_list(doc.findings),
     ]
-    for file, caption in figs:
+    for heading, items in doc.sections.items():
+        parts += [f"<h2>{html_text(heading)}</h2>", _html_list(items)]
+    parts += [_html_table(t) for t in doc.tables]
+    parts.append("<h2>Figures</h2>")
+    for file, caption in doc.figures:
         data = base64.b64encode((fig_dir / file).read_bytes()).decode("ascii")
         parts.append(
             f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            f"<figcaption>{html_text(caption)}</figcaption></figure>"
         )
-    fails = _failures(study)
     parts += [
         f"<h2>{FAILURES_HEADING}</h2>",
-        "<ul>" + "".join(f"<li>{_inline(f)}</li>" for f in fails) + "</ul>"
-        if fails
-        else "<p>None.</p>",
-        "<h2>Per-run results</h2>",
-        _html_table(_RUN_HEADERS, _run_rows(study)),
+        _html_list(doc.failures) if doc.failures else "<p>None.</p>",
+        _html_table(doc.runs),
         "<h2>Provenance</h2><ul>",
-        *(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in _provenance(study)),
+        *(f"<li><b>{html_text(k)}</b>: {html_text(v)}</li>" for k, v in doc.provenance),
         "</ul>",
         "<h2>Study config</h2>",
-        f"<pre>{html.escape(study.config_text or '# study.yaml not found')}</pre>",
+        f"<pre>{html.escape(doc.config_text or '# study.yaml not found')}</pre>",
         "</body></html>",
         "",
     ]
     return "\n".join(parts)
+
+
+def _tex_table(table: Table, label: str) -> list[str]:
+    return [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{tex_text(table.note or table.title)}}}",
+        rf"\label{{{label}}}",
+        r"\begin{tabular}{l" + "r" * (len(table.headers) - 1) + "}",
+        r"\toprule",
+        " & ".join(tex_text(h) for h in table.headers) + r" \\",
+        r"\midrule",
+        *(" & ".join(tex_text(c) for c in row) + r" \\" for row in table.rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+
+
+def render_tex(tables: list[Table], study_name: str) -> str:
+    """``summary.tex``: booktabs ``table`` fragments (``\\usepackage{booktabs}``), ready to
+    ``\\input``; each caption is its table's note."""
+    slug = re.sub(r"[^A-Za-z0-9-]", "-", study_name)
+    lines = [r"% Generated by loraplace. Requires \usepackage{booktabs}."]
+    for i, table in enumerate(tables):
+        suffix = "" if i == 0 else f"-{re.sub(r'[^a-z0-9]+', '-', table.title.lower()).strip('-')}"
+        lines += _tex_table(table, f"tab:loraplace-{slug}{suffix}") + [""]
+    return "\n".join(lines)

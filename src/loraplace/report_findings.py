@@ -1,0 +1,495 @@
+"""The report's findings: sentences as strong as the evidence and no stronger.
+
+Every sentence about a comparison is chosen by its verdict alone (docs/STATISTICS.md, "Verdicts"):
+a direction is written only for ``clear``, ``supported`` and ``suggestive`` (the last hedged),
+"matches" only for ``equivalent`` with the margin stated, and an ``exploratory`` comparison
+shows its numbers without a direction. The report also states, unasked, what could mislead a
+reader: capacity confounded with placement, the LoRA scaling convention, a learning rate shared
+by all strategies or chosen at the edge of its grid, and examples dropped for length.
+"""
+
+from __future__ import annotations
+
+from loraplace.measures import RankStability
+from loraplace.report_analysis import PARETO_TOLERANCE, Analysis
+from loraplace.report_data import Condition, Study, first
+from loraplace.report_render import FAILURES_HEADING, code, p_text
+from loraplace.report_sweeps import (
+    BudgetAnalysis,
+    CheckpointAnalysis,
+    SelectionTable,
+    TrainingBudget,
+)
+from loraplace.stats import min_detectable_difference
+from loraplace.verdicts import (
+    BETTER,
+    CLEAR,
+    CLEAR_P,
+    EQUIVALENT,
+    EXPLORATORY,
+    FASTER,
+    MIN_SEEDS,
+    SLOWER,
+    SUGGESTIVE,
+    SUGGESTIVE_P,
+    SUPPORTED,
+    SUPPORTED_P,
+    UNRESOLVED,
+    Comparison,
+)
+
+__all__ = ["CAPACITY_TOLERANCE", "findings", "training_lines"]
+
+#: Relative difference in trainable parameters above which a comparison mixes placement with
+#: capacity.
+CAPACITY_TOLERANCE = 0.10
+
+
+def _names(labels: list[str]) -> str:
+    return ", ".join(code(label) for label in labels) if labels else "none"
+
+
+def _delta(c: Comparison) -> str:
+    text = f"Δ {c.mean:+.4f} nats" if c.mean is not None else "Δ undefined"
+    if c.ci_low is not None:
+        text += f", 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+    return text
+
+
+def _tested(c: Comparison) -> str:
+    return f"{_delta(c)}, p = {p_text(c.p)}, Holm p = {p_text(c.p_holm)}"
+
+
+def _pair(c: Comparison) -> str:
+    return f"{code(c.strategy)} vs {code(c.reference)}"
+
+
+def _directional(group: list[Comparison], label: str, rule: str, hedge: str = "") -> str:
+    parts = [
+        f"{code(c.strategy)} has {'lower' if c.direction == BETTER else 'higher'} eval loss than "
+        f"{code(c.reference)} ({_tested(c)})"
+        for c in group
+    ]
+    return f"{label} ({rule}): " + "; ".join(parts) + f".{hedge}"
+
+
+def _unresolved(c: Comparison) -> str:
+    text = f"{_pair(c)} ({_delta(c)}, Holm p = {p_text(c.p_holm)}"
+    if c.sd == 0:
+        return text + "; the per-seed differences are all equal, so the t-test is undefined)"
+    mdd = min_detectable_difference(c.sd, c.n, 0.05 / max(1, c.family_size)) if c.sd else None
+    if mdd is not None:
+        text += f"; differences below about {mdd:.4f} nats would likely go undetected"
+    return text + ")"
+
+
+def _comparison_findings(study: Study, a: Analysis) -> list[str]:
+    comps = [c for c in a.comparisons.values() if c.verdict != "reference"]
+    if not comps:
+        return ["No condition has a reference to be compared with."]
+    where = " at the same rank" if study.sweep else ""
+    best = a.best is not None and len(a.best.against) > 0
+    extra = ", and the lowest-mean condition against every other" if best else ""
+    out = []
+    if a.family_size:
+        out.append(
+            f"Comparisons with the reference {code(study.reference)}{where} are paired by seed "
+            "(every strategy of a seed trains on the same batches): the mean per-seed difference "
+            "in eval loss (strategy − reference; negative is lower loss), its 95% t interval and "
+            f"a paired t-test. p-values are Holm-adjusted over the {a.family_size} test(s) these "
+            f"findings make (those with at least {MIN_SEEDS} paired seeds against the "
+            f"reference{extra}). Equivalence is claimed only within the declared margin of "
+            f"±{study.margin:g} nats (report.equivalence_margin), by TOST."
+        )
+    else:
+        out.append(
+            f"No comparison with the reference {code(study.reference)}{where} has the "
+            f"{MIN_SEEDS} paired seeds a test needs: every comparison below is exploratory, with "
+            "its numbers shown and no direction claimed. Run more seeds (training.seeds)."
+        )
+    by = {v: [c for c in comps if c.verdict == v] for v in (CLEAR, SUPPORTED, SUGGESTIVE)}
+    if by[CLEAR]:
+        out.append(_directional(by[CLEAR], "Clear", f"Holm-adjusted p < {CLEAR_P}"))
+    if by[SUPPORTED]:
+        out.append(_directional(by[SUPPORTED], "Supported", f"Holm-adjusted p < {SUPPORTED_P}"))
+    if by[SUGGESTIVE]:
+        out.append(
+            _directional(
+                by[SUGGESTIVE],
+                "Suggestive only",
+                f"Holm-adjusted p < {SUGGESTIVE_P}, short of the {SUPPORTED_P} standard",
+                " More seeds are needed to establish it.",
+            )
+        )
+    equivalent = [c for c in comps if c.verdict == EQUIVALENT]
+    if equivalent:
+        out.append(
+            f"Matches the reference within ±{study.margin:g} nats (TOST equivalence, "
+            f"Holm-adjusted p < {SUPPORTED_P}): "
+            + "; ".join(
+                f"{_pair(c)} ({_delta(c)}, TOST Holm p = {p_text(c.tost_p_holm)})"
+                for c in equivalent
+            )
+            + "."
+        )
+    unresolved = [c for c in comps if c.verdict == UNRESOLVED]
+    if unresolved:
+        out.append(
+            f"Unresolved (no difference shown, and no equivalence within ±{study.margin:g} "
+            "nats): " + "; ".join(_unresolved(c) for c in unresolved) + "."
+        )
+    exploratory = [c for c in comps if c.verdict == EXPLORATORY]
+    if exploratory:
+        out.append(
+            f"Exploratory (fewer than {MIN_SEEDS} seeds in common with the reference: no test, "
+            "no direction claimed): "
+            + "; ".join(f"{_pair(c)} ({_delta(c)}, n = {c.n})" for c in exploratory)
+            + "."
+        )
+    return out
+
+
+def _lowest(study: Study, a: Analysis) -> list[str]:
+    if study.sweep:
+        return [
+            "The lowest loss over all ranks is not tested (it is mostly the largest rank): the "
+            "equal-budget comparison compares placements at the same number of parameters."
+        ]
+    b = a.best
+    if b is None or b.best is None:
+        return []
+    row = next(r for r, c in zip(a.rows, study.conditions) if c.label == b.best)
+    head = f"{code(b.best)} has the lowest mean eval loss ({row['eval_loss_mean']:.4f})"
+    if b.lowest:
+        return [
+            head + ", and is lower than every other condition (each comparison clear or "
+            "supported in the same Holm family): it is the lowest."
+        ]
+    blocking = [k for k, c in b.against.items() if c.verdict not in (CLEAR, SUPPORTED)]
+    return [
+        head + f", but that is not established: its comparison with {_names(blocking)} is not "
+        "clear or supported."
+    ]
+
+
+def _accuracy(study: Study, a: Analysis) -> list[str]:
+    if not a.accuracy:
+        return []
+    per_run = first(study.records, "accuracy_examples")
+    out = []
+    if isinstance(per_run, int) and per_run > 0:
+        out.append(
+            f"Accuracy (exact match) is measured on {per_run} problems per run: one problem is "
+            f"{100 / per_run:.1f} points. Intervals are Wilson 95% over the problems of all "
+            "finished seeds."
+        )
+    tests = [(k, t) for k, t in a.accuracy.items() if t.verdict not in (None, "reference")]
+    if tests:
+        size = tests[0][1].family_size
+        parts = []
+        for label, t in tests:
+            text = f"{code(label)}: {t.b} right only here vs {t.c} right only in the reference"
+            text += f", McNemar p = {p_text(t.p)}, Holm p = {p_text(t.p_holm)}, {t.verdict}"
+            if t.direction:
+                text += f" ({'higher' if t.direction == BETTER else 'lower'} accuracy)"
+            parts.append(text)
+        out.append(
+            "Accuracy against the reference, paired by seed and problem (exact McNemar, Holm "
+            f"over {size} test(s); fewer than {MIN_SEEDS} seeds is exploratory): "
+            + "; ".join(parts)
+            + "."
+        )
+    return out
+
+
+def _speed(study: Study, a: Analysis) -> list[str]:
+    if not a.speedups:
+        return []
+    groups: dict[str, list[str]] = {}
+    for label, s in a.speedups.items():
+        if s.ratio.geomean is None:
+            continue
+        text = f"{code(label)} {s.ratio.geomean:.2f}×"
+        if s.ratio.ci_low is not None:
+            text += f" [{s.ratio.ci_low:.2f}, {s.ratio.ci_high:.2f}]"
+        groups.setdefault(s.claim, []).append(text)
+    if not groups:
+        return []
+    words = {
+        FASTER: "faster",
+        SLOWER: "slower",
+        UNRESOLVED: "not resolved (the interval includes 1)",
+        EXPLORATORY: f"exploratory (fewer than {MIN_SEEDS} seeds)",
+    }
+    body = "; ".join(f"{words[k]}: {', '.join(v)}" for k, v in groups.items())
+    return [
+        "Training speed against the reference (per-seed ratios of its train time to the "
+        "condition's, geometric mean and 95% interval; a speedup is claimed only when the whole "
+        "interval lies above 1). Wall time on a shared machine varies from run to run, so "
+        f"tokens per second are shown beside it in the speed table. {body}."
+    ]
+
+
+def _capacity(study: Study, a: Analysis) -> list[str]:
+    rows = {c.label: r for c, r in zip(study.conditions, a.rows)}
+    flagged = []
+    for cond in study.conditions:
+        ref = study.reference_of(cond)
+        if ref is None or ref == cond:
+            continue
+        mine, theirs = rows[cond.label], rows[ref.label]
+        p, q = mine["trainable_params"], theirs["trainable_params"]
+        params_differ = bool(p and q and abs(p / q - 1.0) > CAPACITY_TOLERANCE)
+        mine_ranks, their_ranks = _rank_set(study, cond), _rank_set(study, ref)
+        ranks_differ = bool(mine_ranks and their_ranks) and mine_ranks != their_ranks
+        if (params_differ or ranks_differ) and p and q:
+            change = 100 * (p / q - 1)
+            text = f"{code(cond.label)} {p:,} trainable parameters vs {q:,} ({change:+.0f}%)"
+            if ranks_differ:
+                text += f", ranks {_ranks(study, cond)} vs {_ranks(study, ref)}"
+            flagged.append(text)
+    if not flagged:
+        return []
+    if study.sweep:
+        hint = " The equal-budget comparison separates the two."
+    elif study.config is not None and study.config.match_params is None:
+        hint = (
+            f" To compare placements at an equal budget, rerun with "
+            f"{code(f'match_params: {study.reference}')} or sweep ranks (ranks: [...])."
+        )
+    else:
+        hint = ""
+    return [
+        "Caution: placement is confounded with capacity. Compared with their reference, "
+        + "; ".join(flagged)
+        + f" (more than {CAPACITY_TOLERANCE:.0%} apart, or other ranks): their loss differences "
+        "mix where the adapters are with how large they are." + hint
+    ]
+
+
+def _rank_set(study: Study, cond: Condition) -> set[int]:
+    return {
+        int(r)
+        for rec in study.runs(cond)
+        for roles in (rec.get("placement") or {}).values()
+        for r in roles.values()
+    }
+
+
+def _ranks(study: Study, cond: Condition) -> str:
+    return "/".join(f"r{r}" for r in sorted(_rank_set(study, cond))) or "?"
+
+
+def _scaling(study: Study) -> list[str]:
+    if study.config is None:
+        return []
+    lora = study.config.lora
+    rule = "alpha / r" if lora.scaling == "standard" else "alpha / sqrt(r)"
+    text = (
+        f"LoRA scaling convention: {lora.scaling} ({rule}, alpha = {lora.alpha:g}, with r each "
+        "module's own rank)."
+    )
+    ranks = (
+        set().union(*(_rank_set(study, c) for c in study.conditions)) if study.conditions else set()
+    )
+    if len(ranks) > 1:
+        text = (
+            "Caution: "
+            + text
+            + (
+                f" Ranks differ between conditions ({', '.join(f'r{r}' for r in sorted(ranks))}), "
+                "so the convention matters: a rank change also changes each module's scaling, and "
+                "comparisons across ranks hold for this convention only (rank-stabilised "
+                "alpha / sqrt(r) keeps update sizes comparable across ranks; Kalajdzievski 2023)."
+            )
+        )
+    return [text]
+
+
+def _learning_rate(study: Study, selection: SelectionTable | None) -> list[str]:
+    if study.config is None:
+        return []
+    if selection is None:
+        lr = study.config.training.learning_rate
+        return [
+            f"Caution: every condition trained at one learning rate ({lr:g}, "
+            "training.learning_rate). A placement whose best learning rate differs is at a "
+            "disadvantage; a grid (training.learning_rates) selects one per condition on a "
+            "validation split."
+        ]
+    edge = [
+        f"{code(r.condition.label)} ({r.chosen:g}, the "
+        f"{'smallest' if r.chosen == min(selection.grid) else 'largest'})"
+        for r in selection.rows
+        if r.at_edge
+    ]
+    grid = ", ".join(f"{v:g}" for v in selection.grid)
+    out = [
+        f"Learning rates were selected per condition on the validation split only "
+        f"({selection.validation_examples} examples; the eval split is never used for a "
+        f"choice), from the grid {grid} on seed(s) "
+        f"{', '.join(map(str, selection.seeds))}: the lowest mean validation loss."
+    ]
+    if edge:
+        out.append(
+            f"Caution: the chosen learning rate is at the edge of the grid ({grid}) for "
+            + ", ".join(edge)
+            + ": a better value may lie outside it; extend the grid."
+        )
+    return out
+
+
+def _dropped(training: TrainingBudget) -> list[str]:
+    if not training.dropped:
+        return []
+    counts = ", ".join(f"{split} {n}" for split, n in training.dropped.items())
+    total = sum(training.dropped.values())
+    return [
+        f"Caution: {total} example(s) were dropped for exceeding max_length = "
+        f"{training.max_length} tokens ({counts}): those splits are smaller than configured."
+    ]
+
+
+def _budget(budget: BudgetAnalysis | None) -> list[str]:
+    if budget is None:
+        return []
+    compared = [r for r in budget.rows if r.status == "compared"]
+    out = []
+    if compared:
+        parts = []
+        for r in compared:
+            text = f"{code(r.strategy)} vs {code(r.reference)} at {r.budget:,.0f} parameters: "
+            if r.mean is None:
+                parts.append(text + "no shared seeds")
+                continue
+            text += f"Δ {r.mean:+.4f} nats"
+            if r.verdict == EXPLORATORY:
+                parts.append(text + f" (exploratory, n = {r.n})")
+            elif r.direction:
+                word = "lower" if r.direction == BETTER else "higher"
+                parts.append(text + f", Holm p = {p_text(r.p_holm)}: {r.verdict}, {word} loss")
+            else:
+                parts.append(text + f", Holm p = {p_text(r.p_holm)}: {r.verdict}")
+        out.append(
+            "At equal budgets (each curve interpolated linearly in log parameters between its "
+            "measured ranks, never extrapolated; paired t over seeds, Holm over "
+            f"{budget.family_size} compared budget(s)): " + "; ".join(parts) + "."
+        )
+    outside = [r for r in budget.rows if r.status != "compared"]
+    if outside:
+        listed = ", ".join(
+            f"{code(r.strategy)} vs {code(r.reference)} at {r.budget:,.0f}" for r in outside
+        )
+        out.append(
+            f"Not compared, as they would need extrapolation beyond a measured curve: {listed}."
+        )
+    if budget.skipped:
+        out.append("No budget curve: " + "; ".join(budget.skipped) + ".")
+    return out
+
+
+def _checkpoints(checkpoints: CheckpointAnalysis | None) -> list[str]:
+    if checkpoints is None:
+        return []
+
+    def tau(s: RankStability) -> str:
+        return "undefined" if s.tau is None else f"{s.tau:+.2f}"
+
+    steps = "; ".join(f"{a:,}→{b:,}: tau {tau(s)}" for a, b, s in checkpoints.pairs)
+    a, b, last = checkpoints.pairs[-1]
+    if last.same_best:
+        change = f"the lowest condition stayed {code(last.order_b[0])}"
+    else:
+        change = (
+            f"the lowest condition changed from {code(last.order_a[0])} to {code(last.order_b[0])}"
+        )
+    late = (last.tau is not None and last.tau < 1.0) or not last.same_best
+    warning = (
+        " The ranking changed late: the final order may not hold with more training."
+        if late
+        else ""
+    )
+    return [
+        "Ranking stability between eval checkpoints (Kendall's tau-b of the conditions' mean "
+        f"eval losses; 1 = same order): {steps}. Last pair (steps {a:,}→{b:,}): tau "
+        f"{tau(last)}, {change}.{warning}"
+    ]
+
+
+def training_lines(study: Study, a: Analysis, t: TrainingBudget) -> list[str]:
+    """The training budget, stated beside the parameter budget (a report section)."""
+    out = []
+    if t.steps and t.batch_size:
+        out.append(f"{t.steps:,} optimizer steps of {t.batch_size} examples per final run.")
+    if t.tokens_mean is not None:
+        out.append(f"{t.tokens_mean:,.0f} tokens trained per run (mean over finished runs).")
+    if t.epochs is not None:
+        out.append(
+            f"{t.epochs:.2f} epochs of the training pool ({t.steps * t.batch_size:,} examples "
+            f"drawn / {t.train_examples:,} kept after tokenization)."
+        )
+    params = [r["trainable_params"] for r in a.rows if r["trainable_params"]]
+    if params:
+        out.append(
+            f"Trainable parameters: {min(params):,} to {max(params):,} per condition (summary)."
+        )
+    sel = study.config.training if study.config else None
+    if sel is not None and sel.learning_rates:
+        planned = len(study.conditions) * len(sel.learning_rates) * len(sel.selection)
+        out.append(
+            f"Learning-rate selection: {t.selection_runs} of {planned} runs complete "
+            f"({len(study.conditions)} conditions × {len(sel.learning_rates)} learning rates × "
+            f"{len(sel.selection)} seed(s)), {t.steps:,} steps each, scored on the validation "
+            "split."
+        )
+    return out
+
+
+def findings(
+    study: Study,
+    analysis: Analysis,
+    budget: BudgetAnalysis | None,
+    selection: SelectionTable | None,
+    checkpoints: CheckpointAnalysis | None,
+    training: TrainingBudget,
+) -> list[str]:
+    """Plain-language findings, each derived from the verdicts and numbers the tables show.
+
+    Args:
+        study: The loaded study.
+        analysis: Its summary rows and tests.
+        budget: The equal-budget comparisons (rank sweeps), or ``None``.
+        selection: The learning-rate selection table, or ``None``.
+        checkpoints: Ranking stability between checkpoints, or ``None``.
+        training: The training budget.
+
+    Returns:
+        Rich-text sentences (:func:`loraplace.report_render.code` marks names).
+    """
+    out = list(study.notes)
+    out += _comparison_findings(study, analysis) if study.reference else []
+    out += _lowest(study, analysis)
+    out += _budget(budget)
+    out += _accuracy(study, analysis)
+    out += _speed(study, analysis)
+    front = [c.label for c, r in zip(study.conditions, analysis.rows) if r["pareto"]]
+    out.append(
+        f"On the Pareto front of trainable parameters vs mean eval loss (counts within "
+        f"{PARETO_TOLERANCE:.0%} are one budget): {_names(front)}. The front is computed on "
+        "means; the verdicts, not the front, say whether two conditions differ."
+    )
+    out += _checkpoints(checkpoints)
+    out += _capacity(study, analysis) if study.reference else []
+    out += _scaling(study)
+    out += _learning_rate(study, selection)
+    out += _dropped(training)
+    failed = sum(r["n_failed"] for r in analysis.rows)
+    if failed or study.incomplete:
+        out.append(
+            f"{failed} run(s) failed and {len(study.incomplete)} run directory(ies) have no "
+            f"readable result; both are excluded from the statistics (see {FAILURES_HEADING})."
+        )
+    out.append(
+        "Perplexity is exp(mean eval loss over seeds), not the mean of per-seed perplexities."
+    )
+    return out

@@ -1,0 +1,478 @@
+"""The report's tables as rich text, one builder per table, shared by every rendering.
+
+Each builder turns computed values into a :class:`~loraplace.report_render.Table`; Markdown,
+HTML and LaTeX then differ only in escaping and layout. Strategy names are code spans.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loraplace.report_analysis import Analysis
+from loraplace.report_data import Condition, Study, num
+from loraplace.report_render import DASH, Table, code, fmt, interval, p_text, pm
+from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
+
+__all__ = [
+    "accuracy_table",
+    "budget_table",
+    "checkpoint_tables",
+    "comparison_table",
+    "failures",
+    "pairwise_table",
+    "provenance",
+    "run_table",
+    "selection_table",
+    "speed_table",
+    "summary_table",
+    "tex_tables",
+]
+
+
+def _who(study: Study, cond: Condition) -> list[str]:
+    """The leading cells naming a condition: its strategy, and its rank in a sweep."""
+    return [code(cond.name)] + ([f"r{cond.rank}"] if study.sweep else [])
+
+
+def _who_headers(study: Study) -> list[str]:
+    return ["Strategy"] + (["Rank"] if study.sweep else [])
+
+
+def _signed(value: float | None) -> str:
+    return fmt(value, "+.4f")
+
+
+def _acc(row: dict[str, Any]) -> str:
+    acc = row["accuracy_mean"]
+    if acc is None:
+        return DASH
+    text = f"{100 * acc:.1f}%"
+    if row["accuracy_ci95_low"] is not None:
+        text += f" [{100 * row['accuracy_ci95_low']:.1f}, {100 * row['accuracy_ci95_high']:.1f}]"
+    return text
+
+
+def summary_table(study: Study, a: Analysis) -> Table:
+    """Costs and quality per condition."""
+    accuracy = any(r["accuracy_mean"] is not None for r in a.rows)
+    headers = _who_headers(study) + [
+        "Spec",
+        "n",
+        "Trainable params",
+        "% of model",
+        "Reduction",
+        "Eval loss ± 95% CI",
+        "Perplexity",
+        *(["Accuracy [95% CI]"] if accuracy else []),
+        "Verdict vs ref",
+        "Pareto",
+    ]
+    rows = []
+    for cond, r in zip(study.conditions, a.rows):
+        rows.append(
+            _who(study, cond)
+            + [
+                code(cond.spec),
+                str(r["n"]),
+                fmt(r["trainable_params"], ","),
+                fmt(r["trainable_pct"], ".3f", "%"),
+                fmt(r["param_reduction_pct"], ".1f", "%"),
+                pm(r["eval_loss_mean"], r["eval_loss_ci95"], ".4f"),
+                fmt(r["perplexity"], ".3f"),
+                *([_acc(r)] if accuracy else []),
+                (r["verdict"] or DASH) + (f", {r['direction']}" if r["direction"] else ""),
+                "yes" if r["pareto"] else "no",
+            ]
+        )
+    note = (
+        "n = finished seeds. Eval loss = mean ± 95% t half-width over seeds; perplexity = "
+        "exp(mean eval loss). % of model = trainable / (base + adapter). Reduction = 1 − "
+        "trainable / the reference's trainable (at the same rank). Accuracy interval: Wilson "
+        "95% over all problems of all finished seeds. Verdict: see the comparison table. "
+        "Pareto: non-dominated in (trainable params, mean eval loss), counts within 5% being one "
+        "budget."
+    )
+    return Table("Summary", headers, rows, note)
+
+
+def comparison_table(study: Study, a: Analysis) -> Table:
+    """Each condition against the reference at its rank, paired by seed."""
+    headers = _who_headers(study) + [
+        "Reference",
+        "n",
+        "Δ eval loss",
+        "95% CI (seeds)",
+        "95% CI (eval examples)",
+        "p (paired)",
+        "Holm p",
+        "TOST Holm p",
+        "Verdict",
+        "Welch p",
+    ]
+    rows = []
+    for cond in study.conditions:
+        c = a.comparisons.get(cond.label)
+        if c is None:
+            continue
+        if c.verdict == "reference":
+            rows.append(
+                _who(study, cond) + [code(c.reference), str(c.n)] + [DASH] * 6 + ["reference", DASH]
+            )
+            continue
+        rows.append(
+            _who(study, cond)
+            + [
+                code(c.reference),
+                str(c.n),
+                _signed(c.mean),
+                interval(c.ci_low, c.ci_high, "+.4f"),
+                interval(c.boot_low, c.boot_high, "+.4f"),
+                p_text(c.p),
+                p_text(c.p_holm),
+                p_text(c.tost_p_holm),
+                c.verdict + (f", {c.direction}" if c.direction else ""),
+                p_text(c.welch_p),
+            ]
+        )
+    note = (
+        "Δ = mean over the seeds both finished of (strategy − reference) eval loss, in nats; "
+        "negative is lower loss. 95% CI (seeds): paired t interval. 95% CI (eval examples): "
+        "paired percentile bootstrap over eval examples (how much Δ depends on the particular "
+        f"eval set; not used by the verdicts). Holm p: adjusted over the {a.family_size} "
+        "test(s) the findings make. TOST: equivalence within "
+        f"±{study.margin:g} nats. Welch p: unpaired, secondary, not used by the verdicts. A "
+        "dash is a test not made (fewer than 3 paired seeds) or undefined (equal differences)."
+    )
+    return Table("Comparison with the reference", headers, rows, note)
+
+
+def accuracy_table(study: Study, a: Analysis) -> Table | None:
+    """Accuracy with Wilson intervals and McNemar tests against the reference."""
+    if not a.accuracy:
+        return None
+    headers = _who_headers(study) + [
+        "Correct / attempted",
+        "Accuracy",
+        "Wilson 95% CI",
+        "Right only here",
+        "Right only in ref",
+        "McNemar p",
+        "Holm p",
+        "Verdict",
+    ]
+    rows = []
+    for cond in study.conditions:
+        t = a.accuracy.get(cond.label)
+        if t is None:
+            continue
+        low = None if t.low is None else 100 * t.low
+        high = None if t.high is None else 100 * t.high
+        rows.append(
+            _who(study, cond)
+            + [
+                f"{t.correct} / {t.attempted}",
+                f"{100 * t.correct / t.attempted:.1f}%" if t.attempted else DASH,
+                interval(low, high, ".1f"),
+                str(t.b) if t.n else DASH,
+                str(t.c) if t.n else DASH,
+                p_text(t.p),
+                p_text(t.p_holm),
+                (t.verdict or DASH) + (f", {t.direction}" if t.direction else ""),
+            ]
+        )
+    size = next((t.family_size for t in a.accuracy.values()), 0)
+    note = (
+        "Problems are paired by seed and problem with the reference's runs; the exact McNemar "
+        f"test uses the discordant pairs. Holm over {size} accuracy test(s); better = higher "
+        "accuracy."
+    )
+    return Table("Accuracy", headers, rows, note)
+
+
+def speed_table(study: Study, a: Analysis) -> Table:
+    """Train time, throughput and the speedup against the reference."""
+    headers = _who_headers(study) + [
+        "n",
+        "Train time (s) ± std",
+        "Tokens/s",
+        "Speedup [95% CI]",
+        "Claim",
+        "Peak memory (MB)",
+    ]
+    rows = []
+    for cond, r in zip(study.conditions, a.rows):
+        speed = fmt(r["speedup_vs_reference"], ".2f", "×")
+        if r["speedup_ci95_low"] is not None:
+            speed += f" [{r['speedup_ci95_low']:.2f}, {r['speedup_ci95_high']:.2f}]"
+        rows.append(
+            _who(study, cond)
+            + [
+                str(r["n"]),
+                pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
+                fmt(r["tokens_per_s_mean"], ",.0f"),
+                speed,
+                r["speedup_claim"] or ("reference" if r["verdict"] == "reference" else DASH),
+                fmt(r["peak_memory_mb_max"], ",.0f"),
+            ]
+        )
+    note = (
+        "Train time: measured wall time, mean ± std over seeds; on a shared machine it varies "
+        "from run to run. Speedup: geometric mean over seeds of (reference time / this time), "
+        "with a 95% t interval on the log scale; faster only when the interval lies above 1."
+    )
+    return Table("Training speed", headers, rows, note)
+
+
+def pairwise_table(study: Study, a: Analysis) -> Table | None:
+    """Every pair of conditions (its own Holm family)."""
+    if not a.pairwise:
+        return None
+    rows = [
+        [
+            code(c.strategy),
+            code(c.reference),
+            str(c.n),
+            _signed(c.mean),
+            interval(c.ci_low, c.ci_high, "+.4f"),
+            p_text(c.p),
+            p_text(c.p_holm),
+            c.verdict + (f", {c.direction}" if c.direction else ""),
+        ]
+        for c in a.pairwise
+    ]
+    size = a.pairwise[0].family_size
+    note = (
+        "Δ = mean per-seed difference A − B in eval loss over their common seeds; paired t. Holm "
+        f"over all {size} tested pair(s), a family of its own: the findings do not use it."
+    )
+    headers = ["A", "B", "n", "Δ (A − B)", "95% CI", "p (paired)", "Holm p", "Verdict"]
+    return Table("All pairs", headers, rows, note)
+
+
+def budget_table(budget: BudgetAnalysis | None) -> Table | None:
+    """Each placement against the reference placement at equal trainable parameters."""
+    if budget is None or not budget.rows:
+        return None
+    rows = [
+        [
+            code(r.strategy),
+            code(r.reference),
+            f"{r.budget:,.0f}",
+            r.status,
+            code(r.measured) if r.measured != "both" else "both",
+            str(r.n),
+            _signed(r.mean),
+            interval(r.t_low, r.t_high, "+.4f"),
+            interval(r.boot_low, r.boot_high, "+.4f"),
+            p_text(r.p),
+            p_text(r.p_holm),
+            (r.verdict or DASH) + (f", {r.direction}" if r.direction else ""),
+        ]
+        for r in budget.rows
+    ]
+    headers = [
+        "Strategy",
+        "Reference",
+        "Budget (params)",
+        "Status",
+        "Measured",
+        "n",
+        "Δ eval loss",
+        "95% t CI",
+        "Seed bootstrap",
+        "p",
+        "Holm p",
+        "Verdict",
+    ]
+    note = (
+        "Budgets are the measured parameter counts of both curves; the side not measured is "
+        "interpolated linearly in log parameters between its ranks. A budget outside either "
+        "curve's range is an extrapolation and is not compared. Δ = strategy − reference over "
+        "the seeds measured at every rank of both; Holm over "
+        f"{budget.family_size} compared budget(s). The seed bootstrap is descriptive (3 seeds "
+        "give 10 distinct resamples)."
+    )
+    return Table("Equal-budget comparison", headers, rows, note)
+
+
+def selection_table(study: Study, table: SelectionTable | None) -> Table | None:
+    """Validation loss per condition and learning rate, the chosen one marked."""
+    if table is None:
+        return None
+    rows = []
+    for r in table.rows:
+        cells = []
+        for lr in table.grid:
+            if lr not in r.losses:
+                cells.append(DASH)
+            elif r.losses[lr] is None:
+                cells.append("diverged")
+            else:
+                cells.append(f"{r.losses[lr]:.4f}" + (" (chosen)" if lr == r.chosen else ""))
+        chosen = DASH if r.chosen is None else f"{r.chosen:g}" + (" (edge)" if r.at_edge else "")
+        rows.append(_who(study, r.condition) + cells + [chosen])
+    headers = _who_headers(study) + [f"lr {lr:g}" for lr in table.grid] + ["Chosen"]
+    note = (
+        "Mean validation loss over the selection seeds "
+        f"({', '.join(map(str, table.seeds))}) on the validation split only "
+        f"({table.validation_examples} examples); the eval split is never used for a choice. "
+        "diverged = the runs failed; a dash = not yet run. edge = the smallest or largest "
+        "learning rate of the grid."
+    )
+    return Table("Learning-rate selection", headers, rows, note)
+
+
+def checkpoint_tables(study: Study, cp: CheckpointAnalysis | None) -> list[Table]:
+    """Eval loss at each checkpoint, and the ranking's stability between checkpoints."""
+    if cp is None:
+        return []
+    rows = [
+        _who(study, cond) + [fmt(cp.means[cond.label].get(s), ".4f") for s in cp.steps]
+        for cond in study.conditions
+        if cond.label in cp.means
+    ]
+    seeds = "finished seeds" if cp.seeds is None else f"seeds {', '.join(map(str, cp.seeds))}"
+    losses = Table(
+        "Eval loss at checkpoints",
+        _who_headers(study) + [f"step {s:,}" for s in cp.steps],
+        rows,
+        f"Mean eval loss over {seeds}.",
+    )
+    stability = Table(
+        "Ranking stability",
+        ["From step", "To step", "Kendall tau-b", "Lowest before", "Lowest after"],
+        [
+            [
+                f"{a:,}",
+                f"{b:,}",
+                fmt(s.tau, "+.2f"),
+                code(s.order_a[0]) if s.order_a else DASH,
+                code(s.order_b[0]) if s.order_b else DASH,
+            ]
+            for a, b, s in cp.pairs
+        ],
+        "Kendall's tau-b between the conditions' mean eval losses at consecutive checkpoints "
+        "(1 = same order, −1 = reversed).",
+    )
+    return [losses, stability]
+
+
+def run_table(study: Study) -> Table:
+    """Every complete final run."""
+    headers = _who_headers(study) + [
+        "Seed",
+        "Status",
+        "LR",
+        "Eval loss",
+        "Accuracy",
+        "Train time (s)",
+        "Tokens/s",
+        "Peak memory (MB)",
+        "Error",
+    ]
+    rows = [
+        _who(study, cond)
+        + [
+            str(r["seed"]),
+            str(r["status"]),
+            fmt(num(r.get("learning_rate")), "g"),
+            fmt(num(r.get("eval_loss")), ".4f"),
+            fmt(num(r.get("accuracy")), ".3f"),
+            fmt(num(r.get("train_time_s")), ".1f"),
+            fmt(num(r.get("tokens_per_s")), ",.0f"),
+            fmt(num(r.get("peak_memory_mb")), ",.0f"),
+            str(r.get("error") or ""),
+        ]
+        for cond in study.conditions
+        for r in study.runs(cond)
+    ]
+    return Table("Per-run results", headers, rows)
+
+
+def failures(study: Study) -> list[str]:
+    """Failed final runs and run directories that could not be read."""
+    out = [
+        f"{code(cond.label)} seed {r['seed']}: {r.get('error') or 'no error recorded'}"
+        for cond in study.conditions
+        for r in study.runs(cond)
+        if r["status"] != "finished"
+    ]
+    return out + [f"{code(d.split(':', 1)[0])}:{d.split(':', 1)[1]}" for d in study.incomplete]
+
+
+def _unique(values: list[str]) -> str:
+    seen = list(dict.fromkeys(v for v in values if v))
+    return "; ".join(seen) if seen else DASH
+
+
+def provenance(study: Study) -> list[tuple[str, str]]:
+    """Model, data, versions, hardware and the span of the runs."""
+    recs = study.records
+    dicts = lambda key: [r.get(key) or {} for r in recs]  # noqa: E731
+    model = _unique([f"{m.get('id', '?')} ({m.get('source', '?')})" for m in dicts("model")])
+    data = _unique([json.dumps(d, sort_keys=True) for d in dicts("dataset") if d])
+    keys = list(dict.fromkeys(k for v in dicts("versions") for k in v))
+    versions = ", ".join(
+        f"{k} {_unique([str(v.get(k, '')) for v in dicts('versions')])}" for k in keys
+    )
+    hw = _unique(
+        [
+            " / ".join(str(h.get(k, "?")) for k in ("device", "name", "cpus"))
+            for h in dicts("hardware")
+        ]
+    )
+    starts = sorted(str(r["started_at"]) for r in recs if r.get("started_at"))
+    ends = sorted(str(r["finished_at"]) for r in recs if r.get("finished_at"))
+    total = sum(num(r.get("train_time_s")) or 0.0 for r in recs)
+    span = (
+        f"{len(recs)} final runs, {starts[0] if starts else '?'} to {ends[-1] if ends else '?'}, "
+        f"{total:.0f} s of training"
+    )
+    return [
+        ("Model", model),
+        ("Dataset", data),
+        ("Versions", versions or DASH),
+        ("Hardware (device / name / cpus)", hw),
+        ("Runs", span),
+    ]
+
+
+def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list[Table]:
+    """The tables of ``summary.tex``: the summary with its comparison, and the equal-budget
+    comparison of a rank sweep."""
+    rows = []
+    for cond, r in zip(study.conditions, a.rows):
+        c = a.comparisons.get(cond.label)
+        name = code(cond.label) + (" †" if r["pareto"] else "")
+        name += " (ref.)" if r["verdict"] == "reference" else ""
+        rows.append(
+            [
+                name,
+                str(r["n"]),
+                fmt(r["trainable_params"], ","),
+                pm(r["eval_loss_mean"], r["eval_loss_ci95"], ".4f"),
+                fmt(r["perplexity"], ".3f"),
+                DASH if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.1f}%",
+                _signed(c.mean) if c and c.verdict != "reference" else DASH,
+                interval(c.ci_low, c.ci_high, "+.4f") if c else DASH,
+                p_text(c.p_holm) if c else DASH,
+                (r["verdict"] or DASH) + (f", {r['direction']}" if r["direction"] else ""),
+                pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
+                fmt(r["speedup_vs_reference"], ".2f", "×"),
+            ]
+        )
+    headers = ["Strategy", "n", "Params", "Eval loss", "PPL", "Acc.", "Δ vs ref", "95% CI",
+               "Holm p", "Verdict", "Time (s)", "Speedup"]  # fmt: skip
+    caption = (
+        f"LoRA placement study {code(study.name)}: eval loss as mean ± 95% CI over n seeds; "
+        "perplexity = exp(mean eval loss); Δ = mean per-seed difference from the reference "
+        f"(paired t 95% CI); p Holm-adjusted over {a.family_size} test(s); verdicts as in "
+        "docs/STATISTICS.md; time as mean ± std over seeds; speedup = geometric mean of "
+        "per-seed time ratios; † Pareto-optimal (parameters vs loss)."
+    )
+    out = [Table("Summary", headers, rows, caption)]
+    table = budget_table(budget)
+    if table is not None:
+        out.append(Table(table.title, table.headers, table.rows, table.note))
+    return out
