@@ -1,0 +1,221 @@
+"""Report sections beyond one comparison per strategy: budget curves, learning-rate selection,
+eval checkpoints, the "lowest" finding and the training budget, on hand-made study directories
+whose answers are worked out in the test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import kendalltau, ttest_rel
+from test_report import ATTN, MLP, PNG_SIGNATURE, _placement, make_study, record, write_config
+
+from loraplace import store
+from loraplace.report import build_report, load_study, write_report
+from loraplace.report_render import plain_text
+
+ALL = {**ATTN, **MLP}
+
+# Budget curves: {params: per-seed losses}. "all" costs 100 per unit of rank, "attn" 40.
+CURVE_ALL = {200: [1.00, 1.05, 0.98], 400: [0.95, 0.99, 0.94], 800: [0.90, 0.96, 0.91]}
+CURVE_ATTN = {80: [1.10, 1.16, 1.08], 160: [1.04, 1.10, 1.03], 320: [0.97, 1.04, 0.99]}
+
+
+def _sweep(root: Path) -> Path:
+    write_config(
+        root, {"all": "all", "attn": "attn"}, ranks=[2, 4, 8], training={"seeds": [0, 1, 2]}
+    )
+    for name, per_rank, curve in (("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN)):
+        for params, losses in curve.items():
+            rank = params // per_rank
+            for seed, loss in enumerate(losses):
+                placement = _placement(dict.fromkeys(ALL, rank))
+                rec = record(name, name, seed, params, placement, loss, 1.0 + seed, rank=rank)
+                store.write_result(store.RunKey(name, seed, rank).run_dir(root), rec)
+    return root
+
+
+def _log_interp(p0: float, v0: list, p1: float, v1: list, at: float) -> np.ndarray:
+    w = (math.log(at) - math.log(p0)) / (math.log(p1) - math.log(p0))
+    return np.add(v0, w * np.subtract(v1, v0))
+
+
+def _holm_two(p: list[float]) -> list[float]:
+    """Holm for two tests by hand: the smaller doubled, the larger at least that."""
+    small = min(1.0, 2 * min(p))
+    return [small if q == min(p) else max(small, q) for q in p]
+
+
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory):
+    root = _sweep(tmp_path_factory.mktemp("sweep") / "s")
+    return root, write_report(root)
+
+
+def test_equal_budget_compares_only_where_the_curves_overlap(sweep_report):
+    root, out = sweep_report
+    report = build_report(load_study(root))
+    rows = {r.budget: r for r in report.budget.rows}
+    assert sorted(rows) == [80, 160, 200, 320, 400, 800]
+    assert {b for b, r in rows.items() if r.status == "compared"} == {200, 320}
+    for b in (80, 160, 400, 800):
+        assert rows[b].mean is None and rows[b].p is None and rows[b].verdict is None
+    # At 200 "all" is measured and "attn" interpolated between its ranks at 160 and 320; at 320
+    # the other way round, "all" between 200 and 400.
+    attn_200 = _log_interp(160, CURVE_ATTN[160], 320, CURVE_ATTN[320], 200)
+    all_320 = _log_interp(200, CURVE_ALL[200], 400, CURVE_ALL[400], 320)
+    cases = {200: (attn_200, CURVE_ALL[200]), 320: (CURVE_ATTN[320], all_320)}
+    ps = []
+    for budget, (a, b) in cases.items():
+        r = rows[budget]
+        test = ttest_rel(a, b)
+        ps.append(test.pvalue)
+        assert r.n == 3 and r.mean == pytest.approx(np.mean(np.subtract(a, b)))
+        assert r.p == pytest.approx(test.pvalue)
+        assert (r.t_low, r.t_high) == tuple(pytest.approx(x) for x in test.confidence_interval())
+    assert (rows[200].measured, rows[320].measured) == ("all", "attn")
+    assert [rows[200].p_holm, rows[320].p_holm] == pytest.approx(_holm_two(ps))
+    assert report.budget.family_size == 2
+    text = " ".join(plain_text(f) for f in report.findings)
+    assert "Holm over 2 compared budget(s)" in text
+    assert "would need extrapolation beyond a measured curve: `attn` vs `all` at 80" in text
+    assert "`attn` vs `all` at 800" in text
+    md = (out / "report.md").read_text()
+    assert "## Equal-budget comparison" in md and "| extrapolation |" in md
+    assert (out / "budget.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (
+        r"\label{tab:loraplace-toy-study-equal-budget-comparison}"
+        in (out / "summary.tex").read_text()
+    )
+
+
+def test_a_sweep_compares_each_rank_with_the_reference_at_that_rank(sweep_report):
+    root, _ = sweep_report
+    report = build_report(load_study(root))
+    rows = report.analysis.rows
+    assert [(r["strategy"], r["rank"]) for r in rows] == [
+        (n, r) for r in (2, 4, 8) for n in ("all", "attn")
+    ]
+    comps = report.analysis.comparisons
+    assert comps["attn r4"].reference == "all r4" and comps["all r4"].verdict == "reference"
+    pvalues = [ttest_rel(CURVE_ATTN[40 * r], CURVE_ALL[100 * r]).pvalue for r in (2, 4, 8)]
+    assert [comps[f"attn r{r}"].p for r in (2, 4, 8)] == pytest.approx(pvalues)
+    # No best-vs-others over ranks: the family is the three reference comparisons.
+    assert report.analysis.best is None and report.analysis.family_size == 3
+    text = " ".join(plain_text(f) for f in report.findings)
+    assert "Caution: LoRA scaling convention: standard" in text and "Ranks differ" in text
+
+
+def _selection(root: Path) -> Path:
+    strategies = {
+        "baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)]),
+        "mlp": ("mlp", 600, _placement(MLP), [(1.05, 1.0), (1.16, 1.0), (1.24, 1.0)]),
+    }
+    grid = [1e-4, 3e-4, 1e-3]
+    make_study(
+        root,
+        strategies,
+        training={"learning_rates": grid, "selection_seeds": [0, 1]},
+        data={"validation_examples": 4},
+    )
+    validation = {
+        "baseline": {1e-4: [1.20, 1.22], 3e-4: [1.10, 1.12], 1e-3: [1.15, 1.13]},
+        "mlp": {1e-4: [1.30, 1.31], 3e-4: [1.35, 1.36], 1e-3: [None, 1.40]},  # diverged once
+    }
+    for name, per_lr in validation.items():
+        spec = strategies[name][0]
+        for lr, losses in per_lr.items():
+            for seed, loss in enumerate(losses):
+                rec = record(name, spec, seed, 600, {}, 0.0, 1.0, stage="selection")
+                rec.update(learning_rate=lr, validation_loss=loss, eval_loss=None)
+                if loss is None:
+                    rec.update(status="failed", error="nan_loss")
+                store.write_result(
+                    store.RunKey(name, seed, None, "selection", lr).run_dir(root), rec
+                )
+    return root
+
+
+def test_learning_rate_selection_table(tmp_path):
+    report = build_report(load_study(_selection(tmp_path / "s")))
+    table = {r.condition.name: r for r in report.selection.rows}
+    # Chosen = lowest mean validation loss (means worked out here; a failure is infinite).
+    assert table["baseline"].losses == pytest.approx({1e-4: 1.21, 3e-4: 1.11, 1e-3: 1.14})
+    assert (table["baseline"].chosen, table["baseline"].at_edge) == (3e-4, False)
+    assert table["mlp"].losses[1e-3] is None and table["mlp"].losses[1e-4] == pytest.approx(1.305)
+    assert (table["mlp"].chosen, table["mlp"].at_edge) == (1e-4, True)
+    assert report.selection.runs == 12 and report.selection.validation_examples == 4
+    text = [plain_text(f) for f in report.findings]
+    edge = next(f for f in text if "edge of the grid" in f)
+    assert "`mlp` (0.0001, the smallest)" in edge and "baseline" not in edge
+    assert any("on the validation split only" in f for f in text)
+    assert not any("one learning rate" in f for f in text)  # a grid, not a shared value
+
+
+def _checkpoints(root: Path) -> Path:
+    # Mean eval loss at steps 2, 4, 6: a < b < c twice, then b < a < c (a late flip).
+    means = {"a": [1.30, 1.20, 1.15], "b": [1.32, 1.22, 1.10], "c": [1.35, 1.25, 1.18]}
+    strategies = {
+        name: (spec, 500, _placement(ATTN), [(m[-1] + 0.01 * s, 1.0) for s in range(3)])
+        for name, spec, m in zip(means, ("all", "attn", "mlp"), means.values())
+    }
+    strategies["c"][3][2] = (None, 1.0)  # c's seed 2 failed: every curve averages seeds 0, 1
+    make_study(root, strategies, reference="a", eval={"checkpoints": [1 / 3, 2 / 3]})
+    for name, m in means.items():
+        for seed in range(3):
+            run = store.RunKey(name, seed).run_dir(root)
+            lines = [{"step": s, "eval_loss": v + 0.01 * seed} for s, v in zip((2, 4, 6), m)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def test_ranking_stability_between_checkpoints_shows_a_late_flip(tmp_path):
+    root = _checkpoints(tmp_path / "s")
+    out = write_report(root)
+    report = build_report(load_study(root))
+    cp = report.checkpoints
+    assert cp.steps == [2, 4, 6] and cp.seeds == [0, 1]
+    assert cp.means["b"] == pytest.approx({2: 1.325, 4: 1.225, 6: 1.105})
+    at = {s: [cp.means[k][s] for k in ("a", "b", "c")] for s in cp.steps}
+    taus = [kendalltau(at[x], at[y]).statistic for x, y in ((2, 4), (4, 6))]
+    assert [s.tau for _, _, s in cp.pairs] == pytest.approx(taus)
+    assert taus == pytest.approx([1.0, 1 / 3])
+    last = next(plain_text(f) for f in report.findings if f.startswith("Ranking stability"))
+    assert "Last pair (steps 4→6): tau +0.33" in last
+    assert "changed from `a` to `b`" in last and "The ranking changed late" in last
+    assert (out / "eval_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    md = (out / "report.md").read_text()
+    assert "every condition finished (0, 1)" in md and "## Ranking stability" in md
+
+
+def test_lowest_is_claimed_only_when_every_rival_is_beaten(tmp_path):
+    ref = [1.0, 1.1, 1.2]
+    best = [x - d for x, d in zip(ref, (0.3, 0.31, 0.29))]
+    other = [x + d for x, d in zip(ref, (0.01, 0.03, 0.02))]
+    clear = {
+        "baseline": ("all", 1000, _placement(ALL), [(x, 1.0) for x in ref]),
+        "best": ("attn", 1000, _placement(ATTN), [(x, 1.0) for x in best]),
+        "other": ("mlp", 1000, _placement(MLP), [(x, 1.0) for x in other]),
+    }
+    report = build_report(load_study(make_study(tmp_path / "a", clear)))
+    assert report.analysis.best.lowest
+    assert any("it is the lowest" in plain_text(f) for f in report.findings)
+    blocked = {**clear, "rival": ("q,v", 1000, _placement(ATTN), [(0.5, 1.0), (0.6, 1.0)])}
+    report = build_report(load_study(make_study(tmp_path / "b", blocked)))
+    note = next(plain_text(f) for f in report.findings if "lowest mean eval loss" in plain_text(f))
+    assert "`rival` has the lowest mean eval loss" in note
+    assert "not established" in note and "`best`" in note
+
+
+def test_the_training_budget_is_stated(tmp_path):
+    strategies = {"baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0)])}
+    out = write_report(make_study(tmp_path / "s", strategies))
+    md = (out / "report.md").read_text()
+    budget = md.split("## Training budget")[1].split("##")[0]
+    # 4 steps of 4 examples from 8 kept training examples: 16 / 8 = 2 epochs.
+    assert "4 optimizer steps of 4 examples" in budget and "4,000 tokens trained" in budget
+    assert "2.00 epochs of the training pool (16 examples drawn / 8 kept" in budget
+    assert "Trainable parameters: 1,000 to 1,000" in budget
