@@ -163,6 +163,7 @@ def test_mlflow_study_parent_and_nested_runs(tmp_path, monkeypatch, mlflow_clien
     assert "eval_loss" not in bad.data.metrics and bad.data.metrics["train_time_s"] == 1.5
 
     client = mlflow_client(study)
+    assert client.get_experiment_by_name("toy").tags["mlflow.experimentKind"] == "finetuning"
     loss = client.get_metric_history(ok.info.run_id, "loss")
     assert [(m.step, m.value) for m in loss] == [(r["step"], r["loss"]) for r in CURVE]
     assert "grad_norm" not in ok.data.metrics  # None in every record: nothing to plot
@@ -343,3 +344,21 @@ def test_a_run_that_raises_is_ended_as_failed(study, monkeypatch, mlflow_client)
                     raise ValueError("boom")
     child = next(r for r in _search(study, monkeypatch) if r.info.run_name == "attn--seed0")
     assert child.info.status == "FAILED"
+
+
+def test_tracking_leaves_the_random_number_generators_alone(study):
+    # Training draws from these; tracking that consumed a number would change the next run.
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    with open_tracking(["mlflow", "tensorboard"], study, "toy", STUDY_PARAMS) as tracking:
+        _fake_study(tracking, study, [("attn", 0, 1.25)])
+    assert random.getstate() == before[0]
+    assert (np.random.get_state()[1] == before[1]).all()
+    assert torch.equal(torch.get_rng_state(), before[2])

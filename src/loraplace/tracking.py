@@ -52,15 +52,8 @@ FINAL_METRICS: tuple[str, ...] = (
 )
 """``result.json`` keys logged as a run's final metrics (at its last training step)."""
 
-# result.json key -> param name: what identifies a run besides its resolved config.
-_RESULT_PARAMS = {
-    "name": "strategy",
-    "seed": "seed",
-    "spec": "spec",
-    "trainable_params": "trainable_params",
-    "total_params": "total_params",
-    "matched_to": "matched_to",
-}
+# What identifies a run in result.json besides its name (logged as "strategy") and its config.
+_RESULT_PARAMS = ("seed", "spec", "trainable_params", "total_params", "matched_to", "ranks")
 _EXTRAS = {"mlflow": ("mlflow", "sqlalchemy", "alembic"), "tensorboard": ("tensorboard",)}
 _MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 _STUDY_DIR_TAG = "loraplace.study_dir"
@@ -136,9 +129,9 @@ def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _result_params(result: Mapping[str, Any]) -> dict[str, Any]:
-    params = {new: result[old] for old, new in _RESULT_PARAMS.items() if old in result}
-    if isinstance(result.get("ranks"), Mapping):
-        params["ranks"] = result["ranks"]
+    params = {k: result[k] for k in _RESULT_PARAMS if k in result}
+    if "name" in result:
+        params["strategy"] = result["name"]
     if isinstance(result.get("config"), Mapping):
         params.update(result["config"])
     return flatten_params(params)
@@ -259,12 +252,13 @@ class _MlflowBackend:
                 # With the default store the artifacts sit in the study directory too; a store
                 # the user chose keeps its own artifact root.
                 where = None if env_uri else (study_dir / "mlartifacts").as_uri()
-                self.experiment_id = self.client.create_experiment(study_name, where)
+                # The kind makes the UI open on the runs table rather than its GenAI views.
+                kind = {"mlflow.experimentKind": "finetuning"}
+                self.experiment_id = self.client.create_experiment(study_name, where, kind)
             else:
                 self.experiment_id = experiment.experiment_id
                 if experiment.lifecycle_stage == "deleted":
                     self.client.restore_experiment(self.experiment_id)
-        self.uri = uri
         self.parent = self._parent_run(study_dir, study_name, params)
 
     def _parent_run(self, study_dir: Path, study_name: str, params: dict[str, Any]) -> _MlflowRun:
@@ -439,6 +433,7 @@ class Tracking:
     def __init__(self, backends: list[_Backend], guard: _Guard | None = None):
         self._backends = backends
         self._guard = guard or _Guard()
+        self._closed = False
 
     @property
     def backends(self) -> list[str]:
@@ -483,12 +478,15 @@ class Tracking:
         tracked._end(tracked.status or "killed")
 
     def close(self, *, interrupted: bool = False) -> None:
-        """Ends the study in every backend and reports how many tracking calls failed.
+        """Ends the study in every backend and warns how many tracking calls failed (once).
 
         Args:
             interrupted: The study did not run to its end (the MLflow parent run is then
                 marked killed; resuming the study makes it run again).
         """
+        if self._closed:
+            return
+        self._closed = True
         status = "killed" if interrupted else "finished"
         for backend in self._backends:
             self._guard(backend.name, "close", backend.close, status)
