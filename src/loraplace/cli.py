@@ -10,6 +10,7 @@ is caught, so a real bug still shows its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from dataclasses import fields
@@ -394,6 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LoraplaceError as exc:
         print(f"loraplace: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"loraplace: error: disk full ({exc.filename or exc.strerror}): free space, then run "
+            "the same command again (finished runs are kept)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("loraplace: interrupted", file=sys.stderr)

@@ -214,8 +214,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         DiskFullError: when the disk is full; nothing is left behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        _raise_write_error(path, exc)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -228,12 +231,24 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        if _disk_full(exc):
-            raise DiskFullError(
-                f"disk full while writing {path}: free space, then run the "
-                "same command again (finished runs are kept)"
-            ) from None
+        if isinstance(exc, OSError):
+            _raise_write_error(path, exc)
         raise
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _raise_write_error(path: Path, exc: OSError):
+    """A full disk or an unwritable directory as a one-line error; anything else as it is."""
+    if _disk_full(exc):
+        raise DiskFullError(
+            f"disk full while writing {path}: free space, then run the same command again "
+            "(finished runs are kept)"
+        ) from None
+    if exc.errno in _NOT_WRITABLE:
+        raise LoraplaceError(f"cannot write {path}: {exc.strerror}") from None
+    raise exc
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -383,8 +398,15 @@ class StudyLock:
 
     def acquire(self) -> StudyLock:
         """Take the lock or raise a one-line :class:`LoraplaceError` naming its holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if _disk_full(exc):
+                raise DiskFullError(f"disk full: cannot create {self.path}") from None
+            raise LoraplaceError(
+                f"cannot write to study directory '{self.path.parent}': {exc.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
