@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_study import tiny_study
 
 from loraplace.config import load_study_config
 from loraplace.errors import ConfigError, LoraplaceError
 from loraplace.study import run_study
-
-from test_study import tiny_study
 
 
 def _small(model_dir, data_file, **overrides) -> dict:
