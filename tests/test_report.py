@@ -562,7 +562,8 @@ def test_warnings_the_report_prints_itself(tmp_path):
     assert "rslora (alpha / sqrt(r), alpha = 32" in text
     assert "Caution: every condition trained at one learning rate (0.0002" in text
     assert (
-        "4 example(s) were dropped for exceeding max_length = 384 tokens (train 3, eval 1)" in text
+        "4 example(s) were dropped for exceeding `max_length` = 384 tokens (train 3, eval 1)"
+        in text
     )
 
 

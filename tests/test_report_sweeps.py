@@ -86,6 +86,8 @@ def test_equal_budget_compares_only_where_the_curves_overlap(sweep_report):
     md = (out / "report.md").read_text()
     assert "## Equal-budget comparison" in md and "| extrapolation |" in md
     assert (out / "budget.png").read_bytes()[:8] == PNG_SIGNATURE
+    page = (out / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 4 and "Equal-budget comparison" in page
     assert (
         r"\label{tab:loraplace-toy-study-equal-budget-comparison}"
         in (out / "summary.tex").read_text()
@@ -187,6 +189,7 @@ def test_ranking_stability_between_checkpoints_shows_a_late_flip(tmp_path):
     assert "Last pair (steps 4→6): tau +0.33" in last
     assert "changed from `a` to `b`" in last and "The ranking changed late" in last
     assert (out / "eval_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "](eval_curves.png)" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
     assert "every condition finished (0, 1)" in md and "## Ranking stability" in md
 

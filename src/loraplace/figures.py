@@ -7,6 +7,7 @@ Matplotlib runs headless (Agg).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import (  # noqa: E402
     EngFormatter,
+    FuncFormatter,
     MaxNLocator,
     NullFormatter,
     ScalarFormatter,
@@ -409,11 +411,22 @@ def plot_placement(rows: Sequence[PlacementRow], num_layers: int, path: str | Pa
 
 def _log_params_axis(ax: plt.Axes, xs: Sequence[float]) -> None:
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    # Within one decade the major ticks are too few: label the minor ones too.
-    ax.xaxis.set_minor_formatter(
-        EngFormatter(sep="") if max(xs) / min(xs) < 10 else NullFormatter()
-    )
+    eng = EngFormatter(sep="")
+    ax.xaxis.set_major_formatter(eng)
+    # Within one decade the major ticks are too few: label the minor ones too. Over a few
+    # decades, label 2x and 5x so that the axis still reads without crowding.
+    span = max(xs) / min(xs)
+    if span < 10:
+        ax.xaxis.set_minor_formatter(EngFormatter(sep=""))
+    elif span < 1000:
+
+        def two_five(x: float, pos: int | None = None) -> str:
+            mantissa = x / 10 ** math.floor(math.log10(x))
+            return eng(x, pos) if min(abs(mantissa - 2), abs(mantissa - 5)) < 1e-6 else ""
+
+        ax.xaxis.set_minor_formatter(FuncFormatter(two_five))
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_budget(

@@ -99,25 +99,26 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:
             f"a paired t-test. p-values are Holm-adjusted over the {a.family_size} test(s) these "
             f"findings make (those with at least {MIN_SEEDS} paired seeds against the "
             f"reference{extra}). Equivalence is claimed only within the declared margin of "
-            f"±{study.margin:g} nats (report.equivalence_margin), by TOST."
+            f"±{study.margin:g} nats ({code('report.equivalence_margin')}), by TOST."
         )
     else:
         out.append(
             f"No comparison with the reference {code(study.reference)}{where} has the "
             f"{MIN_SEEDS} paired seeds a test needs: every comparison below is exploratory, with "
-            "its numbers shown and no direction claimed. Run more seeds (training.seeds)."
+            "its numbers shown and no direction claimed. Run more seeds "
+            f"({code('training.seeds')})."
         )
     by = {v: [c for c in comps if c.verdict == v] for v in (CLEAR, SUPPORTED, SUGGESTIVE)}
     if by[CLEAR]:
-        out.append(_directional(by[CLEAR], "Clear", f"Holm-adjusted p < {CLEAR_P}"))
+        out.append(_directional(by[CLEAR], "Clear", f"Holm-adjusted p < {CLEAR_P:.2f}"))
     if by[SUPPORTED]:
-        out.append(_directional(by[SUPPORTED], "Supported", f"Holm-adjusted p < {SUPPORTED_P}"))
+        out.append(_directional(by[SUPPORTED], "Supported", f"Holm-adjusted p < {SUPPORTED_P:.2f}"))
     if by[SUGGESTIVE]:
         out.append(
             _directional(
                 by[SUGGESTIVE],
                 "Suggestive only",
-                f"Holm-adjusted p < {SUGGESTIVE_P}, short of the {SUPPORTED_P} standard",
+                f"Holm-adjusted p < {SUGGESTIVE_P:.2f}, short of the {SUPPORTED_P:.2f} standard",
                 " More seeds are needed to establish it.",
             )
         )
@@ -125,7 +126,7 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:
     if equivalent:
         out.append(
             f"Matches the reference within ±{study.margin:g} nats (TOST equivalence, "
-            f"Holm-adjusted p < {SUPPORTED_P}): "
+            f"Holm-adjusted p < {SUPPORTED_P:.2f}): "
             + "; ".join(
                 f"{_pair(c)} ({_delta(c)}, TOST Holm p = {p_text(c.tost_p_holm)})"
                 for c in equivalent
@@ -218,7 +219,7 @@ def _speed(study: Study, a: Analysis) -> list[str]:
     words = {
         FASTER: "faster",
         SLOWER: "slower",
-        UNRESOLVED: "not resolved (the interval includes 1)",
+        UNRESOLVED: "not resolved (the interval includes 1, or is undefined: equal ratios)",
         EXPLORATORY: f"exploratory (fewer than {MIN_SEEDS} seeds)",
     }
     body = "; ".join(f"{words[k]}: {', '.join(v)}" for k, v in groups.items())
@@ -255,7 +256,7 @@ def _capacity(study: Study, a: Analysis) -> list[str]:
     elif study.config is not None and study.config.match_params is None:
         hint = (
             f" To compare placements at an equal budget, rerun with "
-            f"{code(f'match_params: {study.reference}')} or sweep ranks (ranks: [...])."
+            f"{code(f'match_params: {study.reference}')} or sweep ranks ({code('ranks')})."
         )
     else:
         hint = ""
@@ -313,9 +314,9 @@ def _learning_rate(study: Study, selection: SelectionTable | None) -> list[str]:
         lr = study.config.training.learning_rate
         return [
             f"Caution: every condition trained at one learning rate ({lr:g}, "
-            "training.learning_rate). A placement whose best learning rate differs is at a "
-            "disadvantage; a grid (training.learning_rates) selects one per condition on a "
-            "validation split."
+            f"{code('training.learning_rate')}). A placement whose best learning rate differs is "
+            f"at a disadvantage; a grid ({code('training.learning_rates')}) selects one per "
+            "condition on a validation split."
         ]
     edge = [
         f"{code(r.condition.label)} ({r.chosen:g}, the "
@@ -345,7 +346,7 @@ def _dropped(training: TrainingBudget) -> list[str]:
     counts = ", ".join(f"{split} {n}" for split, n in training.dropped.items())
     total = sum(training.dropped.values())
     return [
-        f"Caution: {total} example(s) were dropped for exceeding max_length = "
+        f"Caution: {total} example(s) were dropped for exceeding {code('max_length')} = "
         f"{training.max_length} tokens ({counts}): those splits are smaller than configured."
     ]
 
