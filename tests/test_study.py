@@ -274,3 +274,26 @@ def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(
     assert (result["name"], result["seed"], result["spec"]) == ("top", 1, "mlp@last:1")
     assert result["trainable_params"] == plan.trainable_params > 0
     assert result["eval_loss"] is None and result["finished_at"]
+
+
+def test_run_with_a_study_config_gives_the_study_runs_eval_loss(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    # One source of settings: `run --config` trains strategy S with seed k exactly as the study
+    # does (same data, plan, batches, initialisation and code path).
+    from loraplace.cli import main
+
+    raw = tiny_study(tiny_model_dir, tiny_data_file)
+    raw["eval"] = {"accuracy_examples": 0}
+    config_file = tmp_path / "study.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "study"
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    for name, seed in (("top", 1), ("baseline", 0)):
+        single = tmp_path / f"single-{name}"
+        args = ["run", "--config", str(config_file), "--strategy", name, "--seed", str(seed)]
+        assert main([*args, "--out", str(single)]) == 0
+        ours = json.loads((single / "result.json").read_text())
+        theirs = json.loads((out / "runs" / f"{name}--seed{seed}" / "result.json").read_text())
+        assert ours["eval_loss"] == theirs["eval_loss"]
+        assert ours["spec"] == theirs["spec"] and ours["train_tokens"] == theirs["train_tokens"]
