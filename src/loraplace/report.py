@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplace import figures, report_tables
+from loraplace.errors import LoraplaceError
 from loraplace.report_analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS, Analysis, analyse
 from loraplace.report_data import Study, first, load_study
 from loraplace.report_findings import findings, training_lines
@@ -208,7 +209,7 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
     strategies = list(dict.fromkeys(c.name for c in study.conditions))
     subtitle = (
         f"Model {code(model or '?')}, {len(strategies)} strategies{ranks}, seeds "
-        f"{', '.join(map(str, seeds))}, "
+        f"{', '.join(map(str, seeds)) or 'none'}, "
         f"reference {ref}."
     )
     t = report_tables
@@ -253,7 +254,10 @@ def write_report(study_dir: str | Path) -> Path:
     study = load_study(study_dir)
     report = build_report(study)
     out = study.root / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoraplaceError(f"cannot create {out}: {exc.strerror or exc}") from None
     write_summary_csv(report.analysis.rows, out / "summary.csv")
     figs = _write_figures(report, out)
     doc = _document(report, figs)

@@ -268,7 +268,9 @@ def load_study(study_dir: str | Path) -> Study:
         study.reference = config.reference
         todo = [(key.run_dir(root), key) for key in config.run_keys()]
     else:
-        study.notes.append("no study.yaml: conditions and the reference come from the run records")
+        study.notes.append(
+            "No study.yaml: the conditions and the reference come from the run records."
+        )
         todo = _keys_without_config(root)
     for run_dir, key in todo:
         record, problem = _read_run(run_dir, key)

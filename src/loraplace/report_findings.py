@@ -139,7 +139,13 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:
             f"Unresolved (no difference shown, and no equivalence within ±{study.margin:g} "
             "nats): " + "; ".join(_unresolved(c) for c in unresolved) + "."
         )
-    exploratory = [c for c in comps if c.verdict == EXPLORATORY]
+    exploratory = [c for c in comps if c.verdict == EXPLORATORY and c.n > 0]
+    unpaired = [c.strategy for c in comps if c.verdict == EXPLORATORY and c.n == 0]
+    if unpaired:
+        out.append(
+            "Not compared yet (no seed finished by both the condition and its reference): "
+            f"{_names(unpaired)}."
+        )
     if exploratory:
         out.append(
             f"Exploratory (fewer than {MIN_SEEDS} seeds in common with the reference: no test, "

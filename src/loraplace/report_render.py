@@ -86,13 +86,13 @@ def p_text(p: float | None) -> str:
 # Characters with a meaning anywhere in a line of GitHub-flavoured Markdown (emphasis, code,
 # links, HTML, tables, strikethrough, entities, math); a backslash makes each literal. Those
 # that matter only at the start of a line (#, +, -) never start a line the report writes.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")
+_MD_PUNCTUATION = re.compile(r"([\\`*_\[\]<>|~&$])")
 
 
 def md_text(rich: str) -> str:
     """Rich text as Markdown outside tables: plain parts escaped, code as code spans."""
     return "".join(
-        _md_code(t) if is_code else _MD_SPECIAL.sub(r"\\\1", t) for is_code, t in _parts(rich)
+        _md_code(t) if is_code else _MD_PUNCTUATION.sub(r"\\\1", t) for is_code, t in _parts(rich)
     )
 
 
@@ -100,7 +100,7 @@ def md_cell(rich: str) -> str:
     """Rich text as one Markdown table cell: as :func:`md_text`, and ``|`` inside code spans
     escaped too (a table splits on every unescaped ``|``, even inside code)."""
     return "".join(
-        _md_code(t).replace("|", "\\|") if is_code else _MD_SPECIAL.sub(r"\\\1", t)
+        _md_code(t).replace("|", "\\|") if is_code else _MD_PUNCTUATION.sub(r"\\\1", t)
         for is_code, t in _parts(rich)
     )
 
