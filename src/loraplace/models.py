@@ -352,6 +352,14 @@ def load_model(
 ) -> nn.Module:
     """Load the model's weights (converting and caching the embedded default on first use).
 
+    Args:
+        source: the resolved model; its ``trust_remote_code`` is passed to transformers.
+        device: where to put the model.
+        dtype: the weights' dtype.
+
+    Returns:
+        The causal LM.
+
     Raises:
         LoraplaceError: missing or corrupt weights, a pickled ``.bin`` that torch will not load
             as plain weights (named), code needing the opt-in, or an unreachable hub id.
@@ -384,7 +392,17 @@ def load_tokenizer(source: ModelSource):
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 hex digest of a file, read in blocks (constant memory for any size)."""
+    """The SHA-256 hex digest of a file, read in 4 MiB blocks (constant memory for any size).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The digest as 64 hex characters.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
