@@ -190,6 +190,14 @@ def accuracy_table(study: Study, a: Analysis) -> Table | None:
     return Table("Accuracy", headers, rows, note)
 
 
+def _speedup(row: dict[str, Any]) -> str:
+    """The speedup with its interval: a point estimate alone reads as a claim."""
+    text = fmt(row["speedup_vs_reference"], ".2f", "×")
+    if row["speedup_ci95_low"] is not None:
+        text += f" [{row['speedup_ci95_low']:.2f}, {row['speedup_ci95_high']:.2f}]"
+    return text
+
+
 def speed_table(study: Study, a: Analysis) -> Table:
     """Train time, throughput and the speedup against the reference."""
     headers = _who_headers(study) + [
@@ -202,16 +210,13 @@ def speed_table(study: Study, a: Analysis) -> Table:
     ]
     rows = []
     for cond, r in zip(study.conditions, a.rows):
-        speed = fmt(r["speedup_vs_reference"], ".2f", "×")
-        if r["speedup_ci95_low"] is not None:
-            speed += f" [{r['speedup_ci95_low']:.2f}, {r['speedup_ci95_high']:.2f}]"
         rows.append(
             _who(study, cond)
             + [
                 str(r["n"]),
                 pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
                 fmt(r["tokens_per_s_mean"], ",.0f"),
-                speed,
+                _speedup(r),
                 r["speedup_claim"] or ("reference" if r["verdict"] == "reference" else DASH),
                 fmt(r["peak_memory_mb_max"], ",.0f"),
             ]
@@ -459,7 +464,7 @@ def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list
                 p_text(c.p_holm) if c else DASH,
                 (r["verdict"] or DASH) + (f", {r['direction']}" if r["direction"] else ""),
                 pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
-                fmt(r["speedup_vs_reference"], ".2f", "×"),
+                _speedup(r),
             ]
         )
     headers = ["Strategy", "n", "Params", "Eval loss", "PPL", "Acc.", "Δ vs ref", "95% CI",
@@ -469,7 +474,7 @@ def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list
         "perplexity = exp(mean eval loss); Δ = mean per-seed difference from the reference "
         f"(paired t 95% CI); p Holm-adjusted over {a.family_size} test(s); verdicts as in "
         "docs/STATISTICS.md; time as mean ± std over seeds; speedup = geometric mean of "
-        "per-seed time ratios; † Pareto-optimal (parameters vs loss)."
+        "per-seed time ratios with its 95% CI; † Pareto-optimal (parameters vs loss)."
     )
     out = [Table("Summary", headers, rows, caption)]
     table = budget_table(budget)
