@@ -11,6 +11,8 @@ import csv
 import json
 import math
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -440,6 +442,32 @@ def test_latex_table(report_dir):
     assert r"last\_half" in tex and "last_half" not in tex.replace(r"last\_half", "")
     assert not re.search(r"(?<!\\)%", tex.split("\n", 1)[1])  # only the header comment has a bare %
     assert "1.1000 $\\pm$ 0.2484" in tex  # baseline: mean ± t(0.975, 2) * 0.1 / sqrt(3)
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+@pytest.mark.parametrize("hostile", [False, True])
+def test_latex_compiles(report_dir, tmp_path, hostile):
+    if hostile:
+        strategies = {
+            "baseline": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
+            HOSTILE: ("attn", 400, _placement(ATTN), [(x, 1.0) for x in ATT]),
+        }
+        report_dir = write_report(make_study(tmp_path / "s", strategies))
+    doc = tmp_path / "doc.tex"
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
+        f"\\begin{{document}}\n\\input{{{(report_dir / 'summary.tex').as_posix()}}}\n"
+        "\\end{document}\n"
+    )
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
 
 
 class _Cells(HTMLParser):
