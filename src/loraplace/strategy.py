@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from loraplace.errors import StrategyError
+from loraplace.errors import StrategyError, short_repr
 
 __all__ = [
     "ROLES",
@@ -60,6 +60,8 @@ _GROUP_ALIASES = {"ffn": "mlp"}
 #: Named presets, usable wherever a strategy string is.
 PRESETS: dict[str, str] = {"baseline": "all", "attention-only": "attn", "ffn-only": "mlp"}
 
+#: Longest strategy string accepted (error messages echo it, so it is bounded).
+MAX_STRATEGY_LENGTH = 2000
 _LAYER_FORMS = "all, first:K, last:K, every:N[:OFFSET], A-B, I,J,... or a mix such as 0-3,7"
 _RANK_SUFFIX = re.compile(r":r(\w*)$")
 _LAYER_HINT = f"; valid layer forms: {_LAYER_FORMS}"
@@ -227,8 +229,8 @@ def _merge_runs(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def _int(text: str, what: str, piece: str, minimum: int = 0, hint: str = "") -> int:
     kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
-    if not re.fullmatch(r"\d+", text):
-        raise StrategyError(f"'{piece}': {what} must be {kind}, got '{text}'{hint}")
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise StrategyError(f"'{piece}': {what} must be {kind} below 10^9, got '{text}'{hint}")
     value = int(text)
     if value < minimum:
         raise StrategyError(f"'{piece}': {what} must be at least {minimum}, got {value}{hint}")
@@ -259,7 +261,7 @@ def _parse_layers(text: str) -> LayerSelector:
     if rest:
         raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
     items = text.split(",")
-    if not all(re.fullmatch(r"\d+(-\d+)?", item) for item in items):
+    if not all(re.fullmatch(r"[0-9]{1,9}(-[0-9]{1,9})?", item) for item in items):
         raise StrategyError(f"unknown layer selector '{text}'; valid forms: {_LAYER_FORMS}")
     if not any("-" in item for item in items):
         return LayerSelector("list", tuple(int(item) for item in items))
@@ -317,8 +319,13 @@ def parse_strategy(text: str) -> Strategy:
         StrategyError: naming the bad piece and the valid choices.
     """
     if not isinstance(text, str):
-        raise StrategyError(f"a strategy must be a string, got {text!r}")
+        raise StrategyError(f"a strategy must be a string, got {short_repr(text)}")
     cleaned = "".join(text.split())
+    if len(cleaned) > MAX_STRATEGY_LENGTH:
+        raise StrategyError(
+            f"strategy '{cleaned[:40]}...' has {len(cleaned)} characters, more than the "
+            f"{MAX_STRATEGY_LENGTH} allowed"
+        )
     if not cleaned:
         raise StrategyError(
             "empty strategy; write e.g. 'all', 'attn', 'mlp@last:8' or a preset "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loraplace import store
-from loraplace.config import StudyConfig, load_study_config, parse_yaml
+from loraplace.config import StudyConfig, load_study_config, read_yaml
 from loraplace.errors import LoraplaceError
 from loraplace.store import RunKey
 
@@ -139,14 +139,16 @@ def study_identity(config: StudyConfig) -> dict:
 
 
 def _normalised(config_dict: dict) -> str:
-    import yaml
+    from loraplace.yamlio import dump_yaml
 
-    return yaml.safe_dump(config_dict, sort_keys=True)
+    return dump_yaml(config_dict, sort_keys=True)
 
 
 def _without_seeds(config_dict: dict) -> dict:
+    """The part of a config that every run depends on: not the seed list (runs are keyed by
+    seed), not the trackers (they only mirror results)."""
     training = {k: v for k, v in (config_dict.get("training") or {}).items() if k != "seeds"}
-    return {**config_dict, "training": training}
+    return {**{k: v for k, v in config_dict.items() if k != "tracking"}, "training": training}
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -161,13 +163,13 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
         LoraplaceError: ``out`` holds a study with a different config, model or data (nothing
             there is changed).
     """
-    import yaml
+    from loraplace.yamlio import dump_yaml
 
     resolved = config.to_dict()
     config_file = out / "study.yaml"
     if config_file.exists():
         try:
-            previous = parse_yaml(config_file.read_text(encoding="utf-8"), str(config_file))
+            previous = read_yaml(config_file)
         except LoraplaceError:
             previous = None
         if not isinstance(previous, dict):
@@ -192,10 +194,10 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
         if _normalised(previous) != _normalised(resolved):
             # Only the seed list changed: every run's own config is the same, so the study can
             # grow (or be reported on fewer seeds) in place; existing runs stay valid.
-            store.write_text_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
+            store.write_text_atomic(config_file, dump_yaml(resolved))
         return
     store.write_json_atomic(out / store.IDENTITY_FILE, identity)
-    store.write_text_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
+    store.write_text_atomic(config_file, dump_yaml(resolved))
 
 
 def _check_out(out: Path) -> None:

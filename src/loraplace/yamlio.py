@@ -20,6 +20,7 @@ Every problem, including a syntax error or an impossible value (the date ``2001-
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -113,6 +114,13 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _ALIAS_MESSAGE = "YAML anchors and aliases are not allowed in study configs"
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string because its float form needs a dot; learning rates
+# are written that way, so a plain exponent form is a float here too (as in YAML 1.2).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789")
+)
 
 
 def _at(mark) -> str:
@@ -213,3 +221,9 @@ def dump_yaml(data: object, *, sort_keys: bool = False) -> str:
     # allow_unicode=False escapes non-ASCII: with it on, PyYAML writes U+0085 (NEL) unescaped
     # in a quoted scalar and reads it back as a space.
     return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=sort_keys, allow_unicode=False)
+
+
+# The dumper quotes a string such as '1e-3' only if it knows the loader would read a float.
+_NoAliasDumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789")
+)

@@ -1,0 +1,202 @@
+"""The Python API: plan, run and study from a notebook, and load a study's results.
+
+The command line is a thin layer over these functions (and the functions they call), so a
+notebook gets exactly what ``loraplace plan``, ``run``, ``study`` and ``report`` do.
+
+```python
+import loraplace
+
+plans = loraplace.plan("smollm2-135m", {"attn": "attn", "ffn": "mlp"}, rank=8)
+plans[0].trainable_params, plans[0].lora_config(alpha=16, dropout=0.0)
+loraplace.study("examples/budget-curves.yaml", out="runs/budget")
+results = loraplace.load_study("runs/budget")
+results.summary        # one row per condition (a pandas DataFrame when pandas is installed)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plan", "run", "study", "load_study", "StudyResults"]
+
+
+def plan(
+    model: str,
+    strategies: dict[str, str] | list[str] | str,
+    rank: int = 8,
+    match_params: int | str | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> list:
+    """Compile strategies for a model from its config alone (no weights are loaded).
+
+    Args:
+        model: a built-in alias, a local directory or a hub id.
+        strategies: ``{name: strategy}``, a list of strategy strings, or one string.
+        rank: the global LoRA rank.
+        match_params: an integer budget or a strategy name: parameter-matched ranks.
+
+    Returns:
+        One :class:`~loraplace.plan.Plan` per strategy, in order; each has
+        ``trainable_params``, ``targets`` and ``lora_config(alpha, dropout, scaling)``.
+    """
+    from loraplace.placement import ModelPlanner
+
+    if isinstance(strategies, str):
+        strategies = [strategies]
+    if isinstance(strategies, list):
+        strategies = {s: s for s in strategies}
+    planner = ModelPlanner.for_model(model, trust_remote_code=trust_remote_code)
+    return planner.plan(dict(strategies), rank, match_params)
+
+
+def _config(config_or_path: Any, overrides: dict | None = None):
+    from loraplace.config import StudyConfig, load_study_config
+
+    if isinstance(config_or_path, StudyConfig):
+        raw = config_or_path.to_dict()
+    elif isinstance(config_or_path, dict):
+        raw = dict(config_or_path)
+    else:
+        from loraplace.config import read_yaml
+
+        raw = read_yaml(Path(config_or_path))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return load_study_config(raw)
+
+
+def run(
+    strategy: str,
+    seed: int = 0,
+    *,
+    config: Any = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    **overrides,
+) -> dict:
+    """Train and evaluate one strategy with one seed; return its ``result.json`` record.
+
+    Args:
+        strategy: a strategy string, or the name of a strategy in ``config``.
+        seed: the run's seed.
+        config: a study config (path, mapping or ``StudyConfig``) to take settings from;
+            ``None`` uses the defaults.
+        out: the run directory (default ``runs/single/<name>--seed<k>``).
+        force: replace an existing finished run.
+        **overrides: top-level config keys or sections, e.g. ``model="./m"``,
+            ``training={"steps": 50}``.
+    """
+    from loraplace.run import run_single
+    from loraplace.store import RunKey
+    from loraplace.strategy import parse_strategy
+
+    base = _config(config).to_dict() if config is not None else {}
+    strategies = base.get("strategies") or {}
+    name, spec = (
+        (strategy, strategies[strategy])
+        if strategy in strategies
+        else (
+            str(parse_strategy(strategy)),
+            strategy,
+        )
+    )
+    base.update(
+        {"strategies": {name: spec}, "reference": name, "ranks": None, "match_params": None}
+    )
+    training = {**(base.get("training") or {}), "seeds": [seed]}
+    training.pop("learning_rates", None)
+    training.pop("selection_seeds", None)
+    base["training"] = training
+    cfg = _config(base, overrides)
+    key = RunKey(name, seed)
+    return run_single(
+        cfg, key, Path(out) if out else Path("runs/single") / key.dirname, force=force
+    )
+
+
+def study(
+    config_or_path: Any,
+    *,
+    out: str | Path | None = None,
+    executor: str = "local",
+    retry_failed: bool = False,
+    report: bool = True,
+    show_progress: bool = True,
+    **overrides,
+) -> int:
+    """Run (or resume) a study; returns 0 when every final run finished, else 1.
+
+    Args:
+        config_or_path: a study YAML path, a mapping or a ``StudyConfig``.
+        out: the study directory (default ``runs/<name>``).
+        executor: ``local`` or ``ray``.
+        **overrides: top-level config keys or sections to change, e.g. ``training={"seeds":
+            [0, 1, 2]}``.
+    """
+    from loraplace.study import run_study
+
+    cfg = _config(config_or_path, overrides)
+    return run_study(
+        cfg,
+        Path(out) if out else Path("runs") / cfg.name,
+        executor=executor,
+        retry_failed=retry_failed,
+        report=report,
+        show_progress=show_progress,
+    )
+
+
+@dataclass
+class StudyResults:
+    """What :func:`load_study` returns.
+
+    Attributes:
+        config: the study's ``StudyConfig``.
+        results: one record per complete run (``result.json`` plus ``run_dir``); a pandas
+            DataFrame when pandas is installed, else a list of dicts.
+        summary: the report's summary rows, one per condition (DataFrame or list of dicts).
+        plans: ``{(name, rank): Plan}``, the compiled plan of each condition.
+    """
+
+    config: Any
+    results: Any
+    summary: Any
+    plans: dict
+
+
+def _frame(rows: list[dict]):
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows)
+
+
+def load_study(study_dir: str | Path) -> StudyResults:
+    """Load a study directory's results, summary and plans (no weights are loaded).
+
+    Raises:
+        LoraplaceError: ``study_dir`` is not a study directory.
+    """
+    from loraplace.config import load_study_config
+    from loraplace.errors import LoraplaceError
+    from loraplace.report import summarize
+    from loraplace.study import collect_results
+
+    root = Path(study_dir)
+    if not (root / "study.yaml").is_file():
+        raise LoraplaceError(f"'{root}' is not a study directory (no study.yaml)")
+    config = load_study_config(root / "study.yaml")
+    return StudyResults(
+        config=config,
+        results=_frame(collect_results(config, root)),
+        summary=_frame(summarize(root)),
+        plans=dict(config.plans or {}),
+    )
