@@ -86,12 +86,14 @@ def _option_type(default):
     return str
 
 
-def add_settings_options(parser: argparse.ArgumentParser) -> None:
+def add_settings_options(parser: argparse.ArgumentParser, sections=None) -> None:
     """One option per settings field (``--max-length``, ``--learning-rate``, ...), default unset
     so that only what the user gives overrides the config (or the dataclass default)."""
     from loraplace.settings import field_help
 
     for section, cls in _settings_sections():
+        if sections is not None and section not in sections:
+            continue
         group = parser.add_argument_group(f"{section} settings (the study YAML's '{section}:')")
         for f in fields(cls):
             if (section, f.name) in _NOT_RUN_OPTIONS:
@@ -276,6 +278,74 @@ def _study_mapping(source) -> dict:
     return raw
 
 
+def cmd_place(args) -> int:
+    from loraplace.config import load_study_config
+    from loraplace.probe import AutoSpec, auto_place, resolve_budget
+    from loraplace.workbench import Workbench
+
+    raw = _base_config_mapping(args)
+    fixed = {n: s for n, s in (raw.get("strategies") or {}).items() if isinstance(s, str)}
+    for key, value in (("model", args.model), ("device", args.device)):
+        if value is not None:
+            raw[key] = value
+    if args.trust_remote_code:
+        raw["trust_remote_code"] = True
+    for section, values in _overrides(args).items():
+        raw[section] = {**(raw.get(section) or {}), **values}
+    raw.update({"strategies": {"probe": "all"}, "reference": None, "ranks": None})
+    raw.pop("match_params", None)
+    config = load_study_config(raw)  # validates model and data settings like a study's
+    budget_text = args.budget.strip()
+    budget = int(budget_text) if budget_text.isdigit() else budget_text
+    spec = AutoSpec(
+        method=args.method,
+        budget=budget,
+        seed=args.seed,
+        **{k: v for k, v in vars(args).items() if k.startswith("probe_") and v is not None},
+    )
+    rank = args.rank or config.lora.rank
+    from loraplace.placement import ModelPlanner
+
+    planner = ModelPlanner.for_model(config.model, trust_remote_code=config.trust_remote_code)
+    budget = resolve_budget(spec.budget, planner, rank, fixed)
+    print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
+    bench = Workbench.load(
+        config.model,
+        config.data,
+        config.device,
+        trust_remote_code=config.trust_remote_code,
+        min_train=config.training.batch_size,
+    )
+    out = Path(args.out) if args.out else None
+    result = auto_place(
+        bench,
+        spec,
+        rank=rank,
+        budget=budget,
+        seed=args.seed,
+        batch_size=config.training.batch_size,
+        out_dir=out,
+    )
+    placement = result.placement
+    print(
+        f"method {spec.method}, seed {args.seed}, rank {rank}: {placement.trainable_params:,} of "
+        f"a {budget:,}-parameter budget ({100 * placement.fill:.1f}%), "
+        f"{len(placement.chosen)} modules; took {result.cost.time_s:.1f} s"
+        + (
+            f" ({result.cost.steps} probe steps, {result.cost.tokens:,} tokens)"
+            if result.cost.steps
+            else ""
+        )
+    )
+    if out is not None:
+        from loraplace.store import write_json_atomic
+
+        write_json_atomic(out / "placement.json", result.to_json())
+        print(f"importance.csv, importance.png and placement.json written to {out}")
+    print(placement.strategy)
+    return 0
+
+
 def cmd_report(args) -> int:
     from loraplace.report import write_report
 
@@ -378,6 +448,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     p.set_defaults(func=cmd_study)
 
+    p = sub.add_parser("place", help="choose a placement automatically under a parameter budget")
+    p.add_argument(
+        "--budget",
+        required=True,
+        help="trainable parameters: an integer, or a strategy whose count at --rank is the budget",
+    )
+    p.add_argument("--method", choices=["grad", "snr", "random"], default="grad")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe or the random draw")
+    p.add_argument("--rank", type=_positive_int, default=None, help="rank of each chosen module")
+    p.add_argument("--out", default=None, help="write importance.csv/.png and placement.json here")
+    p.add_argument("--config", default=None, help="take model and data settings from a study YAML")
+    p.add_argument("--preset", default=None, help="take model and data settings from a preset")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_model_options(p, required=False)
+    for name, kind, text in (
+        ("steps", int, "grad probe: optimizer steps (default 16)"),
+        ("rank", int, "grad probe: LoRA rank (default 4)"),
+        ("learning-rate", float, "grad probe: learning rate (default 1e-3)"),
+        ("batches", int, "grad probe: batches the output norms are averaged over (default 4)"),
+    ):
+        p.add_argument(
+            f"--probe-{name}", dest=f"probe_{name.replace('-', '_')}", type=kind, help=text
+        )
+    add_settings_options(p, sections=("data",))
+    p.set_defaults(func=cmd_place)
+
     p = sub.add_parser("report", help="write the report of a study directory")
     p.add_argument("study_dir", help="a study directory (holding study.yaml and runs/)")
     p.set_defaults(func=cmd_report)
@@ -389,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # PEFT calls a transformers API that warns of its own renaming; nothing a user can act on.
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -88,8 +88,9 @@ class StudyConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
-    strategies: dict[str, str] = field(default_factory=lambda: {"baseline": "all"})
-    """Strategy name -> strategy string."""
+    strategies: dict[str, str | dict] = field(default_factory=lambda: {"baseline": "all"})
+    """Strategy name -> strategy string, or ``{auto: {...}}`` for an automatic strategy
+    (see :class:`loraplace.probe.AutoSpec`)."""
     ranks: list[int] | None = None
     """A rank sweep: every strategy runs at every rank (a part's own :rN still wins)."""
     reference: str | None = None
@@ -104,13 +105,28 @@ class StudyConfig:
     trust_remote_code: bool = False
     """Allow the model directory's own Python code to run (see the README's warning)."""
     plans: dict | None = field(default=None, repr=False, compare=False)
-    """``{(name, rank): Plan}`` compiled once at validation (not part of the saved config)."""
+    """``{(name, rank): Plan}`` compiled once at validation, plus ``{(name, rank, seed): Plan}``
+    for automatic strategies resolved per seed (not part of the saved config)."""
+    autos: dict = field(default_factory=dict, repr=False, compare=False)
+    """Resolved automatic strategies: the same keys as ``plans`` -> their record."""
 
     def to_dict(self) -> dict:
         """The config as saved in ``study.yaml`` (everything but the compiled plans)."""
         out = asdict(self)
         out.pop("plans")
+        out.pop("autos")
         return out
+
+    @property
+    def auto_strategies(self) -> dict:
+        """``{name: AutoSpec}`` of the automatic strategies."""
+        from loraplace.probe import AutoSpec
+
+        return {
+            name: AutoSpec(**spec["auto"])
+            for name, spec in self.strategies.items()
+            if isinstance(spec, dict)
+        }
 
     @property
     def conditions(self) -> list[tuple[str, int | None]]:
@@ -138,7 +154,13 @@ class StudyConfig:
         """The compiled plan of a run (requires a config loaded with ``check_model=True``)."""
         if self.plans is None:
             raise RuntimeError("this config was loaded without compiling its plans")
-        return self.plans[key.condition]
+        per_seed = (*key.condition, key.seed)
+        return self.plans[per_seed] if per_seed in self.plans else self.plans[key.condition]
+
+    def auto_for(self, key: RunKey) -> dict | None:
+        """The resolved automatic strategy behind a run, or ``None`` for a fixed strategy."""
+        per_seed = (*key.condition, key.seed)
+        return self.autos.get(per_seed, self.autos.get(key.condition))
 
 
 def preset_names() -> list[str]:
@@ -231,16 +253,22 @@ def _strategies(raw, problems: list[str]) -> dict[str, str]:
                 f"strategies: a name must be a non-empty string, got {short_repr(name)}"
             )
             continue
-        if not isinstance(spec, str):
+        if isinstance(spec, dict):
+            spec = _auto_entry(spec, f"strategies.{_clip(name)}", raw, problems)
+            if spec is None:
+                continue
+        elif not isinstance(spec, str):
             problems.append(
-                f"strategies.{_clip(name)}: expected a strategy string, got {short_repr(spec)}"
+                f"strategies.{_clip(name)}: expected a strategy string or {{auto: ...}}, got "
+                f"{short_repr(spec)}"
             )
             continue
-        try:
-            parse_strategy(spec)
-        except LoraplaceError as exc:
-            problems.append(f"strategies.{_clip(name)}: {exc}")
-            continue
+        else:
+            try:
+                parse_strategy(spec)
+            except LoraplaceError as exc:
+                problems.append(f"strategies.{_clip(name)}: {exc}")
+                continue
         other = dirs.get(safe_name(name))
         if other is not None:
             problems.append(
@@ -251,6 +279,31 @@ def _strategies(raw, problems: list[str]) -> dict[str, str]:
         dirs[safe_name(name)] = name
         out[name] = spec
     return out
+
+
+def _auto_entry(entry: dict, where: str, named: dict, problems: list[str]) -> dict | None:
+    """An automatic strategy ``{auto: {...}}``, normalised with every default, or ``None``."""
+    from loraplace.probe import AutoSpec
+
+    if set(entry) != {"auto"}:
+        problems.append(f"{where}: a mapping must be {{auto: {{method: ..., budget: ...}}}}")
+        return None
+    try:
+        spec = AutoSpec.from_mapping(entry["auto"], where)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    budget = spec.budget
+    if isinstance(budget, str) and not isinstance(named.get(budget, ""), str):
+        problems.append(f"{where}.auto.budget names another automatic strategy ({budget!r})")
+        return None
+    if isinstance(budget, str) and budget not in named:
+        try:
+            parse_strategy(budget)
+        except LoraplaceError as exc:
+            problems.append(f"{where}.auto.budget is not a strategy of the study: {exc}")
+            return None
+    return {"auto": asdict(spec)}
 
 
 def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
@@ -287,6 +340,8 @@ def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
             "match_params must be a positive integer or a strategy name "
             f"({', '.join(strategies)}), got {short_repr(match)}"
         )
+    if match is not None and any(isinstance(s, dict) for s in strategies.values()):
+        problems.append("match_params cannot be used with automatic strategies (they fit a budget)")
     ranks = raw.get("ranks")
     if ranks is not None:
         if not isinstance(ranks, list) or not ranks or not all(is_int(r) and r >= 1 for r in ranks):
@@ -343,7 +398,9 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     raw, where = _read_source(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{where} must be a mapping of study keys, got {type(raw).__name__}"])
-    problems = _unknown(raw, [f.name for f in fields(StudyConfig) if f.name != "plans"], "")
+    problems = _unknown(
+        raw, [f.name for f in fields(StudyConfig) if f.name not in ("plans", "autos")], ""
+    )
     sections = {
         key: _build_section(cls, raw.get(key), key, problems) for key, cls in _SECTIONS.items()
     }
@@ -426,6 +483,8 @@ def compile_plans(
     problems, plans = [], {}
     for rank in config.ranks or [None]:
         for name, spec in config.strategies.items():
+            if not isinstance(spec, str):
+                continue  # automatic: compiled once its placement is resolved (probe.py)
             try:
                 plans[(name, rank)] = planner.plan({name: spec}, rank or config.lora.rank)[0]
             except LoraplaceError as exc:

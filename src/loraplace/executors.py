@@ -92,6 +92,7 @@ def execute_job(
             learning_rate=job.learning_rate,
             selected_from=job.selected_from,
             base=base,
+            auto=job.auto,
             show_progress=show_progress,
         )
     except KeyboardInterrupt:
@@ -99,7 +100,7 @@ def execute_job(
     except BaseException as exc:  # noqa: BLE001 - one run's failure must not stop the study
         reason = error_reason(exc)
         record = run_record(job.plan, key, bench, config.lora, config.training, config.eval)
-        record["learning_rate"] = job.learning_rate
+        record.update({"learning_rate": job.learning_rate, "auto": job.auto})
         result = store.failed_result(record, reason)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,15 +158,30 @@ class _Executor:
         with self.tracking.run(job.key.dirname, params) as tracked:
             for record in store.read_jsonl(run_dir / "metrics.jsonl"):
                 tracked.log_metrics(record["step"], record)
-            files = [run_dir / name for name in ("result.json", "metrics.jsonl", "generations.jsonl")]
+            files = [
+                run_dir / name for name in ("result.json", "metrics.jsonl", "generations.jsonl")
+            ]
             adapter = run_dir / "adapter"
             tracked.log_result(
                 result, [f for f in files if f.is_file()], adapter if adapter.is_dir() else None
             )
 
+    _bench: Workbench | None = None
+
+    def workbench(self) -> Workbench:
+        """The study's model and data in this process, loaded on first use."""
+        if self._bench is None:
+            self._bench = _load_bench(self.config)
+            _check_identity(self._bench, self.out)
+        return self._bench
+
     def record_failure(self, job, error: str) -> None:
         """A failed ``result.json`` for a run that cannot start or whose worker died."""
-        record = {**plan_record(job.plan, job.key), "learning_rate": job.learning_rate}
+        record = {
+            **plan_record(job.plan, job.key),
+            "learning_rate": job.learning_rate,
+            "auto": job.auto,
+        }
         store.write_result(job.key.run_dir(self.out), store.failed_result(record, error))
 
     def _bar(self, jobs, stage: str):
@@ -181,21 +197,24 @@ class _Executor:
 class LocalExecutor(_Executor):
     """Runs jobs in this process, loading the model and data once."""
 
-    bench: Workbench | None = None
     base: dict | None = None
 
-    def _ensure(self, need_base: bool) -> None:
-        config = self.config
-        if self.bench is None:
+    def workbench(self) -> Workbench:
+        if self._bench is None:
+            config = self.config
             start = time.perf_counter()
             print(
                 f"loading model '{config.model}' and data '{config.data.dataset}' "
                 "(once for the whole study) ...",
                 flush=True,
             )
-            self.bench = _load_bench(config)
-            _check_identity(self.bench, self.out)
+            super().workbench()
             print(f"loaded in {time.perf_counter() - start:.1f} s", flush=True)
+        return self._bench
+
+    def _ensure(self, need_base: bool) -> None:
+        config = self.config
+        self.bench = self.workbench()
         if need_base and self.base is None:
             identity = store.read_json(self.out / store.IDENTITY_FILE)
             print("base model: eval loss on the eval split ...", flush=True)

@@ -242,6 +242,17 @@ def _keys_without_config(root: Path) -> list[tuple[Path, RunKey | None]]:
     return [(p, None) for p in dirs if p.is_dir()]
 
 
+def _spec(configured, name: str, rank: int | None, records: list[dict]) -> str:
+    """A condition's strategy string; an automatic strategy's is the one it resolved to."""
+    if isinstance(configured, str):
+        return configured
+    resolved = {r.get("spec") for r in records if (r["name"], r.get("rank")) == (name, rank)}
+    method = (configured.get("auto") or {}).get("method", "?")
+    if len(resolved) == 1:
+        return f"{resolved.pop()} (auto {method})"
+    return f"auto {method}" + (" (one placement per seed)" if len(resolved) > 1 else "")
+
+
 def load_study(study_dir: str | Path) -> Study:
     """Reads a study directory.
 
@@ -262,9 +273,6 @@ def load_study(study_dir: str | Path) -> Study:
     config, text = _read_config(root)
     study = Study(root, config, text, [], None, [])
     if config is not None:
-        study.conditions = [
-            Condition(name, rank, config.strategies[name]) for name, rank in config.conditions
-        ]
         study.reference = config.reference
         todo = [(key.run_dir(root), key) for key in config.run_keys()]
     else:
@@ -286,7 +294,12 @@ def load_study(study_dir: str | Path) -> Study:
         study.metrics[index] = store.read_jsonl(run_dir / "metrics.jsonl")
         if record["status"] == "finished":
             study.examples[index] = store.read_eval_examples(run_dir / "eval_examples.jsonl")
-    if config is None:
+    if config is not None:
+        study.conditions = [
+            Condition(name, rank, _spec(config.strategies[name], name, rank, study.records))
+            for name, rank in config.conditions
+        ]
+    else:
         seen = {(r["name"], r.get("rank")): r.get("spec") or r["name"] for r in study.records}
         # Rank-major, like a config's conditions; names in the order their directories sort.
         order = sorted(seen, key=lambda k: (k[1] is not None, k[1] or 0))

@@ -146,6 +146,7 @@ def train_one(
     learning_rate: float,
     selected_from: list[float] | None = None,
     base: dict | None = None,
+    auto: dict | None = None,
     show_progress: bool = True,
 ) -> dict:
     """Train ``plan`` for run ``key`` on the workbench's base model; write and return its record.
@@ -156,6 +157,8 @@ def train_one(
             with a learning-rate grid), else ``None``.
         base: the base model's eval metrics (``Workbench.base_metrics``), recorded beside
             the run's own for final runs.
+        auto: the resolved automatic strategy behind ``plan`` (method, budget, probe cost),
+            recorded so the report can charge the strategy for its probe.
 
     A non-finite training or eval loss ends the run with ``status: failed, error: nan_loss``.
     """
@@ -166,7 +169,12 @@ def train_one(
     selection = key.stage == "selection"
     record = run_record(plan, key, bench, lora, training, evaluation)
     record.update(
-        {"learning_rate": learning_rate, "selected_from": selected_from, "started_at": store.now()}
+        {
+            "learning_rate": learning_rate,
+            "selected_from": selected_from,
+            "auto": auto,
+            "started_at": store.now(),
+        }
     )
     if selection:
         record.update({"eval_loss": None, "perplexity": None, "eval_tokens": None})

@@ -15,6 +15,7 @@ OUT/
   runs/<run>/           final runs: result.json (written last), metrics.jsonl,
                         eval_examples.jsonl, adapter/, generations.jsonl, traceback.txt
   selection/<run>/      learning-rate selection runs (validation split only)
+  auto/<name>...json    resolved automatic strategies (and their importance files)
   report/
 ```
 
@@ -43,6 +44,7 @@ from pathlib import Path
 from loraplace.errors import LoraplaceError
 
 __all__ = [
+    "AUTO_DIR",
     "BASE_FILE",
     "BASE_EXAMPLES_FILE",
     "IDENTITY_FILE",
@@ -52,6 +54,7 @@ __all__ = [
     "RunKey",
     "StudyLock",
     "safe_name",
+    "auto_stem",
     "format_lr",
     "now",
     "read_json",
@@ -67,6 +70,7 @@ __all__ = [
     "is_study_dir",
 ]
 
+AUTO_DIR = "auto"
 BASE_FILE = "base.json"
 BASE_EXAMPLES_FILE = "base_eval_examples.jsonl"
 IDENTITY_FILE = "identity.json"
@@ -187,6 +191,11 @@ class RunKey:
 
 
 _SEED_SUFFIX = re.compile(r"--seed(\d+)$")
+
+
+def auto_stem(name: str, rank: int | None, seed: int) -> str:
+    """File stem of a resolved automatic strategy under ``OUT/auto/``."""
+    return "--".join([safe_name(name), *([f"r{rank}"] if rank is not None else []), f"seed{seed}"])
 
 
 def dir_seed(dirname: str) -> int | None:

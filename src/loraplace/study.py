@@ -32,6 +32,7 @@ __all__ = [
     "collect_results",
     "pending",
     "prepare_study_dir",
+    "resolve_automatic",
     "run_study",
     "study_identity",
 ]
@@ -45,6 +46,8 @@ class Job:
     plan: object
     learning_rate: float
     selected_from: list[float] | None = None
+    auto: dict | None = None
+    """The resolved automatic strategy behind the plan (its record), if any."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,72 @@ def study_identity(config: StudyConfig) -> dict:
     return {"model": model_identity(source), "data": data}
 
 
+def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
+    """Resolve every automatic strategy of the study once, before any run, and compile it.
+
+    Each resolution (strategy string, budget, probe cost) is kept in ``OUT/auto/<stem>.json``
+    with its importance files, so a resumed study never probes again; a probe interrupted by a
+    kill leaves no file and is simply redone (it is deterministic). The probe reads the
+    training split only.
+
+    Args:
+        workbench: a callable returning the loaded :class:`~loraplace.workbench.Workbench`
+            (called only when something must be probed).
+    """
+    from loraplace.probe import auto_place, resolve_budget
+
+    planner = config_planner(config)
+    fixed = {n: s for n, s in config.strategies.items() if isinstance(s, str)}
+    for name, spec in config.auto_strategies.items():
+        for rank in config.ranks or [None]:
+            at = spec.rank or rank or config.lora.rank
+            seeds = config.training.seeds if spec.probe_per_seed else [spec.seed]
+            for seed in seeds:
+                stem = store.auto_stem(name, rank, seed)
+                path = out / store.AUTO_DIR / f"{stem}.json"
+                record = store.read_json(path)
+                if record is None:
+                    budget = resolve_budget(spec.budget, planner, at, fixed)
+                    label = name + (f" r{rank}" if rank is not None else "")
+                    print(
+                        f"placing {label} automatically ({spec.method}, budget {budget:,}, "
+                        f"seed {seed}) ...",
+                        flush=True,
+                    )
+                    result = auto_place(
+                        workbench(),
+                        spec,
+                        rank=at,
+                        budget=budget,
+                        seed=seed,
+                        batch_size=config.training.batch_size,
+                        out_dir=out / store.AUTO_DIR / stem,
+                    )
+                    record = {"name": name, "rank": rank, **result.to_json()}
+                    store.write_json_atomic(path, record)
+                    print(
+                        f"  {label}: {record['strategy']} ({record['trainable_params']:,} "
+                        f"parameters, probe {record['probe']['time_s']:.1f} s)",
+                        flush=True,
+                    )
+                plan = planner.plan({name: record["strategy"]}, at)[0]
+                key = (name, rank, seed) if spec.probe_per_seed else (name, rank)
+                config.plans[key] = plan
+                config.autos[key] = {
+                    k: record[k]
+                    for k in ("method", "strategy", "budget", "trainable_params", "seed", "probe")
+                }
+
+
+def config_planner(config: StudyConfig, planner=None):
+    """The study model's planner (built from its config alone unless one is given)."""
+    from loraplace.placement import ModelPlanner
+
+    return planner or ModelPlanner.for_model(
+        config.model, trust_remote_code=config.trust_remote_code
+    )
+
+
 def _normalised(config_dict: dict) -> str:
     from loraplace.yamlio import dump_yaml
 
@@ -220,13 +289,21 @@ def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple
     for key in keys:
         grid = config.training.learning_rates
         if not grid:
-            jobs.append(Job(key, config.plan_for(key), config.training.learning_rate))
+            jobs.append(
+                Job(
+                    key,
+                    config.plan_for(key),
+                    config.training.learning_rate,
+                    None,
+                    config.auto_for(key),
+                )
+            )
             continue
         choice = choices.get(key.condition)
         if choice is None or choice.chosen is None:
             unresolved.append((key, choice))
             continue
-        jobs.append(Job(key, config.plan_for(key), choice.chosen, list(grid)))
+        jobs.append(Job(key, config.plan_for(key), choice.chosen, list(grid), config.auto_for(key)))
     return jobs, unresolved
 
 
@@ -273,9 +350,14 @@ def run_study(
         )
         start = time.perf_counter()
         with make_executor(executor, config, out, lock.token, show_progress) as run:
+            if config.auto_strategies:
+                resolve_automatic(config, out, run.workbench)
             if todo_selection:
                 run(
-                    [Job(k, config.plan_for(k), k.learning_rate) for k in todo_selection],
+                    [
+                        Job(k, config.plan_for(k), k.learning_rate, None, config.auto_for(k))
+                        for k in todo_selection
+                    ],
                     stage="selection",
                 )
             choices = choose_learning_rates(config, out)
