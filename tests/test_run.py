@@ -13,7 +13,7 @@ from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingS
 from loraplace.store import RunKey, read_eval_examples
 from loraplace.workbench import Workbench
 
-SPEC_KEYS = {
+RECORD_KEYS = {
     "name": str,
     "spec": str,
     "seed": int,
@@ -77,11 +77,11 @@ def attn_run(bench, tmp_path_factory):
     return result, out, before
 
 
-def test_result_has_every_spec_key_with_its_type(attn_run):
+def test_result_has_every_documented_key_with_its_type(attn_run):
     result, out, _ = attn_run
     on_disk = json.loads((out / "result.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
-    for key, kind in SPEC_KEYS.items():
+    for key, kind in RECORD_KEYS.items():
         assert isinstance(on_disk[key], kind), (key, on_disk[key])
     assert on_disk["status"] == "finished" and on_disk["error"] is None
     assert on_disk["accuracy"] is None or 0.0 <= on_disk["accuracy"] <= 1.0

@@ -1,6 +1,6 @@
 """Reading fine-tuning data files and turning records into `Example`s.
 
-Formats (SPEC 3): GSM8K (`question`, `answer`), Alpaca instructions (`instruction`, optional
+Formats: GSM8K (`question`, `answer`), Alpaca instructions (`instruction`, optional
 `input`, `output`), chat `messages`, and plain text (a `.txt` file cut into paragraphs, or
 records with a `text` field). Records come from a JSON array, JSONL, or a list of dicts already
 in memory (a hub dataset). Every problem is a `DataError` naming the file, the line and the field.
