@@ -2,11 +2,25 @@
 
 Strategies are short strings (``all``, ``attn``, ``mlp@last:8``) compiled to standard PEFT
 adapters for any Hugging Face causal LM; studies train them under identical conditions over
-several seeds and report costs and gains with confidence intervals.
+several seeds and report costs and gains with the statistics a reviewer would accept.
+
+The Python API (README, "Python API"): :func:`plan`, :func:`run`, :func:`study` and
+:func:`load_study`; the command line is a thin layer over the same functions.
 """
 
+from loraplace.api import StudyResults, load_study, plan, run, study
 from loraplace.errors import LoraplaceError
 from loraplace.strategy import Strategy, parse_strategy
 
-__version__ = "0.1.0"
-__all__ = ["LoraplaceError", "Strategy", "parse_strategy", "__version__"]
+__version__ = "0.2.0"
+__all__ = [
+    "LoraplaceError",
+    "Strategy",
+    "StudyResults",
+    "load_study",
+    "parse_strategy",
+    "plan",
+    "run",
+    "study",
+    "__version__",
+]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from loraplace import store
 from loraplace.evaluate import eval_accuracy, eval_losses
-from loraplace.plan import Plan
+from loraplace.planning import Plan
 from loraplace.provenance import hardware, versions
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey

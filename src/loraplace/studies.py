@@ -387,7 +387,7 @@ def run_study(
         f"this session; results in {out / 'results.csv'}",
         flush=True,
     )
-    from loraplace.run import summary_line
+    from loraplace.runner import summary_line
 
     for result in failed:
         print(f"  {summary_line(result)}", flush=True)
