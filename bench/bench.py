@@ -83,7 +83,7 @@ def steady_tokens_per_s(run_dir: Path) -> float:
 
 def throughput(args, peak: float, sustained: float) -> None:
     from loraplace.data import DataConfig
-    from loraplace.run import train_one
+    from loraplace.runner import train_one
     from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
     from loraplace.workbench import Workbench
 

@@ -31,7 +31,7 @@ from transformers import (
 from loraplace.arch import classify
 from loraplace.errors import ArchitectureError, StrategyError
 from loraplace.models import count_params
-from loraplace.plan import compile_plan
+from loraplace.planning import compile_plan
 from loraplace.strategy import parse_strategy
 
 H, INTER, VOCAB = 64, 128, 128

@@ -25,7 +25,7 @@ from loraplace import autoplace as ap
 from loraplace.arch import classify
 from loraplace.errors import StrategyError
 from loraplace.models import count_params
-from loraplace.plan import compile_plan
+from loraplace.planning import compile_plan
 from loraplace.strategy import parse_strategy
 
 LAYERS = 4

@@ -23,7 +23,7 @@ from test_study import tiny_study
 
 from loraplace.config import load_study_config
 from loraplace.errors import ConfigError, LoraplaceError
-from loraplace.study import run_study
+from loraplace.studies import run_study
 
 
 def _small(model_dir, data_file, **overrides) -> dict:
@@ -184,7 +184,7 @@ def test_resume_after_the_model_changed_is_refused(tiny_data_file, tmp_path):
 def test_an_interrupted_forced_run_leaves_no_stale_result(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.run as run
+    import loraplace.runner as run
     from loraplace.cli import main
 
     out = tmp_path / "single"

@@ -16,7 +16,7 @@ from test_study import tiny_study
 from loraplace.config import load_study_config
 from loraplace.errors import ConfigError
 from loraplace.strategy import parse_strategy
-from loraplace.study import run_study
+from loraplace.studies import run_study
 
 
 def _place(model_dir, data_file, *extra) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from loraplace.config import load_study_config
-from loraplace.study import run_study
+from loraplace.studies import run_study
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from loraplace.run import train_one
+from loraplace.runner import train_one
 from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey, read_eval_examples
 from loraplace.workbench import Workbench

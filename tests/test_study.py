@@ -16,7 +16,7 @@ import yaml
 
 from loraplace.config import load_study_config
 from loraplace.errors import ConfigError, LoraplaceError
-from loraplace.study import run_study
+from loraplace.studies import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,7 +260,7 @@ def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(
     # failed result from the plan it already holds, and the study treats it like any failure.
     from loraplace.executors import make_executor
     from loraplace.store import RunKey
-    from loraplace.study import Job
+    from loraplace.studies import Job
 
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
     key = RunKey("top", 1)

@@ -6,9 +6,9 @@ notebook gets exactly what ``loraplace plan``, ``run``, ``study`` and ``report``
 ```python
 import loraplace
 
-plans = loraplace.plan("smollm2-135m", {"attn": "attn", "ffn": "mlp"}, rank=8)
+plans = loraplace.planning("smollm2-135m", {"attn": "attn", "ffn": "mlp"}, rank=8)
 plans[0].trainable_params, plans[0].lora_config(alpha=16, dropout=0.0)
-loraplace.study("examples/budget-curves.yaml", out="runs/budget")
+loraplace.studies("examples/budget-curves.yaml", out="runs/budget")
 results = loraplace.load_study("runs/budget")
 results.summary        # one row per condition (a pandas DataFrame when pandas is installed)
 ```
@@ -40,7 +40,7 @@ def plan(
         match_params: an integer budget or a strategy name: parameter-matched ranks.
 
     Returns:
-        One :class:`~loraplace.plan.Plan` per strategy, in order; each has
+        One :class:`~loraplace.planning.Plan` per strategy, in order; each has
         ``trainable_params``, ``targets`` and ``lora_config(alpha, dropout, scaling)``.
     """
     from loraplace.placement import ModelPlanner
@@ -93,7 +93,7 @@ def run(
         **overrides: top-level config keys or sections, e.g. ``model="./m"``,
             ``training={"steps": 50}``.
     """
-    from loraplace.run import run_single
+    from loraplace.runner import run_single
     from loraplace.store import RunKey
     from loraplace.strategy import parse_strategy
 
@@ -140,7 +140,7 @@ def study(
         **overrides: top-level config keys or sections to change, e.g. ``training={"seeds":
             [0, 1, 2]}``.
     """
-    from loraplace.study import run_study
+    from loraplace.studies import run_study
 
     cfg = _config(config_or_path, overrides)
     return run_study(
@@ -188,7 +188,7 @@ def load_study(study_dir: str | Path) -> StudyResults:
     from loraplace.config import load_study_config
     from loraplace.errors import LoraplaceError
     from loraplace.report import summarize
-    from loraplace.study import collect_results
+    from loraplace.studies import collect_results
 
     root = Path(study_dir)
     if not (root / "study.yaml").is_file():

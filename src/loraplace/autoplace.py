@@ -2,7 +2,7 @@
 
 A placement problem has one **unit** per adaptable projection module (a fused module such as
 GPT-2's ``c_attn`` is one unit), each costing ``rank * (in + out)`` LoRA parameters, exactly as
-:mod:`loraplace.plan` counts them. A **score** per unit says how much it is worth adapting:
+:mod:`loraplace.planning` counts them. A **score** per unit says how much it is worth adapting:
 
 - ``snr`` (:func:`snr_scores`): data-free, from the base weights; the share of a weight's
   spectral energy in singular values above the Marchenko–Pastur bulk edge, in the spirit of
@@ -39,7 +39,7 @@ from loraplace.importance import (
     spectral_signal_fraction,
     write_importance,
 )
-from loraplace.plan import compile_plan
+from loraplace.planning import compile_plan
 from loraplace.strategy import ATTN_ROLES, MLP_ROLES, ROLES, LayerSelector
 
 __all__ = [

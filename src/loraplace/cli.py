@@ -205,7 +205,7 @@ def _base_config_mapping(args) -> dict:
 
 def cmd_run(args) -> int:
     from loraplace.config import load_study_config
-    from loraplace.run import run_single
+    from loraplace.runner import run_single
     from loraplace.store import RunKey
     from loraplace.strategy import parse_strategy
 
@@ -239,7 +239,7 @@ def cmd_run(args) -> int:
 
 def cmd_study(args) -> int:
     from loraplace.config import load_study_config, preset_path
-    from loraplace.study import run_study
+    from loraplace.studies import run_study
 
     if args.config and args.preset:
         raise LoraplaceError("give a config file or --preset, not both")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from loraplace import store
 from loraplace.config import StudyConfig
 from loraplace.errors import LoraplaceError
-from loraplace.run import plan_record, run_record, summary_line, train_one
+from loraplace.runner import plan_record, run_record, summary_line, train_one
 from loraplace.workbench import Workbench
 
 __all__ = ["make_executor", "execute_job", "error_reason"]

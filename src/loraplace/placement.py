@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from loraplace.arch import ArchInfo, classify
 from loraplace.models import ModelSource, build_meta_model, count_params, load_config, resolve_model
-from loraplace.plan import Plan, plan_strategies
+from loraplace.planning import Plan, plan_strategies
 from loraplace.strategy import ROLES
 
 __all__ = ["ModelPlanner", "format_layers", "plan_table", "inspect_table"]

@@ -5,7 +5,7 @@
   (:func:`loraplace.curves.equal_budget_difference`); a budget that would need extrapolation
   is listed, never compared.
 - **Learning-rate selection**: validation loss per condition and learning rate, the chosen one
-  (:func:`loraplace.study.choose_learning_rates`, the rule the study itself used).
+  (:func:`loraplace.studies.choose_learning_rates`, the rule the study itself used).
 - **Checkpointed evaluation**: how the ranking of conditions changes between consecutive eval
   checkpoints (Kendall's tau-b).
 - **The training budget**: steps, batch size, tokens and epochs, beside the parameter budget.
@@ -200,7 +200,7 @@ def selection_table(study: Study) -> SelectionTable | None:
     Returns:
         ``None`` when the study has no learning-rate grid.
     """
-    from loraplace.study import choose_learning_rates
+    from loraplace.studies import choose_learning_rates
 
     config = study.config
     if config is None or not config.training.learning_rates:
