@@ -141,7 +141,15 @@ class _Executor:
             self.tracking.close()
 
     def _done(self, job, result: dict, bar) -> None:
-        bar.write(summary_line(result))
+        from loraplace.status import format_duration, run_states, time_left
+
+        states = run_states(self.out, self.config)
+        done = sum(state in ("finished", "failed") for _, state, _ in states)
+        _, left, unknown = time_left(states)
+        eta = f"about {format_duration(left)} left" + (
+            f", plus {unknown} run(s) not yet timed" if unknown else ""
+        )
+        bar.write(f"{summary_line(result)} [study: {done}/{len(states)} runs, {eta}]")
         if self.tracking is not None:
             self._track(job, result)
 
@@ -218,7 +226,7 @@ class LocalExecutor(_Executor):
         if need_base and self.base is None:
             identity = store.read_json(self.out / store.IDENTITY_FILE)
             print("base model: eval loss on the eval split ...", flush=True)
-            base = self.bench.base_metrics(config.eval, self.out, identity)
+            base = self.bench.base_metrics(config.eval, self.out, identity, show_progress=self.show)
             how = (
                 f"read from {self.out / store.BASE_FILE}"
                 if base["stored"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from loraplace.autoplace import METHODS, Placement, place, place_random
 from loraplace.errors import ConfigError, LoraplaceError, short_repr
+from loraplace.progress import bar
 from loraplace.settings import check_fields, is_int, is_number
 
 __all__ = ["AutoSpec", "ProbeCost", "AutoResult", "resolve_budget", "auto_place"]
@@ -149,20 +150,22 @@ def _grad_scores(bench, spec: AutoSpec, seed: int, batch_size: int) -> tuple[dic
     set_seed(seed)
     # alpha = 2 * rank: a scaling of 2, the usual LoRA setting, for whatever probe rank.
     model = get_peft_model(bench.fresh_model(), plan.lora_config(2.0 * spec.probe_rank, 0.0))
-    outcome = train_adapter(
-        model,
-        features,
-        steps=spec.probe_steps,
-        batch_size=batch_size,
-        learning_rate=spec.probe_learning_rate,
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        seed=seed,
-        device=bench.device,
-        dtype=bench.dtype,
-        pad_token_id=bench.collator.pad_token_id,
-    )
+    with bar(spec.probe_steps, "placement probe", unit="step") as progress:
+        outcome = train_adapter(
+            model,
+            features,
+            steps=spec.probe_steps,
+            batch_size=batch_size,
+            learning_rate=spec.probe_learning_rate,
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            seed=seed,
+            device=bench.device,
+            dtype=bench.dtype,
+            pad_token_id=bench.collator.pad_token_id,
+            progress=progress,
+        )
     if outcome.nonfinite:
         raise LoraplaceError(
             f"the grad probe diverged (non-finite loss at lr {spec.probe_learning_rate:g}); "

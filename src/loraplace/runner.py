@@ -21,11 +21,11 @@ from pathlib import Path
 
 import psutil
 import torch
-from tqdm.auto import tqdm
 
 from loraplace import store
 from loraplace.evaluate import eval_accuracy, eval_losses
 from loraplace.planning import Plan
+from loraplace.progress import bar
 from loraplace.provenance import hardware, versions
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey
@@ -115,17 +115,21 @@ def run_record(
     }
 
 
-def _losses(model, bench: Workbench, split: Split, evaluation: EvalSettings, prefix_layer: int):
+def _losses(
+    model, bench: Workbench, split: Split, evaluation: EvalSettings, prefix_layer: int, show: bool
+):
     cache, _ = bench.prefix(split, prefix_layer)
-    return eval_losses(
-        model,
-        split.features,
-        bench.collator,
-        batch_size=evaluation.batch_size,
-        device=bench.device,
-        dtype=bench.dtype,
-        prefix=cache,
-    )
+    with bar(len(split.features), f"{split.name} loss", unit="ex", show=show) as progress:
+        return eval_losses(
+            model,
+            split.features,
+            bench.collator,
+            batch_size=evaluation.batch_size,
+            device=bench.device,
+            dtype=bench.dtype,
+            prefix=cache,
+            progress=progress,
+        )
 
 
 def _mean_loss(rows) -> tuple[float, int]:
@@ -215,20 +219,15 @@ def train_one(
         def on_checkpoint(step: int) -> None:
             if step == training.steps:
                 return  # the final evaluation below covers the last step
-            loss, tokens = _mean_loss(_losses(model, bench, bench.eval, evaluation, layer))
+            loss, tokens = _mean_loss(
+                _losses(model, bench, bench.eval, evaluation, layer, show_progress)
+            )
             metrics.write(
                 json.dumps({"step": step, "eval_loss": loss, "eval_tokens": tokens}) + "\n"
             )
             metrics.flush()
 
-        bar = tqdm(
-            total=training.steps,
-            desc=key.label(),
-            unit="step",
-            leave=False,
-            disable=not show_progress,
-            dynamic_ncols=True,
-        )
+        steps_bar = bar(training.steps, key.label(), unit="step", show=show_progress)
         try:
             with _PeakMemory(bench.device) as memory:
                 outcome = train_adapter(
@@ -247,11 +246,11 @@ def train_one(
                     on_step=on_step,
                     checkpoint_steps=checkpoints,
                     on_checkpoint=on_checkpoint,
-                    progress=bar,
+                    progress=steps_bar,
                     pad_token_id=bench.collator.pad_token_id,
                 )
         finally:
-            bar.close()
+            steps_bar.close()
         record.update(
             {
                 "steps": outcome.steps,
@@ -266,12 +265,14 @@ def train_one(
 
         eval_start = time.perf_counter()
         if bench.validation.features:
-            loss, _ = _mean_loss(_losses(model, bench, bench.validation, evaluation, layer))
+            loss, _ = _mean_loss(
+                _losses(model, bench, bench.validation, evaluation, layer, show_progress)
+            )
             record["validation_loss"] = loss if math.isfinite(loss) else None
             if selection and not math.isfinite(loss):
                 return _finish(out_dir, store.failed_result(record, "nan_loss"))
         if not selection:
-            rows = _losses(model, bench, bench.eval, evaluation, layer)
+            rows = _losses(model, bench, bench.eval, evaluation, layer, show_progress)
             loss, tokens = _mean_loss(rows)
             if not math.isfinite(loss):
                 return _finish(out_dir, store.failed_result(record, "nan_loss"))
@@ -282,15 +283,18 @@ def train_one(
             record.update({"eval_loss": loss, "perplexity": math.exp(loss), "eval_tokens": tokens})
             accuracy, samples = None, []
             if evaluation.accuracy_examples:
-                accuracy, samples = eval_accuracy(
-                    model,
-                    bench.tokenizer,
-                    bench.eval.examples[: evaluation.accuracy_examples],
-                    max_new_tokens=evaluation.max_new_tokens,
-                    batch_size=evaluation.batch_size,
-                    device=bench.device,
-                    dtype=bench.dtype,
-                )
+                problems = bench.eval.examples[: evaluation.accuracy_examples]
+                with bar(len(problems), "accuracy", unit="problem", show=show_progress) as prog:
+                    accuracy, samples = eval_accuracy(
+                        model,
+                        bench.tokenizer,
+                        problems,
+                        max_new_tokens=evaluation.max_new_tokens,
+                        batch_size=evaluation.batch_size,
+                        device=bench.device,
+                        dtype=bench.dtype,
+                        progress=prog,
+                    )
             if samples:
                 store.write_text_atomic(
                     out_dir / "generations.jsonl", "".join(json.dumps(s) + "\n" for s in samples)

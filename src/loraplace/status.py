@@ -15,7 +15,7 @@ from pathlib import Path
 from loraplace import store
 from loraplace.errors import LoraplaceError
 
-__all__ = ["study_status", "run_states", "format_duration"]
+__all__ = ["study_status", "run_states", "time_left", "format_duration"]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -39,15 +39,20 @@ def _duration(result: dict) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
-def run_states(out: Path) -> list[tuple[store.RunKey, str, dict | None]]:
+def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | None]]:
     """Every run of the study in ``out`` with its state: ``finished``, ``failed``,
-    ``in progress`` (a directory without a result) or ``pending``."""
+    ``in progress`` (a directory without a result) or ``pending``.
+
+    Args:
+        config: the study's config (default: read from ``out/study.yaml``).
+    """
     from loraplace.config import load_study_config
 
     out = Path(out)
-    if not (out / "study.yaml").is_file():
-        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
-    config = load_study_config(out / "study.yaml", check_model=False)
+    if config is None:
+        if not (out / "study.yaml").is_file():
+            raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
+        config = load_study_config(out / "study.yaml", check_model=False)
     states = []
     for key in config.run_keys():
         result = store.read_result(key.run_dir(out))
@@ -60,14 +65,13 @@ def run_states(out: Path) -> list[tuple[store.RunKey, str, dict | None]]:
     return states
 
 
-def study_status(out: Path) -> str:
-    """A table of runs per stage and state, the wall time spent and the estimated time left."""
-    states = run_states(out)
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+def time_left(states) -> tuple[float, float, int]:
+    """``(spent, left, unknown)``: wall time of the complete runs, the estimated time of the
+    others (each timed by the finished runs of its condition and stage, else of its stage),
+    and how many runs have nothing to be timed by yet."""
     times: dict[tuple, list[float]] = defaultdict(list)
     stage_times: dict[str, list[float]] = defaultdict(list)
-    for key, state, result in states:
-        counts[key.stage][state] += 1
+    for key, _state, result in states:
         duration = _duration(result) if result else None
         if duration is not None:
             times[(key.stage, key.condition)].append(duration)
@@ -81,6 +85,16 @@ def study_status(out: Path) -> str:
                 left += sum(same) / len(same)
             else:
                 unknown += 1
+    return spent, left, unknown
+
+
+def study_status(out: Path) -> str:
+    """A table of runs per stage and state, the wall time spent and the estimated time left."""
+    states = run_states(out)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for key, state, _ in states:
+        counts[key.stage][state] += 1
+    spent, left, unknown = time_left(states)
     columns = ("finished", "failed", "in progress", "pending")
     lines = [f"study directory: {out}", f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns)]
     for stage in ("selection", "final"):

@@ -27,6 +27,7 @@ from loraplace.errors import DataError, LoraplaceError
 from loraplace.evaluate import eval_accuracy, eval_losses
 from loraplace.models import ModelSource, count_params, load_model, load_tokenizer, resolve_model
 from loraplace.placement import ModelPlanner
+from loraplace.progress import bar
 from loraplace.settings import EvalSettings
 
 __all__ = ["Workbench", "Split", "pick_device", "DROPPED_WARNING"]
@@ -203,7 +204,14 @@ class Workbench:
                     self._prefix[key] = (cache, "used")
         return self._prefix[key]
 
-    def base_metrics(self, settings: EvalSettings, out: Path | None = None, identity=None) -> dict:
+    def base_metrics(
+        self,
+        settings: EvalSettings,
+        out: Path | None = None,
+        identity=None,
+        *,
+        show_progress: bool = True,
+    ) -> dict:
         """Eval loss (and accuracy) of the un-adapted model, computed once and reused.
 
         Args:
@@ -236,27 +244,35 @@ class Workbench:
             }
         else:
             start = time.perf_counter()
-            rows = eval_losses(
-                self.model,
-                self.eval.features,
-                self.collator,
-                batch_size=settings.batch_size,
-                device=self.device,
-                dtype=self.dtype,
-            )
+            total = len(self.eval.features)
+            with bar(total, "base model: eval loss", unit="ex", show=show_progress) as progress:
+                rows = eval_losses(
+                    self.model,
+                    self.eval.features,
+                    self.collator,
+                    batch_size=settings.batch_size,
+                    device=self.device,
+                    dtype=self.dtype,
+                    progress=progress,
+                )
             tokens = sum(n for _, n, _ in rows)
             loss = sum(s for _, _, s in rows) / tokens
             accuracy = None
             if settings.accuracy_examples:
-                accuracy, _ = eval_accuracy(
-                    self.model,
-                    self.tokenizer,
-                    self.eval.examples[: settings.accuracy_examples],
-                    max_new_tokens=settings.max_new_tokens,
-                    batch_size=settings.batch_size,
-                    device=self.device,
-                    dtype=self.dtype,
-                )
+                problems = self.eval.examples[: settings.accuracy_examples]
+                with bar(
+                    len(problems), "base model: accuracy", unit="problem", show=show_progress
+                ) as progress:
+                    accuracy, _ = eval_accuracy(
+                        self.model,
+                        self.tokenizer,
+                        problems,
+                        max_new_tokens=settings.max_new_tokens,
+                        batch_size=settings.batch_size,
+                        device=self.device,
+                        dtype=self.dtype,
+                        progress=progress,
+                    )
             metrics = {
                 "eval_loss": loss if math.isfinite(loss) else None,
                 "eval_tokens": tokens,
