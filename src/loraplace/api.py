@@ -53,17 +53,26 @@ def plan(
     return planner.plan(dict(strategies), rank, match_params)
 
 
-def _config(config_or_path: Any, overrides: dict | None = None):
-    from loraplace.config import StudyConfig, load_study_config
+def _raw(config_or_path: Any) -> dict:
+    """A study config as a mapping: from a ``StudyConfig``, a mapping or a YAML file."""
+    from loraplace.config import StudyConfig, read_yaml
+    from loraplace.errors import ConfigError
 
     if isinstance(config_or_path, StudyConfig):
-        raw = config_or_path.to_dict()
-    elif isinstance(config_or_path, dict):
-        raw = dict(config_or_path)
-    else:
-        from loraplace.config import read_yaml
+        return config_or_path.to_dict()
+    if isinstance(config_or_path, dict):
+        return dict(config_or_path)
+    path = Path(config_or_path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path} must be a mapping of study keys, got {type(raw).__name__}"])
+    return raw
 
-        raw = read_yaml(Path(config_or_path))
+
+def _config(config_or_path: Any, overrides: dict | None = None):
+    from loraplace.config import load_study_config
+
+    raw = _raw(config_or_path)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
@@ -79,6 +88,7 @@ def run(
     config: Any = None,
     out: str | Path | None = None,
     force: bool = False,
+    name: str | None = None,
     **overrides,
 ) -> dict:
     """Train and evaluate one strategy with one seed; return its ``result.json`` record.
@@ -90,23 +100,28 @@ def run(
             ``None`` uses the defaults.
         out: the run directory (default ``runs/single/<name>--seed<k>``).
         force: replace an existing finished run.
+        name: the run's name (default: the strategy's name in ``config``, or its spec).
         **overrides: top-level config keys or sections, e.g. ``model="./m"``,
             ``training={"steps": 50}``.
     """
+    from loraplace.errors import LoraplaceError
     from loraplace.runner import run_single
     from loraplace.store import RunKey
     from loraplace.strategy import parse_strategy
 
-    base = _config(config).to_dict() if config is not None else {}
-    strategies = base.get("strategies") or {}
-    name, spec = (
-        (strategy, strategies[strategy])
-        if strategy in strategies
-        else (
-            str(parse_strategy(strategy)),
-            strategy,
+    base = _raw(config) if config is not None else {}
+    strategies = base.get("strategies") if isinstance(base.get("strategies"), dict) else {}
+    if strategy in strategies:
+        spec = strategies[strategy]
+        name = name or strategy
+    else:
+        spec = strategy
+        name = name or str(parse_strategy(strategy))
+    if not isinstance(spec, str):
+        raise LoraplaceError(
+            f"'{strategy}' is an automatic strategy: a study resolves it before its runs; for a "
+            "single run, resolve it with `loraplace place` and run the strategy it prints"
         )
-    )
     base.update(
         {"strategies": {name: spec}, "reference": name, "ranks": None, "match_params": None}
     )
@@ -131,7 +146,7 @@ def study(
     show_progress: bool = True,
     **overrides,
 ) -> int:
-    """Run (or resume) a study; returns 0 when every final run finished, else 1.
+    """Run (or resume) a study; returns 0 when every run finished, 1 when any failed.
 
     Args:
         config_or_path: a study YAML path, a mapping or a ``StudyConfig``.

@@ -108,6 +108,7 @@ def add_settings_options(parser: argparse.ArgumentParser, sections=None) -> None
             group.add_argument(
                 flag,
                 dest=f"{section}.{f.name}",
+                metavar=f.name.upper(),
                 type=kind,
                 default=None,
                 help=field_help(cls, f.name),
@@ -204,36 +205,29 @@ def _base_config_mapping(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from loraplace.config import load_study_config
-    from loraplace.runner import run_single
-    from loraplace.store import RunKey
-    from loraplace.strategy import parse_strategy
+    from loraplace.api import run
+    from loraplace.config import preset_path
 
-    raw = _base_config_mapping(args)
-    strategies = raw.get("strategies") if isinstance(raw.get("strategies"), dict) else {}
-    if args.strategy in strategies:  # a strategy of the given study, by name
-        name, spec = args.strategy, strategies[args.strategy]
-    else:
-        spec = args.strategy
-        name = args.name or str(parse_strategy(spec))
-    name = args.name or name
-    for key in ("ranks", "match_params", "reference"):
-        raw.pop(key, None)
-    raw["strategies"] = {name: spec}
-    for section, values in _overrides(args).items():
-        raw[section] = {**(raw.get(section) or {}), **values}
-    raw["training"] = {**(raw.get("training") or {}), "seeds": [args.seed]}
-    raw["training"].pop("learning_rates", None)
-    raw["training"].pop("selection_seeds", None)
+    if args.config and args.preset:
+        raise LoraplaceError("give --config or --preset, not both")
+    config = preset_path(args.preset) if args.preset else args.config
+    if config is not None and not Path(config).is_file():
+        raise LoraplaceError(f"study config '{config}' not found")
+    overrides = _overrides(args)
     for key, value in (("model", args.model), ("device", args.device)):
         if value is not None:
-            raw[key] = value
+            overrides[key] = value
     if args.trust_remote_code:
-        raw["trust_remote_code"] = True
-    config = load_study_config(raw)
-    key = RunKey(name, args.seed)
-    out = Path(args.out) if args.out else Path("runs") / "single" / key.dirname
-    result = run_single(config, key, out, force=args.force)
+        overrides["trust_remote_code"] = True
+    result = run(
+        args.strategy,
+        args.seed,
+        config=config,
+        out=args.out,
+        force=args.force,
+        name=args.name,
+        **overrides,
+    )
     return 0 if result["status"] == "finished" else 1
 
 

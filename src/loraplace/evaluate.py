@@ -54,10 +54,14 @@ def completion_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def _accepts(model, argument: str) -> bool:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(inner.forward).parameters
+
+
 def accepts_logits_mask(model) -> bool:
     """Whether the causal LM's ``forward`` takes ``logits_to_keep`` (then a boolean mask works)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _accepts(model, "logits_to_keep")
 
 
 def completion_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -109,9 +113,11 @@ def forward_scored(model, inputs: dict, labels: torch.Tensor, *, mask_logits: bo
         :func:`completion_positions`.
     """
     keep = completion_positions(labels)
-    if mask_logits:
-        return completion_logits(model(**inputs, logits_to_keep=keep).logits, keep)
-    return completion_logits(model(**inputs).logits, keep)
+    options = {"logits_to_keep": keep} if mask_logits else {}
+    if _accepts(model, "use_cache"):
+        # A scoring pass never reuses keys and values; a cache would only copy them per layer.
+        options["use_cache"] = False
+    return completion_logits(model(**inputs, **options).logits, keep)
 
 
 class ExampleLoss(NamedTuple):

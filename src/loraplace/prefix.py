@@ -288,7 +288,11 @@ class PrefixCache:
                     mask[row, : lengths[i]] = 1
                 try:
                     with autocast_for(device, dtype):
-                        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                        model(
+                            input_ids=ids.to(device),
+                            attention_mask=mask.to(device),
+                            use_cache=False,
+                        )
                 except _Stop:
                     pass
                 hidden = captured.pop("states")

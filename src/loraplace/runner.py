@@ -200,8 +200,9 @@ def train_one(
             f"PEFT counts {trainable}/{total}, "
             f"plan says {plan.trainable_params}/{plan.total_params}"
         )
-    # Below the lowest adapted layer nothing is trained and (without dropout) nothing changes.
-    layer = plan.lowest_layer if lora.dropout == 0 else 0
+    # Below the lowest adapted layer nothing is trained, so nothing there changes (LoRA
+    # dropout acts only inside adapted layers; base dropout below is checked by the cache).
+    layer = plan.lowest_layer
     train_cache, prefix_reason = bench.prefix(bench.train, layer)
     record["prefix_cache"] = {
         "layer": layer,

@@ -102,6 +102,7 @@ def field_help(cls, name: str) -> str:
     """The docstring of field ``name`` of settings class ``cls``, with its default appended."""
     default = next(f.default for f in fields(cls) if f.name == name)
     text = _docstrings(cls).get(name, "")
+    text = text.replace("%", "%%")  # argparse formats help strings with %
     return f"{text} (default: {default})" if default is not None else text
 
 
@@ -211,6 +212,10 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         if self.seeds is None:
             self.seeds = [0, 1]
+        if self.learning_rates and self.selection_seeds is None and isinstance(self.seeds, list):
+            # Resolved once and saved in study.yaml, so a later --seeds cannot move selection
+            # to another seed under runs already trained at the rate chosen on this one.
+            self.selection_seeds = self.seeds[:1]
         problems = check_fields(
             self,
             "training",

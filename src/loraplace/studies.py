@@ -136,7 +136,8 @@ def study_identity(config: StudyConfig) -> dict:
     from loraplace.models import model_identity, resolve_model
 
     provenance = load_splits(config.data).provenance
-    data = {k: provenance.get(k) for k in ("dataset", "source", "sha256", "splits")}
+    # Content, not location: a moved data file or environment keeps its identity.
+    data = {k: provenance.get(k) for k in ("dataset", "sha256", "splits")}
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     return {"model": model_identity(source), "data": data}
 
@@ -213,11 +214,17 @@ def _normalised(config_dict: dict) -> str:
     return dump_yaml(config_dict, sort_keys=True)
 
 
+#: Top-level keys that do not change any run: trackers mirror results, the report reads them,
+#: Ray options only place them.
+_NOT_RUN_KEYS = ("tracking", "report", "ray")
+
+
 def _without_seeds(config_dict: dict) -> dict:
     """The part of a config that every run depends on: not the seed list (runs are keyed by
-    seed), not the trackers (they only mirror results)."""
+    seed) and not :data:`_NOT_RUN_KEYS`."""
     training = {k: v for k, v in (config_dict.get("training") or {}).items() if k != "seeds"}
-    return {**{k: v for k, v in config_dict.items() if k != "tracking"}, "training": training}
+    kept = {k: v for k, v in config_dict.items() if k not in _NOT_RUN_KEYS}
+    return {**kept, "training": training}
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -372,7 +379,7 @@ def run_study(
             jobs, unresolved = _final_jobs(config, todo_final, choices)
             for key, _choice in unresolved:
                 run.record_failure(
-                    Job(key, config.plan_for(key), math.nan),
+                    Job(key, config.plan_for(key), None),
                     "no_learning_rate: every learning rate of the grid failed in selection",
                 )
             if jobs:

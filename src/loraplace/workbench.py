@@ -188,7 +188,11 @@ class Workbench:
             else:
                 tokens = sum(len(f["input_ids"]) for f in split.features)
                 wanted = tokens * self.arch.hidden_size * 4
-                budget = PREFIX_MEMORY_SHARE * psutil.virtual_memory().available
+                if self.device.startswith("cuda"):
+                    available = torch.cuda.mem_get_info(torch.device(self.device))[0]
+                else:
+                    available = psutil.virtual_memory().available
+                budget = PREFIX_MEMORY_SHARE * available
                 held = sum(c.nbytes for c, _ in self._prefix.values() if c is not None)
                 if held + wanted > budget:
                     self._prefix[key] = (None, f"cache of {wanted / 2**20:.0f} MB does not fit")
