@@ -22,7 +22,13 @@ from tqdm.auto import tqdm
 from loraplace import store
 from loraplace.config import StudyConfig
 from loraplace.errors import LoraplaceError
-from loraplace.runner import plan_record, run_record, summary_line, train_one
+from loraplace.runner import (
+    adopt_selection_run,
+    plan_record,
+    run_record,
+    summary_line,
+    train_one,
+)
 from loraplace.workbench import Workbench
 
 __all__ = ["make_executor", "execute_job", "error_reason"]
@@ -81,6 +87,25 @@ def execute_job(
     run_dir = key.run_dir(out)
     store.check_lock_token(out, token)
     try:
+        if job.adopt_from is not None:
+            try:
+                return adopt_selection_run(
+                    bench,
+                    job.plan,
+                    key,
+                    run_dir,
+                    job.adopt_from.run_dir(out),
+                    lora=config.lora,
+                    training=config.training,
+                    evaluation=config.eval,
+                    learning_rate=job.learning_rate,
+                    selected_from=job.selected_from,
+                    base=base,
+                    auto=job.auto,
+                    show_progress=show_progress,
+                )
+            except FileNotFoundError:
+                store.clear_run_dir(run_dir)  # no saved weights: train it like any run
         return train_one(
             bench,
             job.plan,
@@ -93,6 +118,7 @@ def execute_job(
             selected_from=job.selected_from,
             base=base,
             auto=job.auto,
+            keep_checkpoints=job.keep_checkpoints,
             show_progress=show_progress,
         )
     except KeyboardInterrupt:

@@ -32,7 +32,14 @@ from loraplace.store import RunKey
 from loraplace.train import train_adapter
 from loraplace.workbench import Split, Workbench
 
-__all__ = ["plan_record", "run_record", "train_one", "run_single", "summary_line"]
+__all__ = [
+    "plan_record",
+    "run_record",
+    "train_one",
+    "adopt_selection_run",
+    "run_single",
+    "summary_line",
+]
 
 
 class _PeakMemory:
@@ -138,6 +145,122 @@ def _mean_loss(rows) -> tuple[float, int]:
     return loss, tokens
 
 
+def _start_record(
+    plan, key, bench, lora, training, evaluation, *, learning_rate, selected_from, base, auto
+) -> dict:
+    record = run_record(plan, key, bench, lora, training, evaluation)
+    record.update(
+        {
+            "learning_rate": learning_rate,
+            "selected_from": selected_from,
+            "auto": auto,
+            "started_at": store.now(),
+        }
+    )
+    if key.stage == "selection":
+        record.update({"eval_loss": None, "perplexity": None, "eval_tokens": None})
+    elif base is not None:
+        record.update(
+            {
+                "base_eval_loss": base["eval_loss"],
+                "base_perplexity": math.exp(base["eval_loss"]) if base["eval_loss"] else None,
+                "base_accuracy": base["accuracy"],
+            }
+        )
+    return record
+
+
+def _fresh_adapter(bench: Workbench, plan: Plan, lora: LoraSettings, seed: int):
+    """The run's PEFT model on a structural copy of the base, its LoRA weights seeded."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    set_seed(seed)
+    model = get_peft_model(
+        bench.fresh_model(), plan.lora_config(lora.alpha, lora.dropout, lora.scaling)
+    )
+    trainable, total = model.get_nb_trainable_parameters()
+    if trainable != plan.trainable_params or total != plan.total_params:
+        raise AssertionError(
+            f"PEFT counts {trainable}/{total}, "
+            f"plan says {plan.trainable_params}/{plan.total_params}"
+        )
+    return model
+
+
+def _checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step{step}.safetensors"
+
+
+def _save_state(model, path: Path) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(path))
+
+
+def _load_state(model, path: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path)))
+
+
+def _evaluate_final(
+    model,
+    bench: Workbench,
+    record: dict,
+    evaluation: EvalSettings,
+    layer: int,
+    metrics,
+    out_dir: Path,
+    steps: int,
+    show_progress: bool,
+) -> dict | None:
+    """The final run's evaluation: eval loss per example, optional accuracy, the adapter.
+
+    Returns:
+        The failed record when the eval loss is not finite, else ``None`` (``record`` updated).
+    """
+    rows = _losses(model, bench, bench.eval, evaluation, layer, show_progress)
+    loss, tokens = _mean_loss(rows)
+    if not math.isfinite(loss):
+        return store.failed_result(record, "nan_loss")
+    store.write_eval_examples(out_dir / store.EXAMPLES_FILE, rows)
+    metrics.write(json.dumps({"step": steps, "eval_loss": loss, "eval_tokens": tokens}) + "\n")
+    record.update({"eval_loss": loss, "perplexity": math.exp(loss), "eval_tokens": tokens})
+    accuracy, samples = None, []
+    if evaluation.accuracy_examples:
+        problems = bench.eval.examples[: evaluation.accuracy_examples]
+        with bar(len(problems), "accuracy", unit="problem", show=show_progress) as prog:
+            accuracy, samples = eval_accuracy(
+                model,
+                bench.tokenizer,
+                problems,
+                max_new_tokens=evaluation.max_new_tokens,
+                batch_size=evaluation.batch_size,
+                device=bench.device,
+                dtype=bench.dtype,
+                progress=prog,
+            )
+    if samples:
+        store.write_text_atomic(
+            out_dir / "generations.jsonl", "".join(json.dumps(s) + "\n" for s in samples)
+        )
+        record["correct"] = [bool(s["correct"]) for s in samples]
+    record.update({"accuracy": accuracy, "accuracy_examples": len(samples)})
+    model.save_pretrained(out_dir / "adapter")
+    return None
+
+
+def _checkpoint_eval(model, bench, evaluation, layer, metrics, step, show_progress) -> None:
+    loss, tokens = _mean_loss(_losses(model, bench, bench.eval, evaluation, layer, show_progress))
+    metrics.write(json.dumps({"step": step, "eval_loss": loss, "eval_tokens": tokens}) + "\n")
+    metrics.flush()
+
+
 def train_one(
     bench: Workbench,
     plan: Plan,
@@ -151,6 +274,7 @@ def train_one(
     selected_from: list[float] | None = None,
     base: dict | None = None,
     auto: dict | None = None,
+    keep_checkpoints: bool = False,
     show_progress: bool = True,
 ) -> dict:
     """Train ``plan`` for run ``key`` on the workbench's base model; write and return its record.
@@ -163,43 +287,27 @@ def train_one(
             the run's own for final runs.
         auto: the resolved automatic strategy behind ``plan`` (method, budget, probe cost),
             recorded so the report can charge the strategy for its probe.
+        keep_checkpoints: a selection run saves its LoRA weights at the eval checkpoints and
+            at the end, so the final run of its seed, if this learning rate is chosen, can be
+            adopted from it instead of trained again (:func:`adopt_selection_run`).
 
     A non-finite training or eval loss ends the run with ``status: failed, error: nan_loss``.
     """
-    from peft import get_peft_model
-    from transformers import set_seed
-
     out_dir.mkdir(parents=True, exist_ok=True)
     selection = key.stage == "selection"
-    record = run_record(plan, key, bench, lora, training, evaluation)
-    record.update(
-        {
-            "learning_rate": learning_rate,
-            "selected_from": selected_from,
-            "auto": auto,
-            "started_at": store.now(),
-        }
+    record = _start_record(
+        plan,
+        key,
+        bench,
+        lora,
+        training,
+        evaluation,
+        learning_rate=learning_rate,
+        selected_from=selected_from,
+        base=base,
+        auto=auto,
     )
-    if selection:
-        record.update({"eval_loss": None, "perplexity": None, "eval_tokens": None})
-    if base is not None and not selection:
-        record.update(
-            {
-                "base_eval_loss": base["eval_loss"],
-                "base_perplexity": math.exp(base["eval_loss"]) if base["eval_loss"] else None,
-                "base_accuracy": base["accuracy"],
-            }
-        )
-    set_seed(key.seed)
-    model = get_peft_model(
-        bench.fresh_model(), plan.lora_config(lora.alpha, lora.dropout, lora.scaling)
-    )
-    trainable, total = model.get_nb_trainable_parameters()
-    if trainable != plan.trainable_params or total != plan.total_params:
-        raise AssertionError(
-            f"PEFT counts {trainable}/{total}, "
-            f"plan says {plan.trainable_params}/{plan.total_params}"
-        )
+    model = _fresh_adapter(bench, plan, lora, key.seed)
     # Below the lowest adapted layer nothing is trained, so nothing there changes (LoRA
     # dropout acts only inside adapted layers; base dropout below is checked by the cache).
     layer = plan.lowest_layer
@@ -209,8 +317,9 @@ def train_one(
         "used": train_cache is not None,
         "reason": prefix_reason,
     }
-
-    checkpoints = evaluation.checkpoint_steps(training.steps) if not selection else []
+    checkpoints = evaluation.checkpoint_steps(training.steps)
+    if selection and not keep_checkpoints:
+        checkpoints = []
     with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics:
 
         def on_step(row: dict) -> None:
@@ -218,15 +327,10 @@ def train_one(
             metrics.flush()
 
         def on_checkpoint(step: int) -> None:
-            if step == training.steps:
-                return  # the final evaluation below covers the last step
-            loss, tokens = _mean_loss(
-                _losses(model, bench, bench.eval, evaluation, layer, show_progress)
-            )
-            metrics.write(
-                json.dumps({"step": step, "eval_loss": loss, "eval_tokens": tokens}) + "\n"
-            )
-            metrics.flush()
+            if selection:  # never the eval split: keep the weights for a later adoption
+                _save_state(model, _checkpoint_path(out_dir, step))
+            elif step != training.steps:  # the final evaluation covers the last step
+                _checkpoint_eval(model, bench, evaluation, layer, metrics, step, show_progress)
 
         steps_bar = bar(training.steps, key.label(), unit="step", show=show_progress)
         try:
@@ -273,36 +377,112 @@ def train_one(
             if selection and not math.isfinite(loss):
                 return _finish(out_dir, store.failed_result(record, "nan_loss"))
         if not selection:
-            rows = _losses(model, bench, bench.eval, evaluation, layer, show_progress)
-            loss, tokens = _mean_loss(rows)
-            if not math.isfinite(loss):
-                return _finish(out_dir, store.failed_result(record, "nan_loss"))
-            store.write_eval_examples(out_dir / store.EXAMPLES_FILE, rows)
-            metrics.write(
-                json.dumps({"step": outcome.steps, "eval_loss": loss, "eval_tokens": tokens}) + "\n"
+            failed = _evaluate_final(
+                model,
+                bench,
+                record,
+                evaluation,
+                layer,
+                metrics,
+                out_dir,
+                outcome.steps,
+                show_progress,
             )
-            record.update({"eval_loss": loss, "perplexity": math.exp(loss), "eval_tokens": tokens})
-            accuracy, samples = None, []
-            if evaluation.accuracy_examples:
-                problems = bench.eval.examples[: evaluation.accuracy_examples]
-                with bar(len(problems), "accuracy", unit="problem", show=show_progress) as prog:
-                    accuracy, samples = eval_accuracy(
-                        model,
-                        bench.tokenizer,
-                        problems,
-                        max_new_tokens=evaluation.max_new_tokens,
-                        batch_size=evaluation.batch_size,
-                        device=bench.device,
-                        dtype=bench.dtype,
-                        progress=prog,
-                    )
-            if samples:
-                store.write_text_atomic(
-                    out_dir / "generations.jsonl", "".join(json.dumps(s) + "\n" for s in samples)
-                )
-                record["correct"] = [bool(s["correct"]) for s in samples]
-            record.update({"accuracy": accuracy, "accuracy_examples": len(samples)})
-            model.save_pretrained(out_dir / "adapter")
+            if failed is not None:
+                return _finish(out_dir, failed)
+    record.update(
+        {
+            "status": "finished",
+            "eval_time_s": round(time.perf_counter() - eval_start, 3),
+            "finished_at": store.now(),
+        }
+    )
+    return _finish(out_dir, record)
+
+
+#: Training facts an adopted final run takes from the selection run it was trained as.
+_ADOPTED = (
+    "steps",
+    "train_time_s",
+    "train_tokens",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "validation_loss",
+    "prefix_cache",
+)
+
+
+def adopt_selection_run(
+    bench: Workbench,
+    plan: Plan,
+    key: RunKey,
+    out_dir: Path,
+    source: Path,
+    *,
+    lora: LoraSettings,
+    training: TrainingSettings,
+    evaluation: EvalSettings,
+    learning_rate: float,
+    selected_from: list[float] | None = None,
+    base: dict | None = None,
+    auto: dict | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """A final run whose training already happened: the selection run of the same condition,
+    seed and (chosen) learning rate trained exactly this model. Its saved weights are
+    evaluated on the eval split at every checkpoint, now that the choice is made.
+
+    Args:
+        source: the selection run's directory (finished, with ``checkpoints/``).
+
+    Raises:
+        FileNotFoundError: a checkpoint is missing (the caller trains the run instead).
+    """
+    origin = store.read_result(source)
+    if origin is None or origin.get("status") != "finished":
+        raise FileNotFoundError(f"{source} holds no finished selection run")
+    steps = evaluation.checkpoint_steps(training.steps)
+    missing = [s for s in steps if not _checkpoint_path(source, s).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source} has no checkpoint for steps {missing}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = _start_record(
+        plan,
+        key,
+        bench,
+        lora,
+        training,
+        evaluation,
+        learning_rate=learning_rate,
+        selected_from=selected_from,
+        base=base,
+        auto=auto,
+    )
+    record.update({k: origin.get(k) for k in _ADOPTED})
+    record["adopted_from"] = f"{source.parent.name}/{source.name}"
+    model = _fresh_adapter(bench, plan, lora, key.seed)
+    layer = plan.lowest_layer
+    eval_start = time.perf_counter()
+    curve = [r for r in store.read_jsonl(source / "metrics.jsonl") if "loss" in r]
+    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics:
+        metrics.writelines(json.dumps(r) + "\n" for r in curve)
+        for step in steps[:-1]:
+            _load_state(model, _checkpoint_path(source, step))
+            _checkpoint_eval(model, bench, evaluation, layer, metrics, step, show_progress)
+        _load_state(model, _checkpoint_path(source, steps[-1]))
+        failed = _evaluate_final(
+            model,
+            bench,
+            record,
+            evaluation,
+            layer,
+            metrics,
+            out_dir,
+            origin["steps"],
+            show_progress,
+        )
+        if failed is not None:
+            return _finish(out_dir, failed)
     record.update(
         {
             "status": "finished",

@@ -48,6 +48,10 @@ class Job:
     selected_from: list[float] | None = None
     auto: dict | None = None
     """The resolved automatic strategy behind the plan (its record), if any."""
+    keep_checkpoints: bool = False
+    """A selection run whose seed is also a final seed keeps its weights for adoption."""
+    adopt_from: RunKey | None = None
+    """A final run trained exactly as this selection run: adopt it instead of training."""
 
 
 @dataclass(frozen=True)
@@ -310,8 +314,33 @@ def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple
         if choice is None or choice.chosen is None:
             unresolved.append((key, choice))
             continue
-        jobs.append(Job(key, config.plan_for(key), choice.chosen, list(grid), config.auto_for(key)))
+        adopt = None
+        if key.seed in config.training.selection:
+            adopt = RunKey(key.name, key.seed, key.rank, "selection", choice.chosen)
+        jobs.append(
+            Job(
+                key,
+                config.plan_for(key),
+                choice.chosen,
+                list(grid),
+                config.auto_for(key),
+                adopt_from=adopt,
+            )
+        )
     return jobs, unresolved
+
+
+def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
+    """Selection runs keep their weights only until their seed's final run is complete."""
+    import shutil
+
+    for key in config.run_keys():
+        checkpoints = key.run_dir(out) / "checkpoints"
+        if key.stage != "selection" or not checkpoints.is_dir():
+            continue
+        final = RunKey(key.name, key.seed, key.rank)
+        if key.seed not in config.training.seeds or store.read_result(final.run_dir(out)):
+            shutil.rmtree(checkpoints, ignore_errors=True)
 
 
 def run_study(
@@ -362,7 +391,14 @@ def run_study(
             if todo_selection:
                 run(
                     [
-                        Job(k, config.plan_for(k), k.learning_rate, None, config.auto_for(k))
+                        Job(
+                            k,
+                            config.plan_for(k),
+                            k.learning_rate,
+                            None,
+                            config.auto_for(k),
+                            keep_checkpoints=k.seed in config.training.seeds,
+                        )
                         for k in todo_selection
                     ],
                     stage="selection",
@@ -384,6 +420,7 @@ def run_study(
                 )
             if jobs:
                 run(jobs, stage="final")
+        _drop_adopted_checkpoints(config, out)
         results = collect_results(config, out)
         store.write_results_csv(out, results)
     finals = [r for r in results if r.get("stage", "final") == "final"]

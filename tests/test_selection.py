@@ -1,0 +1,205 @@
+"""Rank sweeps and learning-rate selection on a tiny model: the run set, the validation split,
+the choice, adoption of the chosen selection run, and kill -9 across both stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_study import tiny_study
+
+from loraplace import store
+from loraplace.config import load_study_config
+from loraplace.studies import choose_learning_rates, run_study
+
+
+def _sweep(model_dir, data_file) -> dict:
+    raw = tiny_study(model_dir, data_file, strategies={"all": "all", "top": "mlp@last:1"})
+    raw["reference"] = "all"
+    raw["data"] = {**raw["data"], "validation_examples": 8}
+    raw["eval"] = {"accuracy_examples": 0, "checkpoints": [0.5]}
+    raw["training"] = {**raw["training"], "steps": 4, "learning_rates": [1.0e-3, 3.0e-3]}
+    raw["ranks"] = [2, 4]
+    return raw
+
+
+def test_the_validation_split_is_disjoint_from_train_and_eval(tiny_data_file):
+    from loraplace.data import load_splits
+    from loraplace.settings import DataConfig
+
+    splits = load_splits(
+        DataConfig(
+            dataset=str(tiny_data_file), train_examples=24, validation_examples=8, eval_examples=8
+        )
+    )
+    texts = [
+        {repr(e.prompt) for e in part} for part in (splits.train, splits.validation, splits.eval)
+    ]
+    assert [len(t) for t in texts] == [24, 8, 8]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    # The eval split does not move when a validation split is carved out of the pool.
+    plain = load_splits(DataConfig(dataset=str(tiny_data_file), train_examples=24, eval_examples=8))
+    assert [e.prompt for e in plain.eval] == [e.prompt for e in splits.eval]
+
+
+def test_the_run_set_of_a_sweep_with_selection(tiny_model_dir, tiny_data_file):
+    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    keys = config.run_keys()
+    selection = [k for k in keys if k.stage == "selection"]
+    final = [k for k in keys if k.stage == "final"]
+    assert len(selection) == 2 * 2 * 2  # strategies x ranks x learning rates, on seed 0
+    assert {k.seed for k in selection} == {0} and config.training.selection_seeds == [0]
+    assert len(final) == 2 * 2 * 2  # strategies x ranks x seeds
+    assert {k.dirname for k in final} >= {"all--r2--seed0", "top--r4--seed1"}
+    assert "selection/top--r2--lr3e-03--seed0" in {k.relpath for k in selection}
+    # Each rank of the sweep is its own plan; counts grow with the rank.
+    counts = {r: config.plans[("all", r)].trainable_params for r in (2, 4)}
+    assert counts[4] == 2 * counts[2]
+
+
+def _record(out: Path, name: str, rank: int, lr: float, loss, status="finished") -> None:
+    key = store.RunKey(name, 0, rank, "selection", lr)
+    store.write_result(
+        key.run_dir(out),
+        {
+            "name": name,
+            "seed": 0,
+            "rank": rank,
+            "stage": "selection",
+            "learning_rate": lr,
+            "status": status,
+            "validation_loss": loss,
+        },
+    )
+
+
+def test_selection_picks_the_lowest_validation_loss(tiny_model_dir, tiny_data_file, tmp_path):
+    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    _record(tmp_path, "all", 2, 1e-3, 2.0)
+    _record(tmp_path, "all", 2, 3e-3, 1.5)
+    _record(tmp_path, "all", 4, 1e-3, 1.7)
+    _record(tmp_path, "all", 4, 3e-3, None, status="failed")  # diverged
+    _record(tmp_path, "top", 2, 1e-3, 3.0)  # top r2 is incomplete: no choice yet
+    choices = choose_learning_rates(config, tmp_path)
+    assert choices[("all", 2)].chosen == 3e-3 and choices[("all", 2)].at_edge
+    assert choices[("all", 4)].chosen == 1e-3
+    assert choices[("all", 4)].validation_loss == {1e-3: 1.7, 3e-3: None}
+    assert ("top", 2) not in choices
+
+
+def test_selection_never_reads_the_eval_split_and_the_chosen_run_is_adopted(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    import loraplace.executors as executors
+
+    raw = _sweep(tiny_model_dir, tiny_data_file)
+    config = load_study_config(raw)
+    out = tmp_path / "out"
+    real = executors.execute_job
+
+    class Forbidden:
+        def __getattr__(self, name):
+            raise AssertionError(f"a selection run read the eval split ({name})")
+
+    def guarded(bench, config, job, out, **kwargs):
+        if job.key.stage != "selection":
+            return real(bench, config, job, out, **kwargs)
+        held, bench.eval = bench.eval, Forbidden()
+        try:
+            return real(bench, config, job, out, **kwargs)
+        finally:
+            bench.eval = held
+
+    monkeypatch.setattr(executors, "execute_job", guarded)
+    assert run_study(config, out, show_progress=False, report=False) == 0
+    for path in (out / "selection").glob("*/result.json"):
+        record = json.loads(path.read_text())
+        assert record["status"] == "finished" and record["eval_loss"] is None
+        assert record["validation_loss"] is not None
+        assert not (path.parent / "eval_examples.jsonl").exists()
+        assert not (path.parent / "checkpoints").exists()  # dropped once adopted
+    choices = choose_learning_rates(config, out)
+    for (name, rank), choice in choices.items():
+        final0 = json.loads((out / "runs" / f"{name}--r{rank}--seed0" / "result.json").read_text())
+        final1 = json.loads((out / "runs" / f"{name}--r{rank}--seed1" / "result.json").read_text())
+        assert final0["learning_rate"] == final1["learning_rate"] == choice.chosen
+        assert final0["selected_from"] == [1e-3, 3e-3]
+        assert (
+            final0["adopted_from"]
+            == f"selection/{name}--r{rank}--lr{store.format_lr(choice.chosen)}--seed0"
+        )
+        assert "adopted_from" not in final1
+
+    # An adopted run equals the same run trained from scratch.
+    chosen = choices[("top", 4)].chosen
+    single = tmp_path / "single"
+    import loraplace
+
+    fresh = loraplace.run(
+        "top",
+        0,
+        config=out / "study.yaml",
+        out=single,
+        lora={"rank": 4},
+        training={"learning_rate": chosen},
+    )
+    adopted = json.loads((out / "runs" / "top--r4--seed0" / "result.json").read_text())
+    assert fresh["eval_loss"] == pytest.approx(adopted["eval_loss"], rel=1e-6)
+    curve = [r for r in store.read_jsonl(single / "metrics.jsonl") if "eval_loss" in r]
+    kept = [
+        r
+        for r in store.read_jsonl(out / "runs" / "top--r4--seed0" / "metrics.jsonl")
+        if "eval_loss" in r
+    ]
+    assert [r["step"] for r in curve] == [r["step"] for r in kept] == [2, 4]
+    assert [r["eval_loss"] for r in curve] == pytest.approx(
+        [r["eval_loss"] for r in kept], rel=1e-6
+    )
+
+
+def test_kill_9_during_selection_then_resume_runs_everything_exactly_once(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    raw = _sweep(tiny_model_dir, tiny_data_file)
+    raw["ranks"] = [2]
+    raw["training"] = {**raw["training"], "steps": 12, "seeds": [0, 1]}
+    config_file = tmp_path / "study.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "loraplace",
+        "study",
+        str(config_file),
+        "--out",
+        str(out),
+        "--no-report",
+    ]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while len(list((out / "selection").glob("*/result.json"))) < 1:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.parent.name: p.read_text() for p in (out / "selection").glob("*/result.json")}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert finished.returncode == 0, finished.stderr
+    # Finished selection runs were kept byte for byte; every run exists exactly once.
+    assert all((out / "selection" / n / "result.json").read_text() == t for n, t in done.items())
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(set(rows)) == 4 + 4  # 2 strategies x 2 lrs + 2 strategies x 2 seeds
+    for path in list((out / "selection").glob("*/metrics.jsonl")) + list(
+        (out / "runs").glob("*/metrics.jsonl")
+    ):
+        steps = [r["step"] for r in store.read_jsonl(path) if "loss" in r]
+        assert steps == list(range(1, 13))
