@@ -247,6 +247,10 @@ def cmd_study(args) -> int:
         raw["trust_remote_code"] = True
     config = load_study_config(raw)
     out = Path(args.out) if args.out else Path("runs") / config.name
+    if args.estimate:
+        from loraplace.studies import estimate_only
+
+        return estimate_only(config, out)
     return run_study(
         config,
         out,
@@ -439,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", type=_word_list, default=None, help="trackers: mlflow,tensorboard")
     p.add_argument("--trust-remote-code", action="store_true", help="let the model's own code run")
     p.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
+    p.add_argument(
+        "--estimate", action="store_true", help="print how long the study will take; run nothing"
+    )
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     p.set_defaults(func=cmd_study)
 

@@ -343,6 +343,40 @@ def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
             shutil.rmtree(checkpoints, ignore_errors=True)
 
 
+def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) -> None:
+    """Print how long ``todo`` will take on this machine (see :mod:`loraplace.estimate`)."""
+    from loraplace.estimate import estimate_study, machine_matmul_rate
+    from loraplace.status import format_duration
+
+    finished = collect_results(config, out) if out.is_dir() else []
+    found = estimate_study(config, todo, bench, finished)
+    print(
+        f"estimate: {found.runs} runs to go, {found.train_tokens / 1e6:.2f}M training and "
+        f"{found.eval_tokens / 1e6:.2f}M eval tokens; at {found.rate:.0f} tokens/s of "
+        f"all-layer training ({found.source}; fp32 matmul {machine_matmul_rate():.0f} GFLOP/s "
+        f"now), about {format_duration(found.seconds)} one run at a time",
+        flush=True,
+    )
+
+
+def estimate_only(config: StudyConfig, out: Path) -> int:
+    """``loraplace study --estimate``: print the estimate, run nothing, write nothing."""
+    from loraplace.executors import _load_bench
+
+    out = Path(out)
+    keys = config.run_keys()
+    todo = [k for k in keys if not (out.is_dir() and store.read_result(k.run_dir(out)))]
+    auto = [k for k in todo if (k.name, k.rank) not in config.plans]
+    if auto:
+        print(
+            f"note: {len(auto)} runs of automatic strategies are priced as all-layer runs "
+            "(their placement is not resolved yet)",
+            flush=True,
+        )
+    print_estimate(config, out, todo, _load_bench(config))
+    return 0
+
+
 def run_study(
     config: StudyConfig,
     out: Path,
@@ -388,6 +422,8 @@ def run_study(
         with make_executor(executor, config, out, lock.token, show_progress) as run:
             if config.auto_strategies:
                 resolve_automatic(config, out, run.workbench)
+            if todo_selection or todo_final:
+                print_estimate(config, out, todo_selection + todo_final, run.workbench())
             if todo_selection:
                 run(
                     [

@@ -1,0 +1,123 @@
+"""How long a study will take, printed before it starts.
+
+The estimate counts the tokens every pending run trains on and evaluates, and prices them at a
+rate measured on this machine: the training rate of finished runs of the same strategy and rank
+when there are some, else a short calibration (a few steps of all-layer LoRA on the study's own
+batches). A strategy whose lowest adapted layer is ``L`` runs only the layers from ``L`` up
+(the frozen-prefix cache), so its cost is scaled by its depth. Evaluation runs forward only, at
+about twice the training rate (docs/CONCEPTS.md). It is an estimate: a shared machine's speed
+varies, and the report gives the measured times.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+__all__ = ["Estimate", "estimate_study", "machine_matmul_rate"]
+
+#: Forward-only evaluation runs at about this multiple of the training rate (measured).
+EVAL_SPEEDUP = 2.0
+#: The LM head and embeddings cost about this many decoder layers of a training step.
+HEAD_LAYERS = 2.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    runs: int
+    train_tokens: int
+    eval_tokens: int
+    seconds: float
+    rate: float
+    """Training tokens/s of all-layer LoRA on this machine, as measured."""
+    source: str
+    """How the rate was measured."""
+
+
+def machine_matmul_rate(seconds: float = 2.0, size: int = 1024) -> float:
+    """This machine's fp32 matmul rate now, in GFLOP/s (median over ``seconds``)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return 2 * size**3 / times[len(times) // 2] / 1e9
+
+
+def _depth(plan, num_layers: int) -> float:
+    """A plan's training cost relative to all-layer LoRA (layers run from its lowest up)."""
+    return (num_layers - plan.lowest_layer + HEAD_LAYERS) / (num_layers + HEAD_LAYERS)
+
+
+def _calibrate(bench, config) -> float:
+    """All-layer LoRA training tokens/s on the study's own batches (after one warm-up step)."""
+    from peft import get_peft_model
+
+    from loraplace.train import train_adapter
+
+    plan = bench.planner.plan({"calibration": "all"}, config.lora.rank)[0]
+    model = get_peft_model(bench.fresh_model(), plan.lora_config(config.lora.alpha, 0.0))
+    times: list[tuple[int, float]] = []
+    train_adapter(
+        model,
+        bench.train.features,
+        steps=3,
+        batch_size=config.training.batch_size,
+        learning_rate=0.0,
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=0,
+        device=bench.device,
+        dtype=bench.dtype,
+        on_step=lambda row: times.append((row["tokens"], row["time_s"])),
+        pad_token_id=bench.collator.pad_token_id,
+    )
+    (tokens_1, time_1), (tokens_3, time_3) = times[0], times[-1]
+    return (tokens_3 - tokens_1) / max(time_3 - time_1, 1e-9)
+
+
+def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estimate:
+    """Estimate the wall time of ``pending`` runs.
+
+    Args:
+        config: the study config (with plans).
+        pending: the run keys still to run.
+        bench: the loaded workbench (for token counts, and for calibration).
+        finished: complete final or selection records of this study (their measured rates).
+    """
+    num_layers = bench.arch.num_layers
+    mean_length = sum(len(f["input_ids"]) for f in bench.train.features) / len(bench.train.features)
+    per_run_train = config.training.steps * config.training.batch_size * mean_length
+    val_tokens = sum(len(f["input_ids"]) for f in bench.validation.features)
+    eval_tokens = sum(len(f["input_ids"]) for f in bench.eval.features)
+    checkpoints = len(config.eval.checkpoint_steps(config.training.steps))
+    rates = [
+        r["tokens_per_s"] / _depth(config.plans[(r["name"], r.get("rank"))], num_layers)
+        for r in finished
+        if r.get("status") == "finished"
+        and r.get("tokens_per_s")
+        and not r.get("adopted_from")
+        and (r["name"], r.get("rank")) in config.plans
+    ]
+    if rates:
+        rate, source = sorted(rates)[len(rates) // 2], f"median of {len(rates)} finished runs"
+    else:
+        rate, source = _calibrate(bench, config), "3 calibration steps of all-layer LoRA"
+    seconds = train_total = eval_total = 0.0
+    for key in pending:
+        plan = config.plan_for(key) if (key.name, key.rank) in config.plans else None
+        depth = _depth(plan, num_layers) if plan is not None else 1.0
+        adopted = key.stage == "final" and key.seed in config.training.selection
+        train = 0.0 if adopted else per_run_train
+        evaluated = val_tokens + (0 if key.stage == "selection" else checkpoints * eval_tokens)
+        train_total += train
+        eval_total += evaluated
+        seconds += depth * (train / rate + evaluated / (EVAL_SPEEDUP * rate))
+    return Estimate(len(pending), int(train_total), int(eval_total), seconds, rate, source)
