@@ -14,7 +14,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
-    assert {"default", "param-matched", "layer-sweep", "alpaca"} <= names
+    assert {"default", "param-matched", "layer-sweep", "alpaca", "budget-curves"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -31,7 +31,7 @@ def test_example_config_is_valid_and_says_how_to_run_it(path, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "pilot"])
 def test_presets_are_valid(name):
     assert name in preset_names()
     config = load_study_config(preset_path(name))
@@ -59,3 +59,27 @@ def test_parameter_matched_example_matches_counts():
     budget = plans[0].matched_to
     assert budget == next(p for p in plans if p.name == "attention-only").trainable_params
     assert all(abs(p.trainable_params - budget) / budget < 0.10 for p in plans)
+
+
+def test_budget_curves_has_the_design_that_can_carry_a_claim():
+    # Placements attn, mlp, all and all@last:15 at ranks 2, 8 and 32; a learning rate chosen
+    # per (placement, rank) from at least 3 values on a validation split; at least 3 seeds; at
+    # least one full epoch of a training pool of at least 512 problems; ranking checkpoints.
+    config = load_study_config(ROOT / "examples" / "budget-curves.yaml")
+    assert sorted(config.strategies.values()) == ["all", "all@last:15", "attn", "mlp"]
+    assert config.ranks == [2, 8, 32]
+    assert len(config.training.learning_rates) >= 3 and config.data.validation_examples > 0
+    assert len(config.training.seeds) >= 3
+    assert config.data.train_examples >= 512
+    epochs = config.training.steps * config.training.batch_size / config.data.train_examples
+    assert epochs >= 1
+    assert len(config.eval.checkpoint_steps(config.training.steps)) >= 2
+
+
+def test_the_pilot_is_the_budget_curve_design_at_a_small_size():
+    pilot = load_study_config(preset_path("pilot"))
+    full = load_study_config(ROOT / "examples" / "budget-curves.yaml")
+    assert pilot.strategies == full.strategies and pilot.reference == full.reference
+    assert pilot.training.learning_rates == full.training.learning_rates
+    assert set(pilot.ranks) <= set(full.ranks) and pilot.lora == full.lora
+    assert "exploratory" in pilot.report.note

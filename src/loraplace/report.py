@@ -212,6 +212,9 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
         f"{', '.join(map(str, seeds)) or 'none'}, "
         f"reference {ref}."
     )
+    note = study.config.report.note if study.config is not None else None
+    if note:
+        subtitle += f" {note}"
     t = report_tables
     tables = [
         t.summary_table(study, a),

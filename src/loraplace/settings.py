@@ -316,11 +316,19 @@ class ReportSettings:
     equivalence_margin: float = 0.01
     """Margin, in nats of eval loss, within which two strategies count as equivalent when a
     TOST equivalence test shows it (0.01 nats is a 1% change in perplexity)."""
+    note: str | None = None
+    """A sentence printed under the report's title, e.g. what the study can and cannot show."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
             self,
             "report",
-            {"equivalence_margin": (lambda v: is_number(v) and v > 0, "a number > 0")},
+            {
+                "equivalence_margin": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "note": (
+                    lambda v: v is None or (isinstance(v, str) and len(v) <= 1000),
+                    "a string of at most 1000 characters",
+                ),
+            },
         )
         _raise(problems)
