@@ -95,7 +95,7 @@ def _base(config):
     return model.eval()
 
 
-def _adapted(base, targets, layers, seed=1):
+def _adapted(base, targets, layers, seed=1, dropout=0.0):
     memo = {id(t): t for t in [*base.parameters(), *base.buffers()]}
     torch.manual_seed(seed)
     config = LoraConfig(
@@ -103,13 +103,14 @@ def _adapted(base, targets, layers, seed=1):
         lora_alpha=8,
         target_modules=targets,
         layers_to_transform=layers,
+        lora_dropout=dropout,
         fan_in_fan_out=base.config.model_type == "gpt2",  # transformers' Conv1D
     )
     return get_peft_model(copy.deepcopy(base, memo), config)
 
 
-def _trained(base, targets, features, layer, prefix):
-    model = _adapted(base, targets, list(range(layer, LAYERS)))
+def _trained(base, targets, features, layer, prefix, dropout=0.0):
+    model = _adapted(base, targets, list(range(layer, LAYERS)), dropout=dropout)
     records = []
     train_adapter(
         model,
@@ -163,6 +164,20 @@ def test_cached_training_and_eval_equal_the_full_forward(data, name, layer):
         assert a.loss_sum / a.tokens == pytest.approx(b.loss_sum / b.tokens, abs=1e-5)
 
 
+def test_lora_dropout_above_the_cached_layer_keeps_the_cache_exact(data):
+    # LoRA dropout lives in the adapted layers (>= L): the states entering L do not change, and
+    # the skipped layers draw no random numbers, so the dropout masks are the same.
+    tokenizer, train, _ = data
+    base = _base(_llama(tokenizer))
+    targets = SUPPORTED["llama"][1]
+    cache = _build(base, train, 2)
+    full_model, full = _trained(base, targets, train, 2, None, dropout=0.3)
+    cached_model, cached = _trained(base, targets, train, 2, cache, dropout=0.3)
+    assert [r["loss"] for r in cached] == pytest.approx([r["loss"] for r in full], abs=1e-5)
+    _, no_dropout = _trained(base, targets, train, 2, cache)
+    assert [r["loss"] for r in no_dropout] != [r["loss"] for r in cached]  # dropout was active
+
+
 def test_per_example_states_do_not_depend_on_the_batch(data):
     tokenizer, train, _ = data
     base = _base(_llama(tokenizer))
@@ -188,9 +203,11 @@ def test_nothing_below_the_cached_layer_runs_or_receives_a_gradient(data):
         layers[i].register_forward_hook(lambda *a, i=i: calls.append(i)) for i in range(LAYERS)
     ]
     batch = DynamicPaddingCollator(tokenizer)(train[:4])
+    originals[1].marker = "read by a model's layer loop"
     with cache.attached(model):
         assert all(layers[i] is not originals[i] for i in range(layer))
         assert not list(layers[0].parameters())  # stand-ins own no parameters
+        assert layers[1].marker == originals[1].marker  # attributes fall through
         cache.select([0, 1, 2, 3])
         model(**batch).loss.backward()
     assert sorted(calls) == [2, 3]
