@@ -186,8 +186,9 @@ def train_adapter(
     batches = batch_order(lengths, batch_size, steps, seed)
     collate = DynamicPaddingCollator(pad_token_id=pad_token_id)
     mask_logits = accepts_logits_mask(model)
-    # Fused AdamW, as HF Trainer's default optimizer: one kernel for all parameters.
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
+    # Fused AdamW (one kernel for all parameters) where torch has it, as HF Trainer's default.
+    fused = torch.device(device).type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused)
     checkpoints = set(checkpoint_steps)
 
     done, tokens, train_time, nonfinite = 0, 0, 0.0, False
