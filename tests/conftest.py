@@ -11,6 +11,11 @@ import functools
 import random
 
 import pytest
+import torch
+
+# Tiny models gain nothing from a second thread, and on a shared 2-core machine threads that
+# wait for each other made these tests about 10x slower.
+torch.set_num_threads(1)
 
 TINY_VOCAB_SIZE = 384
 """Target vocabulary size of the tiny tokenizer (256 bytes + 4 special tokens + merges)."""
@@ -46,7 +51,8 @@ def _training_corpus(n: int = 400) -> list[str]:
         sentence = " ".join(words[:3] + numbers[:1] + words[3:] + numbers[1:]).capitalize()
         corpus.append(sentence + rng.choice([".", "?", "!", ":"]))
         corpus.append(
-            f"{numbers[0]} * 2 = <<{numbers[0]}*2={int(numbers[0]) * 2}>>{int(numbers[0]) * 2}\n#### {numbers[-1]}"
+            f"{numbers[0]} * 2 = <<{numbers[0]}*2={int(numbers[0]) * 2}>>{int(numbers[0]) * 2}"
+            f"\n#### {numbers[-1]}"
         )
     return corpus
 

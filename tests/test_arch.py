@@ -192,7 +192,8 @@ ARCHS = [
         fused_qkv=True,
         extra_strategies=("gate,up@0+o", "o,down@0"),
     ),
-    # Falcon (7B-style): multi-query attention, fused query_key_value of width hidden + 2 * head_dim.
+    # Falcon (7B-style): multi-query attention, fused query_key_value of width
+    # hidden + 2 * head_dim.
     ArchCase(
         "falcon",
         FalconConfig,

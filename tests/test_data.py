@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import make_tiny_tokenizer
 
-from loraplace import data as data_module
 from loraplace.data import (
     DataConfig,
     DynamicPaddingCollator,

@@ -1,4 +1,6 @@
-"""``loraplace inspect`` and ``loraplace plan`` on config-only model directories (see README, "Commands").
+"""``loraplace inspect`` and ``loraplace plan`` on config-only model directories.
+
+See the README, "Commands".
 
 Planning builds models on the ``meta`` device, so full-size configs (GPT-2 small, LLaMA-7B)
 cost no memory; the expected counts below are the well-known public figures.

@@ -297,8 +297,9 @@ def classify(model: nn.Module) -> ArchInfo:
         if unclassified:
             found = ", ".join(f"{n} {s[0]}->{s[1]}" for n, _, s in linears)
             raise ArchitectureError(
-                f"cannot classify {len(unclassified)} linear module(s) of {model_type} layer {index} "
-                f"({'; '.join(unclassified)}); linear modules found in {layers_path}.{index}: {found}"
+                f"cannot classify {len(unclassified)} linear module(s) of {model_type} layer "
+                f"{index} ({'; '.join(unclassified)}); linear modules found in "
+                f"{layers_path}.{index}: {found}"
             )
     if not projections:
         raise ArchitectureError(

@@ -288,7 +288,8 @@ def _messages(record: Record) -> Example:
         )
     if not isinstance(messages, list) or not messages:
         raise DataError(
-            f"{record.where}: field 'messages' must be a non-empty list of {{role, content}} objects"
+            f"{record.where}: field 'messages' must be a non-empty list of "
+            "{role, content} objects"
         )
     cleaned = []
     for index, message in enumerate(messages):
@@ -299,16 +300,19 @@ def _messages(record: Record) -> Example:
         for key in ("role", "content"):
             if key not in message:
                 raise DataError(
-                    f"{record.where}: missing field 'messages[{index}].{key}' (each message needs role, content)"
+                    f"{record.where}: missing field 'messages[{index}].{key}' "
+                    "(each message needs role, content)"
                 )
         role, content = message["role"], message["content"]
         if role not in _ROLES:
             raise DataError(
-                f"{record.where}: messages[{index}].role is {role!r}; expected one of {', '.join(_ROLES)}"
+                f"{record.where}: messages[{index}].role is {role!r}; expected one of "
+                f"{', '.join(_ROLES)}"
             )
         if not isinstance(content, str):
             raise DataError(
-                f"{record.where}: messages[{index}].content must be a string, got {type(content).__name__}"
+                f"{record.where}: messages[{index}].content must be a string, got "
+                f"{type(content).__name__}"
             )
         cleaned.append({"role": role, "content": content})
     last = max((i for i, m in enumerate(cleaned) if m["role"] == "assistant"), default=None)

@@ -204,6 +204,7 @@ class Workbench:
                         device=self.device,
                         dtype=self.dtype,
                         batch_size=8,
+                        layers_path=self.arch.layers_path,
                     )
                     self._prefix[key] = (cache, "used")
         return self._prefix[key]
