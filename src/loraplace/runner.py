@@ -369,7 +369,7 @@ def train_one(
             return _finish(out_dir, store.failed_result(record, "nan_loss"))
 
         eval_start = time.perf_counter()
-        if bench.validation.features:
+        if selection and bench.validation.features:  # only learning-rate selection reads it
             loss, _ = _mean_loss(
                 _losses(model, bench, bench.validation, evaluation, layer, show_progress)
             )
