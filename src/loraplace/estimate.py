@@ -116,7 +116,7 @@ def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estima
         depth = _depth(plan, num_layers) if plan is not None else 1.0
         adopted = key.stage == "final" and key.seed in config.training.selection
         train = 0.0 if adopted else per_run_train
-        evaluated = val_tokens + (0 if key.stage == "selection" else checkpoints * eval_tokens)
+        evaluated = val_tokens if key.stage == "selection" else checkpoints * eval_tokens
         train_total += train
         eval_total += evaluated
         seconds += depth * (train / rate + evaluated / (EVAL_SPEEDUP * rate))
