@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup study smoke test bench clean
+.PHONY: setup study smoke lint test bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,11 @@ study: setup
 smoke: setup
 	$(VENV)/bin/loraplace study --preset smoke
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(VENV)/bin/pytest -q
 
 bench: setup

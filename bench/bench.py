@@ -1,48 +1,48 @@
-"""Benchmark: how close loraplace's training is to this machine's limit, and what a study saves.
+"""Benchmark: loraplace's speed on the embedded default model, each figure beside its target.
 
-Prints, for the embedded default model (SmolLM2-135M):
-1. the measured fp32 matmul peak of this machine (GFLOP/s, best of several large matmuls) and
-   its sustained rate (mean over 5 s), which differ widely on a shared machine;
-2. training tokens/s (after the first step), achieved GFLOP/s and the fraction of the peak and
-   of the sustained matmul rate for all, attn, mlp and all@last:8 (FLOPs per token: see
-   ``flops_per_token``);
-3. the wall time of a small 3-strategy ``loraplace study`` against ``bench/naive_peft.py``
-   (plain PEFT + Trainer: pad to max_length 512, reload the model for every run), run side by
-   side as subprocesses, with the ratio and both sets of eval losses.
+Everything is measured in this one process (or its children), so the ratios hold on a machine
+whose absolute speed varies; the machine's fp32 matmul rate is printed beside the absolutes.
 
-Run: python bench/bench.py            (about 10 minutes on a 2-core CPU at ~190 tokens/s)
-     python bench/bench.py --quick    (fewer steps, for a first look)
+1. The machine: fp32 matmul peak (best 2048^3) and sustained rate (mean over 5 s).
+2. Training tokens/s (steps after 2 warm-up steps) of all, all@last:15 and all@last:8 (the last
+   two through the frozen-prefix cache), as ratios of all (targets: >= 1.8x, >= 3x); all's
+   achieved GFLOP/s as a share of the sustained matmul rate (target 60%).
+3. A plain PEFT reference in the same run: PEFT's LoRA on the same batches with a minimal
+   loop of its own (forward with labels, backward, AdamW), as a ratio.
+4. The eval pass (forward only) against training (target >= 2x).
+5. ``--parallel``: two single-thread training processes at once against one two-thread one.
+6. ``--batching``: what training several adapters in one pass could gain at most: tokens/s of
+   the base model's training step at 4x the batch (target for keeping it: >= 1.3x).
+7. ``--study``: the wall time of ``loraplace study`` (the default study; target <= 15 min).
+
+Run: python bench/bench.py [--steps 6] [--parallel] [--batching] [--study]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
+import os
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ["all", "attn", "mlp", "all@last:8"]
-STUDY = {
-    "baseline": ("all", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
-    "attention-only": ("attn", "q_proj,k_proj,v_proj,o_proj"),
-    "ffn-only": ("mlp", "gate_proj,up_proj,down_proj"),
-}
+STRATEGIES = ("all", "all@last:15", "all@last:8")
+TARGETS = {"all@last:15": 1.8, "all@last:8": 3.0}
 
 
-def matmul_rates(size: int = 2048, repeats: int = 8, sustain_s: float = 5.0) -> tuple[float, float]:
-    """``(peak, sustained)`` fp32 GFLOP/s: the best single ``size``^3 matmul of ``repeats``, and
-    the mean rate over back-to-back matmuls for ``sustain_s`` seconds (what a long training run
-    can count on when the machine is shared)."""
+def matmul_rates(size: int = 2048, sustain_s: float = 5.0) -> tuple[float, float]:
+    """``(peak, sustained)`` fp32 GFLOP/s: the best single ``size``^3 matmul of 8, and the mean
+    rate over back-to-back matmuls for ``sustain_s`` seconds."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = 0.0
-    for _ in range(repeats):
+    for _ in range(8):
         start = time.perf_counter()
         a @ b
         best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
@@ -53,173 +53,207 @@ def matmul_rates(size: int = 2048, repeats: int = 8, sustain_s: float = 5.0) -> 
     return best, 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def flops_per_token(bench, plan) -> float:
-    """Matmul FLOPs per training token actually computed.
+def load_bench(train: int = 64, evaluate: int = 32):
+    from loraplace.settings import DataConfig
+    from loraplace.workbench import Workbench
 
-    Forward: 2 x the block matmul parameters. Backward: input gradients only (the base is
-    frozen), 2 x the matmul parameters of the layers from the lowest adapter up. The LM head
-    runs forward and backward only at scored positions (the logits mask), so it counts for the
-    scored fraction of the tokens. The adapters: forward, input grad and weight grad.
-    """
+    return Workbench.load(
+        "smollm2-135m", DataConfig(train_examples=train, eval_examples=evaluate, max_length=384)
+    )
+
+
+def flops_per_token(bench, plan) -> float:
+    """Matmul FLOPs per training token actually computed: forward through the layers from the
+    lowest adapted one up (below it the prefix cache stands in), input gradients through the
+    same layers, the LM head forward and backward at scored positions only, and the adapters
+    (forward, input and weight gradients)."""
     arch = bench.arch
     per_layer = [0] * arch.num_layers
     for proj in arch.projections:
         per_layer[proj.layer] += proj.in_features * proj.out_features
-    scored = sum(sum(t != -100 for t in f["labels"][1:]) for f in bench.train_features)
-    scored_fraction = scored / sum(len(f["input_ids"]) for f in bench.train_features)
-    head = bench.model.get_output_embeddings().weight.numel() * scored_fraction
-    forward = 2 * (sum(per_layer) + head)
-    backward = 2 * (sum(per_layer[plan.lowest_layer :]) + head)
-    return forward + backward + 6 * plan.trainable_params
+    features = bench.train.features
+    scored = sum(sum(t != -100 for t in f["labels"][1:]) for f in features)
+    share = scored / sum(len(f["input_ids"]) for f in features)
+    head = bench.model.get_output_embeddings().weight.numel() * share
+    run = sum(per_layer[plan.lowest_layer :])
+    return 2 * (run + head) + 2 * (run + head) + 6 * plan.trainable_params
 
 
-def steady_tokens_per_s(run_dir: Path) -> float:
-    """Tokens/s after the first step (whose one-off allocations and warm-up would dominate a short run)."""
-    import json
+def train_rate(bench, spec: str, steps: int, batch_size: int = 4) -> float:
+    """Training tokens/s of ``spec`` (prefix cache where it applies), after 2 warm-up steps."""
+    from peft import get_peft_model
 
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return (curve[-1]["tokens"] - curve[0]["tokens"]) / (curve[-1]["time_s"] - curve[0]["time_s"])
+    from loraplace.train import train_adapter
 
-
-def throughput(args, peak: float, sustained: float) -> None:
-    from loraplace.data import DataConfig
-    from loraplace.runner import train_one
-    from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
-    from loraplace.workbench import Workbench
-
-    bench = Workbench.load(
-        "smollm2-135m", DataConfig(train_examples=64, eval_examples=4, max_length=args.max_length)
+    plan = bench.planner.plan({spec: spec}, 8)[0]
+    model = get_peft_model(bench.fresh_model(), plan.lora_config(16.0, 0.0))
+    cache, _ = bench.prefix(bench.train, plan.lowest_layer)
+    rows: list[dict] = []
+    train_adapter(
+        model,
+        bench.train.features,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=2e-4,
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=0,
+        device="cpu",
+        dtype=torch.float32,
+        prefix=cache,
+        on_step=rows.append,
+        pad_token_id=bench.collator.pad_token_id,
     )
-    lora, evaluation = LoraSettings(), EvalSettings(accuracy_examples=0)
-    training = TrainingSettings(steps=args.steps, batch_size=4, warmup_steps=0)
-    print(
-        f"\ntraining throughput ({args.steps} steps of 4 length-grouped GSM8K examples, max_length {args.max_length}; "
-        f"tokens/s after step 1):"
-    )
-    print(
-        f"{'strategy':<12} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'of sustained':>13} {'GFLOP/token':>12}"
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        for spec in STRATEGIES:
-            plan = bench.planner.plan({spec: spec}, lora.rank)[0]
-            run_dir = Path(scratch) / spec.replace(":", "_")
-            train_one(
-                bench,
-                plan,
-                0,
-                run_dir,
-                lora=lora,
-                training=training,
-                evaluation=evaluation,
-                show_progress=False,
-            )
-            rate = steady_tokens_per_s(run_dir)
-            per_token = flops_per_token(bench, plan)
-            achieved = rate * per_token / 1e9
-            print(
-                f"{spec:<12} {rate:>9.1f} {achieved:>8.1f} {achieved / peak:>8.1%} {achieved / sustained:>13.1%} "
-                f"{per_token / 1e9:>12.3f}",
-                flush=True,
-            )
+    first, last = rows[1], rows[-1]
+    return (last["tokens"] - first["tokens"]) / (last["time_s"] - first["time_s"])
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def plain_peft_rate(bench, steps: int) -> float:
+    """A plain PEFT loop on the same batches: model(**batch, labels) -> backward -> AdamW."""
+    from peft import LoraConfig, get_peft_model
+
+    from loraplace.train import batch_order
+
+    modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(
+        bench.fresh_model(), LoraConfig(r=8, lora_alpha=16, target_modules=modules)
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    features = bench.train.features
+    order = batch_order([len(f["input_ids"]) for f in features], 4, steps, 0)
+    model.train()
+    tokens, start = 0, None
+    for step, ids in enumerate(order):
+        if step == 2:
+            tokens, start = 0, time.perf_counter()
+        batch = bench.collator([features[i] for i in ids])
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        tokens += int(batch["attention_mask"].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def eval_rate(bench, spec: str) -> float:
+    from peft import get_peft_model
+
+    from loraplace.evaluate import eval_losses
+
+    plan = bench.planner.plan({spec: spec}, 8)[0]
+    model = get_peft_model(bench.fresh_model(), plan.lora_config(16.0, 0.0))
+    cache, _ = bench.prefix(bench.eval, plan.lowest_layer)
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.exit(f"benchmark command failed: {' '.join(command)}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - start, proc.stdout + proc.stderr
-
-
-def study_vs_naive(args) -> None:
-    import yaml
-
-    with tempfile.TemporaryDirectory() as scratch:
-        config = {
-            "name": "bench",
-            "model": "smollm2-135m",
-            "data": {
-                "dataset": "gsm8k",
-                "train_examples": 64,
-                "eval_examples": args.eval_examples,
-                "max_length": 512,
-            },
-            "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-            "training": {
-                "steps": args.steps,
-                "batch_size": 4,
-                "learning_rate": 2.0e-4,
-                "warmup_steps": 2,
-                "seeds": [0],
-            },
-            "eval": {"accuracy_examples": 0},
-            "strategies": {name: spec for name, (spec, _) in STUDY.items()},
-        }
-        path = Path(scratch) / "bench.yaml"
-        path.write_text(yaml.safe_dump(config))
-        study_time, _ = timed(
-            [
-                sys.executable,
-                "-m",
-                "loraplace",
-                "study",
-                str(path),
-                "--out",
-                str(Path(scratch) / "out"),
-                "--no-report",
-            ]
-        )
-        losses = {}
-        import json
-
-        for name in STUDY:
-            losses[name] = json.loads(
-                (Path(scratch) / "out" / "runs" / f"{name}--seed0" / "result.json").read_text()
-            )["eval_loss"]
-        naive_time, output = timed(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "naive_peft.py"),
-                "--steps",
-                str(args.steps),
-                "--eval-examples",
-                str(args.eval_examples),
-                "--max-length",
-                "512",
-            ]
-            + [f"--targets={name}:{modules}" for name, (_, modules) in STUDY.items()]
-        )
-    naive = dict(re.findall(r"naive (\S+): eval_loss ([\d.]+)", output))
-    print(
-        f"\n3-strategy study ({args.steps} steps x 4 examples each, 1 seed, {args.eval_examples} eval examples):"
+    rows = eval_losses(
+        model, bench.eval.features, bench.collator, batch_size=8, device="cpu", prefix=cache
     )
-    print(f"  loraplace study          : {study_time:7.1f} s")
-    print(f"  naive PEFT + Trainer     : {naive_time:7.1f} s   (pad to 512, reload per run)")
-    print(f"  speed-up                 : {naive_time / study_time:7.2f}x")
-    print("  eval loss (loraplace / naive; same data, steps and targets, different batching):")
-    for name in STUDY:
-        print(f"    {name:<16} {losses[name]:.4f} / {float(naive.get(name, 'nan')):.4f}")
+    seconds = time.perf_counter() - start
+    return sum(len(bench.eval.features[i]["input_ids"]) for i, _, _ in rows) / seconds
+
+
+def verdict(value: float, target: float) -> str:
+    return f"target {target:g}: {'met' if value >= target else 'NOT met'}"
+
+
+def section_training(args, sustained: float) -> None:
+    bench = load_bench()
+    rates = {
+        spec: statistics.median(train_rate(bench, spec, args.steps) for _ in range(2))
+        for spec in STRATEGIES
+    }
+    plain = plain_peft_rate(bench, args.steps)
+    plan = bench.planner.plan({"all": "all"}, 8)[0]
+    achieved = rates["all"] * flops_per_token(bench, plan) / 1e9
+    print(f"\ntraining, {args.steps} steps of 4 GSM8K examples, tokens/s after 2 warm-up steps:")
+    for spec, rate in rates.items():
+        ratio = rate / rates["all"]
+        target = f"  ({verdict(ratio, TARGETS[spec])})" if spec in TARGETS else ""
+        print(f"  {spec:<12} {rate:8.1f} tokens/s  {ratio:5.2f}x all{target}")
+    share = achieved / sustained
+    print(
+        f"  all: {achieved:.1f} GFLOP/s = {share:.0%} of the sustained matmul rate "
+        f"({verdict(100 * share, 60)} %; the profile in README 'Speed' shows where the rest goes)"
+    )
+    print(
+        f"  plain PEFT loop, same batches: {plain:.1f} tokens/s; loraplace/plain = "
+        f"{rates['all'] / plain:.2f}x"
+    )
+    evaluated = eval_rate(bench, "all")
+    ratio = evaluated / rates["all"]
+    print(
+        f"  eval pass (all): {evaluated:.1f} tokens/s = {ratio:.2f}x training "
+        f"({verdict(ratio, 2.0)})"
+    )
+
+
+def _child(threads: int, steps: int) -> subprocess.Popen:
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(ROOT / 'bench')!r}); "
+        f"torch.set_num_threads({threads}); import bench; "
+        f"print(bench.train_rate(bench.load_bench(), 'all', {steps}))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def section_parallel(args) -> None:
+    one = _child(2, args.steps)
+    two_threads = float(one.communicate()[0].split()[-1])
+    pair = [_child(1, args.steps) for _ in range(2)]
+    singles = [float(p.communicate()[0].split()[-1]) for p in pair]
+    print(
+        f"\nparallel: one 2-thread run {two_threads:.1f} tokens/s; two 1-thread runs at once "
+        f"{singles[0]:.1f} + {singles[1]:.1f} = {sum(singles):.1f} tokens/s "
+        f"({sum(singles) / two_threads:.2f}x)"
+    )
+
+
+def section_batching(args) -> None:
+    bench = load_bench(train=128)
+    small = train_rate(bench, "all", args.steps, batch_size=4)
+    large = train_rate(bench, "all", args.steps, batch_size=16)
+    print(
+        f"\nseveral adapters in one pass, at most: all at batch 16 {large:.1f} tokens/s vs batch "
+        f"4 {small:.1f} ({large / small:.2f}x; {verdict(large / small, 1.3)} to be worth it)"
+    )
+
+
+def section_study(args) -> None:
+    out = ROOT / "runs" / "bench-default-study"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "loraplace", "study", "--out", str(out), "--no-report"],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    minutes = (time.perf_counter() - start) / 60
+    results = [json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")]
+    print(
+        f"\ndefault study: {minutes:.1f} min wall, {len(results)} runs "
+        f"({'met' if minutes <= 15 else 'NOT met'}: target 15 min)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and examples")
-    parser.add_argument(
-        "--skip-study", action="store_true", help="only the matmul peak and throughput"
-    )
+    parser.add_argument("--steps", type=int, default=6, help="training steps per measurement")
+    parser.add_argument("--parallel", action="store_true", help="2 x 1 thread vs 1 x 2 threads")
+    parser.add_argument("--batching", action="store_true", help="batch 16 vs 4 (mLoRA bound)")
+    parser.add_argument("--study", action="store_true", help="time the default study")
     args = parser.parse_args()
-    args.steps = 3 if args.quick else 8
-    args.max_length = 384
-    args.eval_examples = 8 if args.quick else 16
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak, sustained = matmul_rates()
     print(
-        f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 8 x 2048^3); sustained: {sustained:.1f} GFLOP/s "
-        f"(mean over 5 s of back-to-back 2048^3)"
+        f"fp32 matmul: peak {peak:.1f} GFLOP/s (best 2048^3), sustained {sustained:.1f} GFLOP/s "
+        f"(5 s); torch threads {torch.get_num_threads()}",
+        flush=True,
     )
-    throughput(args, peak, sustained)
-    if not args.skip_study:
-        study_vs_naive(args)
+    section_training(args, sustained)
+    if args.parallel:
+        section_parallel(args)
+    if args.batching:
+        section_batching(args)
+    if args.study:
+        section_study(args)
 
 
 if __name__ == "__main__":
