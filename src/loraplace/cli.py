@@ -352,6 +352,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from loraplace.store import export_study
+
+    count = export_study(Path(args.study_dir), Path(args.dest))
+    print(f"{count} files copied to {args.dest} (no adapters, checkpoints or tracker stores)")
+    return 0
+
+
 def cmd_status(args) -> int:
     from loraplace.status import study_status
 
@@ -478,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the report of a study directory")
     p.add_argument("study_dir", help="a study directory (holding study.yaml and runs/)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="copy a study's records without its weights (to commit)")
+    p.add_argument("study_dir", help="a study directory")
+    p.add_argument("dest", help="where to copy it")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("status", help="finished, failed and pending runs of a study, and an ETA")
     p.add_argument("study_dir", help="a study directory")

@@ -68,6 +68,7 @@ __all__ = [
     "read_eval_examples",
     "write_results_csv",
     "is_study_dir",
+    "export_study",
 ]
 
 AUTO_DIR = "auto"
@@ -385,6 +386,44 @@ def clear_run_dir(run_dir: Path) -> None:
 def is_study_dir(path: Path) -> bool:
     """Whether ``path`` looks like a study directory (it has ``study.yaml`` or ``runs/``)."""
     return (Path(path) / "study.yaml").is_file() or (Path(path) / "runs").is_dir()
+
+
+#: What :func:`export_study` leaves out: weights, the lock, tracker stores, temporary files.
+_NOT_EXPORTED = ("adapter", "checkpoints", LOCK_FILE, "mlflow.db", "mlartifacts", "tensorboard")
+
+
+def export_study(src: Path, dst: Path) -> int:
+    """Copy a study directory's records, not its weights, e.g. to commit them.
+
+    Everything ``loraplace report`` reads is copied (``study.yaml``, ``identity.json``,
+    ``base*.json*``, ``results.csv``, every run's ``result.json``, ``metrics.jsonl``,
+    ``eval_examples.jsonl``, ``generations.jsonl``, ``auto/``) and the report itself; adapters,
+    selection checkpoints, the lock and tracker stores are not.
+
+    Returns:
+        The number of files copied.
+
+    Raises:
+        LoraplaceError: ``src`` is not a study directory, or ``dst`` holds another study.
+    """
+    src, dst = Path(src), Path(dst)
+    if not is_study_dir(src):
+        raise LoraplaceError(f"'{src}' is not a study directory (no study.yaml or runs/)")
+    if dst.exists() and (dst / "study.yaml").is_file():
+        if (dst / "study.yaml").read_bytes() != (src / "study.yaml").read_bytes():
+            raise LoraplaceError(f"'{dst}' holds another study; choose another destination")
+    copied = 0
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if not path.is_file() or any(part in _NOT_EXPORTED for part in rel.parts):
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        copied += 1
+    return copied
 
 
 # --- the lock ---------------------------------------------------------------------------------
