@@ -84,6 +84,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + (
     "speedup_ci95_high",
     "speedup_claim",
     "tokens_per_s_mean",
+    "probe_time_s",
     "peak_memory_mb_max",
     "total_params",
     "ranks",
@@ -271,6 +272,11 @@ def _row(study: Study, cond: Condition) -> dict[str, Any]:
         "accuracy_examples": first(done, "accuracy_examples") if mean(acc) is not None else None,
         "train_time_s_std": std(times),
         "tokens_per_s_mean": mean([r.get("tokens_per_s") for r in done]),
+        # An automatic strategy is charged for resolving its placement (once for all seeds,
+        # unless it was resolved per seed): the probe's wall time, beside the training time.
+        "probe_time_s": mean(
+            [((r.get("auto") or {}).get("probe") or {}).get("time_s") for r in done]
+        ),
         "peak_memory_mb_max": max(mem) if mem else None,
         "total_params": first(done, "total_params") or first(every, "total_params"),
         "ranks": " ".join(f"{k}:r{v}" for k, v in ranks.items()),

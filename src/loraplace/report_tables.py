@@ -200,9 +200,11 @@ def _speedup(row: dict[str, Any]) -> str:
 
 def speed_table(study: Study, a: Analysis) -> Table:
     """Train time, throughput and the speedup against the reference."""
+    probes = any(r["probe_time_s"] is not None for r in a.rows)
     headers = _who_headers(study) + [
         "n",
         "Train time (s) ± std",
+        *(["Placement probe (s)"] if probes else []),
         "Tokens/s",
         "Speedup [95% CI]",
         "Claim",
@@ -215,6 +217,7 @@ def speed_table(study: Study, a: Analysis) -> Table:
             + [
                 str(r["n"]),
                 pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
+                *([fmt(r["probe_time_s"], ".1f")] if probes else []),
                 fmt(r["tokens_per_s_mean"], ",.0f"),
                 _speedup(r),
                 r["speedup_claim"] or ("reference" if r["verdict"] == "reference" else DASH),
@@ -225,6 +228,13 @@ def speed_table(study: Study, a: Analysis) -> Table:
         "Train time: measured wall time, mean ± std over seeds; on a shared machine it varies "
         "from run to run. Speedup: geometric mean over seeds of (reference time / this time), "
         "with a 95% t interval on the log scale; faster only when the interval lies above 1."
+        + (
+            " Placement probe: the wall time an automatic strategy spent choosing its placement "
+            "(scoring, and the grad probe's training), once for all its seeds; it is a cost of "
+            "that strategy beside its training time."
+            if probes
+            else ""
+        )
     )
     return Table("Training speed", headers, rows, note)
 
