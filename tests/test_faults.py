@@ -92,6 +92,10 @@ def test_a_second_process_is_refused_and_a_killed_holder_is_taken_over(
         while not (lock.is_file() and lock.read_text().strip()):
             assert first.poll() is None and time.time() < deadline
             time.sleep(0.05)
+        # Freeze the holder with its lock held, so that it cannot finish before the second
+        # process asks (a fast machine trains the tiny study in less than a process start).
+        os.kill(first.pid, signal.SIGSTOP)
+        assert first.poll() is None and lock.read_text().strip()
         second = _cli("study", config_file, "--out", out, "--no-report")
         message = _one_line_error(second)
         assert f"pid {first.pid}" in message and "in use" in message
