@@ -16,7 +16,6 @@ from loraplace.data import (
     DataConfig,
     DynamicPaddingCollator,
     Example,
-    LengthGroupedBatchSampler,
     encode_prompt,
     extract_final_number,
     format_prompt,
@@ -625,8 +624,6 @@ def test_length_grouped_batches_cover_every_index_once(n, batch_size, mult):
     flat = [i for batch in batches for i in batch]
     assert sorted(flat) == list(range(n))
     assert all(1 <= len(batch) <= batch_size for batch in batches)
-    sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=3, mega_batch_mult=mult)
-    assert len(sampler) == len(batches)
 
 
 def test_length_grouped_batches_are_deterministic_per_seed():
@@ -649,29 +646,3 @@ def test_length_grouping_cuts_padding_on_varied_lengths():
     rng.shuffle(order)
     shuffled = _padding_fraction(lengths, [order[i : i + 8] for i in range(0, len(order), 8)])
     assert grouped < shuffled / 3, (grouped, shuffled)
-
-
-def test_sampler_epochs_differ_and_set_epoch_replays():
-    lengths = [random.Random(2).randint(1, 300) for _ in range(50)]
-    sampler = LengthGroupedBatchSampler(lengths, 4, seed=5)
-    epoch0, epoch1 = list(sampler), list(sampler)
-    assert epoch0 == length_grouped_batches(lengths, 4, 5)
-    assert epoch1 == length_grouped_batches(lengths, 4, 6) and epoch1 != epoch0
-    sampler.set_epoch(0)
-    assert list(sampler) == epoch0
-
-
-def test_sampler_drives_a_dataloader(tiny_tokenizer):
-    examples = [
-        Example([{"role": "user", "content": f"q{k}"}], "x " * k, None) for k in range(1, 21)
-    ]
-    features, _ = tokenize_examples(examples, tiny_tokenizer, 512)
-    sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in features], 4, seed=0)
-    loader = torch.utils.data.DataLoader(
-        features, batch_sampler=sampler, collate_fn=DynamicPaddingCollator(tiny_tokenizer)
-    )
-    batches = list(loader)
-    assert len(batches) == len(sampler) == 5
-    assert sum(b["attention_mask"].sum().item() for b in batches) == sum(
-        len(f["input_ids"]) for f in features
-    )

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
 
 from loraplace.errors import DataError
 from loraplace.formats import Example
@@ -22,7 +21,6 @@ from loraplace.formats import Example
 __all__ = [
     "IGNORE_INDEX",
     "DynamicPaddingCollator",
-    "LengthGroupedBatchSampler",
     "encode_prompt",
     "format_prompt",
     "length_grouped_batches",
@@ -248,38 +246,3 @@ def length_grouped_batches(
         batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-class LengthGroupedBatchSampler(Sampler):
-    """A batch sampler (for `DataLoader(batch_sampler=...)`) over `length_grouped_batches`.
-
-    Epoch `e` uses seed `seed + e`. The epoch advances by itself after each pass, and
-    `set_epoch` (called by accelerate / HF `Trainer` each epoch) sets it explicitly.
-    """
-
-    def __init__(
-        self, lengths: Sequence[int], batch_size: int, seed: int, *, mega_batch_mult: int = 16
-    ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.mega_batch_mult = mega_batch_mult
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch = self.epoch
-        self.epoch += 1
-        yield from length_grouped_batches(
-            self.lengths, self.batch_size, self.seed + epoch, mega_batch_mult=self.mega_batch_mult
-        )
-
-    def __len__(self) -> int:
-        mega = self.batch_size * self.mega_batch_mult
-        n = len(self.lengths)
-        return sum(math.ceil(min(mega, n - start) / self.batch_size) for start in range(0, n, mega))

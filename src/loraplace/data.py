@@ -23,7 +23,6 @@ from pathlib import Path
 
 from loraplace.batching import (
     DynamicPaddingCollator,
-    LengthGroupedBatchSampler,
     encode_prompt,
     format_prompt,
     length_grouped_batches,
@@ -53,7 +52,6 @@ __all__ = [
     "DataSplits",
     "DynamicPaddingCollator",
     "Example",
-    "LengthGroupedBatchSampler",
     "encode_prompt",
     "extract_final_number",
     "format_prompt",
@@ -260,7 +258,7 @@ def _load_hub(name: str, cfg: DataConfig) -> DataSplits:
         f"({', '.join(BUILTIN_DATASETS)}), which work offline"
     )
     try:
-        import datasets  # noqa: PLC0415 - optional, heavy
+        import datasets  # optional and heavy: imported only when used
     except ImportError:
         raise DataError(
             f"dataset {name!r} is not a built-in alias or a local file, and hub datasets need the "

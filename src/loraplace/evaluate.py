@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from loraplace.batching import DynamicPaddingCollator, encode_prompt
+from loraplace.batching import IGNORE_INDEX, DynamicPaddingCollator, encode_prompt
 from loraplace.formats import Example, extract_final_number
 
 if TYPE_CHECKING:
@@ -41,8 +41,6 @@ __all__ = [
     "completion_loss",
     "accepts_logits_mask",
 ]
-
-IGNORE_INDEX = -100
 
 
 def completion_positions(labels: torch.Tensor) -> torch.Tensor:

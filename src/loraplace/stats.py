@@ -26,7 +26,6 @@ __all__ = [
     "Equivalence",
     "Number",
     "Paired",
-    "SampleSummary",
     "SeedValues",
     "ci95",
     "family_size",
@@ -37,7 +36,6 @@ __all__ = [
     "paired_difference",
     "pareto_front",
     "std",
-    "summarize_sample",
     "tost_paired",
     "welch_p_value",
 ]
@@ -48,20 +46,6 @@ SeedValues = Mapping[int, Number]
 
 
 # --- Sample summaries and the unpaired test ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SampleSummary:
-    """Mean, spread and confidence interval of one metric over seeds."""
-
-    n: int
-    """Number of finite values the summary was computed from."""
-    mean: float | None
-    """Arithmetic mean; ``None`` when ``n == 0``."""
-    std: float | None
-    """Sample standard deviation (``ddof=1``); ``None`` when ``n < 2``."""
-    ci95: float | None
-    """Half-width of the two-sided 95% t confidence interval of the mean; ``None`` for ``n < 2``."""
 
 
 def _ok(v: Number) -> bool:
@@ -110,13 +94,6 @@ def ci95(values: Sequence[Number]) -> float | None:
         return None
     n = len(xs)
     return _t_quantile(0.975, n - 1) * float(np.std(xs, ddof=1)) / math.sqrt(n)
-
-
-def summarize_sample(values: Sequence[Number]) -> SampleSummary:
-    """Computes :class:`SampleSummary` (n, mean, std, 95% CI) of the finite values."""
-    return SampleSummary(
-        n=len(finite(values)), mean=mean(values), std=std(values), ci95=ci95(values)
-    )
 
 
 def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:

@@ -210,10 +210,6 @@ class Strategy:
         """Whether any part sets its own rank with ``:rN``."""
         return any(part.rank is not None for part in self.parts)
 
-    def with_rank(self, rank: int) -> Strategy:
-        """The same placement with every part's rank set to ``rank``."""
-        return Strategy(tuple(Part(p.groups, p.layers, rank) for p in self.parts))
-
 
 def _merge_runs(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Merge inclusive intervals into sorted maximal runs of consecutive layers (never expanded,
