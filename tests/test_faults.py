@@ -223,6 +223,62 @@ def test_an_interrupted_forced_run_leaves_no_stale_result(
     assert not (out / "generations.jsonl").exists()
 
 
+def _run_args(model_dir, data_file, out, *extra) -> list[str]:
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(data_file),
+        "--train-examples",
+        "24",
+        "--eval-examples",
+        "8",
+        "--max-length",
+        "96",
+        "--steps",
+        "2",
+        "--strategy",
+        "attn",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_run_never_removes_what_a_run_did_not_write(
+    tiny_model_dir, tiny_data_file, tmp_path, force
+):
+    # A directory with a user's file, and a study directory: refused, with or without --force.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep")
+    study = tmp_path / "study"
+    (study / "runs").mkdir(parents=True)
+    (study / "study.yaml").write_text("name: x\n")
+    for out in (mine, study):
+        before = _files(out)
+        extra = ["--force"] if force else []
+        proc = _cli(*_run_args(tiny_model_dir, tiny_data_file, out, *extra))
+        assert "holds files no run writes" in _one_line_error(proc)
+        assert _files(out) == before
+
+
+def test_a_run_that_fails_to_load_removes_nothing(tiny_model_dir, tiny_data_file, tmp_path):
+    out = tmp_path / "single"
+    assert _cli(*_run_args(tiny_model_dir, tiny_data_file, out)).returncode == 0
+    before = _files(out)
+    proc = _cli(*_run_args(tiny_model_dir, tmp_path / "missing.jsonl", out, "--force"))
+    assert "not found" in _one_line_error(proc)
+    assert _files(out) == before
+
+
+def test_run_into_an_unwritable_out_is_one_line(tiny_model_dir, tiny_data_file):
+    proc = _cli(*_run_args(tiny_model_dir, tiny_data_file, "/proc/loraplace-x"))
+    assert "cannot write to '/proc/loraplace-x'" in _one_line_error(proc)
+
+
 # --- 5. the disk fills up -------------------------------------------------------------------------
 
 
@@ -360,6 +416,42 @@ def test_a_typo_in_the_data_path_writes_nothing(tiny_model_dir, tiny_data_file, 
     raw["data"]["dataset"] = str(tiny_data_file)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     assert _cli("study", tmp_path / "s.yaml", "--out", out, "--no-report").returncode == 0
+
+
+def test_a_new_study_whose_data_fails_to_load_keeps_no_config(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    raw = _small(tiny_model_dir, tiny_data_file)
+    raw["data"] = {**raw["data"], "max_length": 8}  # every example is too long
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    proc = _cli("study", tmp_path / "s.yaml", "--out", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("loraplace: error:")
+    assert "max_length" in proc.stderr
+    assert not (out / "study.yaml").exists() and not (out / "identity.json").exists()
+    raw["data"]["max_length"] = 96
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    assert _cli("study", tmp_path / "s.yaml", "--out", out, "--no-report").returncode == 0
+
+
+def test_dropping_many_long_examples_is_one_warning_line_at_the_command_line(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    proc = _cli(*_run_args(tiny_model_dir, tiny_data_file, tmp_path / "r", "--max-length", "38"))
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "dropped" in line]
+    assert warned and all(line.startswith("loraplace: warning: ") for line in warned)
+
+
+def test_tqdm_disable_turns_the_bars_off(monkeypatch):
+    from loraplace.progress import bar
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert bar(3, "x").disable
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert bar(3, "x", show=False).disable
+    assert not bar(3, "x").disable
 
 
 def test_dropping_many_long_examples_warns(tiny_model_dir, tiny_data_file):

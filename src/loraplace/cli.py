@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -267,7 +268,7 @@ def _study_mapping(source) -> dict:
     path = Path(source)
     if not path.is_file():
         raise LoraplaceError(
-            f"study config '{short_repr(str(source), 200)}' not found; presets: "
+            f"study config {short_repr(str(source), 200)} not found; presets: "
             f"{', '.join(preset_names())}"
         )
     raw = read_yaml(path)
@@ -498,13 +499,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    import warnings
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """loraplace's own warnings as one ``loraplace: warning:`` line; others as Python does."""
+    if issubclass(category, UserWarning) and "loraplace" in Path(filename).parts:
+        print(f"loraplace: warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
+
+def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers API that warns of its own renaming; nothing a user can act on.
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
     )
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -7,13 +7,15 @@ placement probe each show one (``TQDM_DISABLE=1`` turns them all off). Bars are 
 
 from __future__ import annotations
 
+import os
+
 from tqdm.auto import tqdm
 
 __all__ = ["bar"]
 
 
 def bar(total: int, desc: str, *, unit: str = "it", show: bool = True):
-    """A transient tqdm bar over ``total`` units, or a disabled one when ``show`` is false."""
-    return tqdm(
-        total=total, desc=desc, unit=unit, leave=False, disable=not show, dynamic_ncols=True
-    )
+    """A transient tqdm bar over ``total`` units; a disabled one when ``show`` is false or the
+    environment sets ``TQDM_DISABLE`` (tqdm reads it only when ``disable`` is not passed)."""
+    off = not show or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=off, dynamic_ncols=True)

@@ -530,19 +530,30 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
     The run is the same as that strategy's run with that seed in a study with the same config
     (same data, plan, seed and code path), so their eval losses agree.
 
+    ``out`` must be new, empty, or a run directory (only files a run writes): anything else
+    is refused, with or without ``force``, and nothing in ``out`` is removed before the model
+    and data have loaded.
+
     Raises:
-        LoraplaceError: ``out`` holds a finished run and ``force`` is not set.
+        LoraplaceError: ``out`` is a file, holds anything but a run, holds a finished run and
+            ``force`` is not set, or cannot be written.
     """
     from loraplace.errors import LoraplaceError
 
+    if out.exists() and not out.is_dir():
+        raise LoraplaceError(f"--out '{out}' is a file, not a directory; choose another --out")
+    foreign = store.foreign_entries(out)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise LoraplaceError(
+            f"'{out}' holds files no run writes ({listed}); nothing was changed there: choose a "
+            "new or empty directory with --out"
+        )
     if store.read_result(out) is not None and not force:
         raise LoraplaceError(
             f"'{out}' already holds a finished run; pass --force to replace it or choose --out"
         )
-    if out.exists() and not out.is_dir():
-        raise LoraplaceError(f"--out '{out}' is a file, not a directory")
-    # An interrupted forced run must not leave the old result beside a new partial curve.
-    store.clear_run_dir(out)
+    store.check_writable(out)
     plan = config.plan_for(key)
     print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
     bench = Workbench.load(
@@ -558,6 +569,8 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
         flush=True,
     )
     base = bench.base_metrics(config.eval)
+    # An interrupted forced run must not leave the old result beside a new partial curve.
+    store.clear_run_dir(out)
     result = train_one(
         bench,
         plan,

@@ -383,6 +383,46 @@ def clear_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
+#: Everything a run writes into its directory (see docs/FORMATS.md).
+RUN_FILES = frozenset(
+    {
+        RESULT_FILE,
+        EXAMPLES_FILE,
+        "metrics.jsonl",
+        "generations.jsonl",
+        "traceback.txt",
+        "adapter",
+        "checkpoints",
+    }
+)
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """The entries of ``run_dir`` that no run writes (temporary files excepted), sorted."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in run_dir.iterdir()
+        if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and check that a file can be written in it.
+
+    Raises:
+        LoraplaceError: it cannot be created or written (one line, naming the reason).
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LoraplaceError(f"cannot write to '{directory}': {exc.strerror}") from None
+
+
 def is_study_dir(path: Path) -> bool:
     """Whether ``path`` looks like a study directory (it has ``study.yaml`` or ``runs/``)."""
     return (Path(path) / "study.yaml").is_file() or (Path(path) / "runs").is_dir()

@@ -265,9 +265,9 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
         stored = store.read_json(out / store.IDENTITY_FILE)
         if stored is not None and stored != identity:
             raise LoraplaceError(
-                f"'{out}' was started with a different {_differences(stored, identity)} "
-                f"(model files or data content changed since); its runs would mix them. Restore "
-                "them or choose another directory with --out"
+                f"'{out}' was started with different {_differences(stored, identity)} "
+                f"files (model files or data content changed since); its runs would mix them. "
+                "Restore them or choose another directory with --out"
             )
         if stored is None:
             store.write_json_atomic(out / store.IDENTITY_FILE, identity)
@@ -377,6 +377,82 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
     return 0
 
 
+def _execute(
+    config: StudyConfig,
+    out: Path,
+    token: str,
+    executor: str,
+    retry_failed: bool,
+    show_progress: bool,
+) -> tuple[list[dict], float]:
+    """Run the pending runs of a prepared study directory (the lock held); returns its results
+    and the start time."""
+    from loraplace.executors import make_executor
+
+    keys = config.run_keys()
+    selection = [k for k in keys if k.stage == "selection"]
+    final = [k for k in keys if k.stage == "final"]
+    todo_selection = pending(config, out, selection, retry_failed=retry_failed)
+    todo_final = pending(config, out, final, retry_failed=retry_failed)
+    conditions = len(config.conditions)
+    print(
+        f"study '{config.name}' in {out}: {len(keys)} runs ({conditions} conditions x "
+        f"{len(config.training.seeds)} seeds"
+        + (f", plus {len(selection)} selection runs" if selection else "")
+        + f"); {len(keys) - len(todo_selection) - len(todo_final)} already complete, "
+        f"{len(todo_selection) + len(todo_final)} to run",
+        flush=True,
+    )
+    start = time.perf_counter()
+    with make_executor(executor, config, out, token, show_progress) as run:
+        if config.auto_strategies:
+            resolve_automatic(config, out, run.workbench)
+        if todo_selection or todo_final:
+            print_estimate(config, out, todo_selection + todo_final, run.workbench())
+        if todo_selection:
+            run(
+                [
+                    Job(
+                        k,
+                        config.plan_for(k),
+                        k.learning_rate,
+                        None,
+                        config.auto_for(k),
+                        keep_checkpoints=k.seed in config.training.seeds,
+                    )
+                    for k in todo_selection
+                ],
+                stage="selection",
+            )
+        choices = choose_learning_rates(config, out)
+        for condition, choice in choices.items():
+            if choice.at_edge:
+                print(
+                    f"  note: {condition[0]}"
+                    + (f" r{condition[1]}" if condition[1] else "")
+                    + f": the chosen learning rate {choice.chosen:g} is at the grid's edge",
+                    flush=True,
+                )
+        jobs, unresolved = _final_jobs(config, todo_final, choices)
+        for key, _choice in unresolved:
+            run.record_failure(
+                Job(key, config.plan_for(key), None),
+                "no_learning_rate: every learning rate of the grid failed in selection",
+            )
+        if jobs:
+            run(jobs, stage="final")
+    _drop_adopted_checkpoints(config, out)
+    results = collect_results(config, out)
+    return results, start
+
+
+def _has_runs(out: Path) -> bool:
+    return any(
+        (out / part).is_dir() and any((out / part).iterdir())
+        for part in ("runs", "selection", "auto")
+    )
+
+
 def run_study(
     config: StudyConfig,
     out: Path,
@@ -395,69 +471,25 @@ def run_study(
     Raises:
         LoraplaceError: the directory is in use, holds another study, or the disk is full.
     """
-    from loraplace.executors import make_executor
-
     if config.plans is None:
         raise ValueError("run_study needs a config loaded with check_model=True")
     out = Path(out)
     _check_out(out)
     identity = study_identity(config)
     with store.StudyLock(out) as lock:
+        created = not (out / "study.yaml").exists()
         prepare_study_dir(config, out, identity)
-        keys = config.run_keys()
-        selection = [k for k in keys if k.stage == "selection"]
-        final = [k for k in keys if k.stage == "final"]
-        todo_selection = pending(config, out, selection, retry_failed=retry_failed)
-        todo_final = pending(config, out, final, retry_failed=retry_failed)
-        conditions = len(config.conditions)
-        print(
-            f"study '{config.name}' in {out}: {len(keys)} runs ({conditions} conditions x "
-            f"{len(config.training.seeds)} seeds"
-            + (f", plus {len(selection)} selection runs" if selection else "")
-            + f"); {len(keys) - len(todo_selection) - len(todo_final)} already complete, "
-            f"{len(todo_selection) + len(todo_final)} to run",
-            flush=True,
-        )
-        start = time.perf_counter()
-        with make_executor(executor, config, out, lock.token, show_progress) as run:
-            if config.auto_strategies:
-                resolve_automatic(config, out, run.workbench)
-            if todo_selection or todo_final:
-                print_estimate(config, out, todo_selection + todo_final, run.workbench())
-            if todo_selection:
-                run(
-                    [
-                        Job(
-                            k,
-                            config.plan_for(k),
-                            k.learning_rate,
-                            None,
-                            config.auto_for(k),
-                            keep_checkpoints=k.seed in config.training.seeds,
-                        )
-                        for k in todo_selection
-                    ],
-                    stage="selection",
-                )
-            choices = choose_learning_rates(config, out)
-            for condition, choice in choices.items():
-                if choice.at_edge:
-                    print(
-                        f"  note: {condition[0]}"
-                        + (f" r{condition[1]}" if condition[1] else "")
-                        + f": the chosen learning rate {choice.chosen:g} is at the grid's edge",
-                        flush=True,
-                    )
-            jobs, unresolved = _final_jobs(config, todo_final, choices)
-            for key, _choice in unresolved:
-                run.record_failure(
-                    Job(key, config.plan_for(key), None),
-                    "no_learning_rate: every learning rate of the grid failed in selection",
-                )
-            if jobs:
-                run(jobs, stage="final")
-        _drop_adopted_checkpoints(config, out)
-        results = collect_results(config, out)
+        try:
+            results, start = _execute(
+                config, out, lock.token, executor, retry_failed, show_progress
+            )
+        except LoraplaceError:
+            # A new study that failed before any run (its data, say) keeps no config, so the
+            # corrected config can start in the same directory.
+            if created and not _has_runs(out):
+                for name in ("study.yaml", store.IDENTITY_FILE):
+                    (out / name).unlink(missing_ok=True)
+            raise
         store.write_results_csv(out, results)
     finals = [r for r in results if r.get("stage", "final") == "final"]
     failed = [r for r in results if r["status"] == "failed"]
