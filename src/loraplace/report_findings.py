@@ -13,7 +13,7 @@ from __future__ import annotations
 from loraplace.measures import RankStability
 from loraplace.report_analysis import PARETO_TOLERANCE, Analysis
 from loraplace.report_data import Condition, Study, first
-from loraplace.report_render import FAILURES_HEADING, code, p_text
+from loraplace.report_render import FAILURES_HEADING, code, p_is
 from loraplace.report_sweeps import (
     BudgetAnalysis,
     CheckpointAnalysis,
@@ -57,7 +57,7 @@ def _delta(c: Comparison) -> str:
 
 
 def _tested(c: Comparison) -> str:
-    return f"{_delta(c)}, p = {p_text(c.p)}, Holm p = {p_text(c.p_holm)}"
+    return f"{_delta(c)}, p {p_is(c.p)}, Holm p {p_is(c.p_holm)}"
 
 
 def _pair(c: Comparison) -> str:
@@ -74,7 +74,7 @@ def _directional(group: list[Comparison], label: str, rule: str, hedge: str = ""
 
 
 def _unresolved(c: Comparison) -> str:
-    text = f"{_pair(c)} ({_delta(c)}, Holm p = {p_text(c.p_holm)}"
+    text = f"{_pair(c)} ({_delta(c)}, Holm p {p_is(c.p_holm)}"
     if c.sd == 0:
         return text + "; the per-seed differences are all equal, so the t-test is undefined)"
     mdd = min_detectable_difference(c.sd, c.n, 0.05 / max(1, c.family_size)) if c.sd else None
@@ -128,8 +128,7 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:
             f"Matches the reference within ±{study.margin:g} nats (TOST equivalence, "
             f"Holm-adjusted p < {SUPPORTED_P:.2f}): "
             + "; ".join(
-                f"{_pair(c)} ({_delta(c)}, TOST Holm p = {p_text(c.tost_p_holm)})"
-                for c in equivalent
+                f"{_pair(c)} ({_delta(c)}, TOST Holm p {p_is(c.tost_p_holm)})" for c in equivalent
             )
             + "."
         )
@@ -196,7 +195,7 @@ def _accuracy(study: Study, a: Analysis) -> list[str]:
         parts = []
         for label, t in tests:
             text = f"{code(label)}: {t.b} right only here vs {t.c} right only in the reference"
-            text += f", McNemar p = {p_text(t.p)}, Holm p = {p_text(t.p_holm)}, {t.verdict}"
+            text += f", McNemar p {p_is(t.p)}, Holm p {p_is(t.p_holm)}, {t.verdict}"
             if t.direction:
                 text += f" ({'higher' if t.direction == BETTER else 'lower'} accuracy)"
             parts.append(text)
@@ -374,9 +373,9 @@ def _budget(budget: BudgetAnalysis | None) -> list[str]:
                 parts.append(text + f" (exploratory, n = {r.n})")
             elif r.direction:
                 word = "lower" if r.direction == BETTER else "higher"
-                parts.append(text + f", Holm p = {p_text(r.p_holm)}: {r.verdict}, {word} loss")
+                parts.append(text + f", Holm p {p_is(r.p_holm)}: {r.verdict}, {word} loss")
             else:
-                parts.append(text + f", Holm p = {p_text(r.p_holm)}: {r.verdict}")
+                parts.append(text + f", Holm p {p_is(r.p_holm)}: {r.verdict}")
         out.append(
             "At equal budgets (each curve interpolated linearly in log parameters between its "
             "measured ranks, never extrapolated; paired t over seeds, Holm over "

@@ -25,6 +25,7 @@ __all__ = [
     "html_text",
     "md_cell",
     "md_text",
+    "p_is",
     "p_text",
     "pm",
     "interval",
@@ -79,6 +80,12 @@ def interval(low: float | None, high: float | None, spec: str) -> str:
 def p_text(p: float | None) -> str:
     """A p-value to three decimals, ``<0.001`` below that, a dash when no test was made."""
     return DASH if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def p_is(p: float | None) -> str:
+    """A p-value for a sentence: ``= 0.034`` or ``< 0.001``."""
+    text = p_text(p)
+    return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
 
 
 # --- Escaping -----------------------------------------------------------------------------------
