@@ -17,9 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from loraplace import store
+from loraplace import progress, store
 from loraplace.config import StudyConfig
 from loraplace.errors import LoraplaceError
 from loraplace.runner import (
@@ -219,13 +217,7 @@ class _Executor:
         store.write_result(job.key.run_dir(self.out), store.failed_result(record, error))
 
     def _bar(self, jobs, stage: str):
-        return tqdm(
-            total=len(jobs),
-            desc=f"study ({stage})",
-            unit="run",
-            disable=not self.show,
-            dynamic_ncols=True,
-        )
+        return progress.bar(len(jobs), f"study ({stage})", unit="run", show=self.show, leave=True)
 
 
 class LocalExecutor(_Executor):

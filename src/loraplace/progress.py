@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 __all__ = ["bar"]
 
 
-def bar(total: int, desc: str, *, unit: str = "it", show: bool = True):
+def bar(total: int, desc: str, *, unit: str = "it", show: bool = True, leave: bool = False):
     """A transient tqdm bar over ``total`` units; a disabled one when ``show`` is false or the
     environment sets ``TQDM_DISABLE`` (tqdm reads it only when ``disable`` is not passed)."""
     off = not show or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=off, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=off, dynamic_ncols=True)
