@@ -101,14 +101,18 @@ def study_status(out: Path) -> str:
         if stage in counts:
             lines.append(f"{stage:<10} " + " ".join(f"{counts[stage][c]:>11}" for c in columns))
     lines.append(f"wall time of complete runs: {format_duration(spent)}")
-    estimate = (
-        format_duration(left)
-        if not unknown
-        else (
+    if not unknown:
+        estimate = format_duration(left)
+    elif left:
+        estimate = (
             f"{format_duration(left)} plus {unknown} run(s) with no finished run of their stage to "
             "time them by"
         )
-    )
+    else:
+        estimate = (
+            f"not known until a run of each stage finishes ({unknown} run(s) to time); "
+            "`loraplace study CONFIG --estimate` prices them from a short calibration"
+        )
     lines.append(f"estimated time to finish: {estimate if left or unknown else '0 s (complete)'}")
     failed = [(k, r) for k, s, r in states if s == "failed"]
     for key, result in failed:
