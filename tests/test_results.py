@@ -47,6 +47,9 @@ def test_export_copies_records_not_weights_and_the_report_regenerates(tmp_path):
     (key.run_dir(src) / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
     (src / "study.yaml").write_text("name: s\nstrategies: {a: all}\n")
     (src / ".lock").write_text("{}")
+    running = store.RunKey("a", 1).run_dir(src)
+    running.mkdir(parents=True)
+    (running / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     count = export_study(src, tmp_path / "dst")
     assert count == 2
     assert (
@@ -57,3 +60,4 @@ def test_export_copies_records_not_weights_and_the_report_regenerates(tmp_path):
     )
     assert not (tmp_path / "dst" / "runs" / "a--seed0" / "adapter").exists()
     assert not (tmp_path / "dst" / ".lock").exists()
+    assert not (tmp_path / "dst" / "runs" / "a--seed1").exists()  # in progress: not a record

@@ -438,7 +438,8 @@ def export_study(src: Path, dst: Path) -> int:
     Everything ``loraplace report`` reads is copied (``study.yaml``, ``identity.json``,
     ``base*.json*``, ``results.csv``, every run's ``result.json``, ``metrics.jsonl``,
     ``eval_examples.jsonl``, ``generations.jsonl``, ``auto/``) and the report itself; adapters,
-    selection checkpoints, the lock and tracker stores are not.
+    selection checkpoints, the lock, tracker stores and runs without a result (in progress or
+    interrupted) are not.
 
     Returns:
         The number of files copied.
@@ -459,6 +460,9 @@ def export_study(src: Path, dst: Path) -> int:
             continue
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             continue
+        if rel.parts[0] in ("runs", "selection") and len(rel.parts) > 2:
+            if read_result(src / rel.parts[0] / rel.parts[1]) is None:
+                continue  # a run in progress or interrupted: it will be redone
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
