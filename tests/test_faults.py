@@ -185,44 +185,6 @@ def test_resume_after_the_model_changed_is_refused(tiny_data_file, tmp_path):
 # --- 4. an interrupted run --force --------------------------------------------------------------
 
 
-def test_an_interrupted_forced_run_leaves_no_stale_result(
-    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
-):
-    import loraplace.runner as run
-    from loraplace.cli import main
-
-    out = tmp_path / "single"
-    args = [
-        "run",
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        str(tiny_data_file),
-        "--train-examples",
-        "24",
-        "--eval-examples",
-        "8",
-        "--max-length",
-        "96",
-        "--steps",
-        "2",
-        "--strategy",
-        "attn",
-        "--out",
-        str(out),
-    ]
-    assert main(args) == 0
-    (out / "generations.jsonl").write_text("{}\n")  # a file the new run would not write
-
-    def interrupted(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(run, "train_adapter", interrupted)
-    assert main([*args, "--force"]) == 130
-    assert not (out / "result.json").exists()
-    assert not (out / "generations.jsonl").exists()
-
-
 def _run_args(model_dir, data_file, out, *extra) -> list[str]:
     return [
         "run",
@@ -244,6 +206,26 @@ def _run_args(model_dir, data_file, out, *extra) -> list[str]:
         str(out),
         *extra,
     ]
+
+
+def test_an_interrupted_forced_run_leaves_no_stale_result(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    import loraplace.runner as run
+    from loraplace.cli import main
+
+    out = tmp_path / "single"
+    args = _run_args(tiny_model_dir, tiny_data_file, out)
+    assert main(args) == 0
+    (out / "generations.jsonl").write_text("{}\n")  # a file the new run would not write
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train_adapter", interrupted)
+    assert main([*args, "--force"]) == 130
+    assert not (out / "result.json").exists()
+    assert not (out / "generations.jsonl").exists()
 
 
 @pytest.mark.parametrize("force", [False, True])
