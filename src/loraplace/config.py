@@ -104,6 +104,9 @@ class StudyConfig:
     """Experiment trackers to log to: mlflow, tensorboard (see docs/TRACKING.md)."""
     trust_remote_code: bool = False
     """Allow the model directory's own Python code to run (see the README's warning)."""
+    reuse: list[str] = field(default_factory=list)
+    """Other study directories whose identical runs are copied instead of trained again
+    (:mod:`loraplace.reuse`)."""
     plans: dict | None = field(default=None, repr=False, compare=False)
     """``{(name, rank): Plan}`` compiled once at validation, plus ``{(name, rank, seed): Plan}``
     for automatic strategies resolved per seed (not part of the saved config)."""
@@ -115,6 +118,8 @@ class StudyConfig:
         out = asdict(self)
         out.pop("plans")
         out.pop("autos")
+        if not out["reuse"]:
+            out.pop("reuse")  # study.yaml files from before reuse existed stay the same
         return out
 
     @property
@@ -370,6 +375,9 @@ def _check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:
     trust = raw.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         problems.append(f"trust_remote_code must be true or false, got {short_repr(trust)}")
+    reuse = raw.get("reuse", [])
+    if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
+        problems.append(f"reuse must be a list of study directories, got {short_repr(reuse)}")
 
 
 def _read_source(source) -> tuple[object, str]:
@@ -451,6 +459,7 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
         device=raw.get("device"),
         tracking=list(raw.get("tracking", [])),
         trust_remote_code=bool(raw.get("trust_remote_code", False)),
+        reuse=list(raw.get("reuse", [])),
         **sections,
     )
     if check_model:

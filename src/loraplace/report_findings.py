@@ -448,6 +448,14 @@ def training_lines(study: Study, a: Analysis, t: TrainingBudget) -> list[str]:
             f"{len(sel.selection)} seed(s)), {t.steps:,} steps each, scored on the validation "
             "split."
         )
+    copied = [r for r in study.records + study.selection if r.get("reused_from")]
+    if copied:
+        sources = sorted({r["reused_from"].rsplit("/", 2)[0] for r in copied})
+        out.append(
+            f"{len(copied)} runs were copied from another study ({', '.join(sources)}), made "
+            "there exactly as here (the config's reuse list, docs/STUDIES.md); their times were "
+            "measured there."
+        )
     return out
 
 

@@ -35,6 +35,7 @@ from loraplace.workbench import Split, Workbench
 __all__ = [
     "plan_record",
     "run_record",
+    "settings_record",
     "train_one",
     "adopt_selection_run",
     "run_single",
@@ -112,13 +113,18 @@ def run_record(
         "dataset": bench.data,
         "versions": versions(),
         "hardware": hardware(bench.device),
-        "config": {
-            "lora": vars(lora),
-            "training": {
-                k: v for k, v in vars(training).items() if k not in ("seeds", "selection_seeds")
-            },
-            "eval": vars(evaluation),
+        "config": settings_record(lora, training, evaluation),
+    }
+
+
+def settings_record(lora: LoraSettings, training: TrainingSettings, evaluation: EvalSettings):
+    """The ``config`` block of ``result.json``: the settings every run of a study shares."""
+    return {
+        "lora": vars(lora),
+        "training": {
+            k: v for k, v in vars(training).items() if k not in ("seeds", "selection_seeds")
         },
+        "eval": vars(evaluation),
     }
 
 

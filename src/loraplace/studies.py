@@ -219,8 +219,8 @@ def _normalised(config_dict: dict) -> str:
 
 
 #: Top-level keys that do not change any run: trackers mirror results, the report reads them,
-#: Ray options only place them.
-_NOT_RUN_KEYS = ("tracking", "report", "ray")
+#: Ray options only place them, reuse only saves training them.
+_NOT_RUN_KEYS = ("tracking", "report", "ray", "reuse")
 
 
 def _without_seeds(config_dict: dict) -> dict:
@@ -330,6 +330,23 @@ def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple
     return jobs, unresolved
 
 
+def _reuser(config: StudyConfig, out: Path, workbench):
+    """A filter of jobs: it copies each job another study already ran (``reuse``) and returns
+    the jobs left to run."""
+    from loraplace.reuse import find_donors, reuse_runs
+    from loraplace.runner import settings_record
+
+    identity = store.read_json(out / store.IDENTITY_FILE)
+    donors = find_donors(config.to_dict(), identity, config.reuse, workbench().device)
+    settings = settings_record(config.lora, config.training, config.eval)
+
+    def reuse(jobs: list[Job]) -> list[Job]:
+        copied = reuse_runs(out, jobs, donors, settings) if jobs and donors else set()
+        return [job for job in jobs if job.key not in copied]
+
+    return reuse
+
+
 def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
     """Selection runs keep their weights only until their seed's final run is complete."""
     import shutil
@@ -407,23 +424,25 @@ def _execute(
     with make_executor(executor, config, out, token, show_progress) as run:
         if config.auto_strategies:
             resolve_automatic(config, out, run.workbench)
-        if todo_selection or todo_final:
-            print_estimate(config, out, todo_selection + todo_final, run.workbench())
-        if todo_selection:
-            run(
-                [
-                    Job(
-                        k,
-                        config.plan_for(k),
-                        k.learning_rate,
-                        None,
-                        config.auto_for(k),
-                        keep_checkpoints=k.seed in config.training.seeds,
-                    )
-                    for k in todo_selection
-                ],
-                stage="selection",
-            )
+        reuse = _reuser(config, out, run.workbench) if config.reuse else (lambda jobs: jobs)
+        selection_jobs = reuse(
+            [
+                Job(
+                    k,
+                    config.plan_for(k),
+                    k.learning_rate,
+                    None,
+                    config.auto_for(k),
+                    keep_checkpoints=k.seed in config.training.seeds,
+                )
+                for k in todo_selection
+            ]
+        )
+        if selection_jobs or todo_final:
+            todo = [job.key for job in selection_jobs] + todo_final
+            print_estimate(config, out, todo, run.workbench())
+        if selection_jobs:
+            run(selection_jobs, stage="selection")
         choices = choose_learning_rates(config, out)
         for condition, choice in choices.items():
             if choice.at_edge:
@@ -434,6 +453,7 @@ def _execute(
                     flush=True,
                 )
         jobs, unresolved = _final_jobs(config, todo_final, choices)
+        jobs = reuse(jobs)
         for key, _choice in unresolved:
             run.record_failure(
                 Job(key, config.plan_for(key), None),
