@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import pytest
 from test_study import tiny_study
 
 from loraplace import store
 from loraplace.config import load_study_config
-from loraplace.status import format_duration, study_status, time_left
+from loraplace.status import format_duration, parallelism, study_status, time_left
 from loraplace.studies import run_study
 from loraplace.yamlio import dump_yaml
 
@@ -36,6 +38,26 @@ def test_time_left_times_each_run_by_its_own_condition_and_stage():
     assert (left, unknown) == (210.0 + 55.0, 1)
 
 
+def test_parallelism_is_run_time_over_busy_time():
+    def runs(*spans):
+        return [
+            _result(
+                f"2026-01-01T00:{a // 60:02d}:{a % 60:02d}+00:00",
+                f"2026-01-01T00:{b // 60:02d}:{b % 60:02d}+00:00",
+            )
+            for a, b in spans
+        ]
+
+    assert parallelism(runs((0, 100), (0, 100))) == 2.0
+    assert parallelism(runs((0, 100), (100, 200))) == 1.0
+    # Two sessions of two runs at a time, with a gap between them that counts in neither.
+    assert parallelism(runs((0, 100), (10, 110), (1000, 1200), (1000, 1200))) == pytest.approx(
+        (200 + 400) / (110 + 200)
+    )
+    assert parallelism(runs((0, 100), (20, 60))) == pytest.approx(140 / 100)
+    assert parallelism([]) == parallelism([None, {"status": "failed"}]) == 1.0
+
+
 def test_format_duration():
     assert [format_duration(s) for s in (45, 750, 3900, None)] == [
         "45 s",
@@ -57,6 +79,19 @@ def test_status_of_a_half_finished_study_reads_only_files(tiny_model_dir, tiny_d
     final = next(line for line in text.splitlines() if line.startswith("final"))
     assert final.split() == ["final", "4", "0", "1", "1"]
     assert "estimated time to finish:" in text and "unknown" not in text
+    assert "runs at a time" not in text  # one run at a time: nothing to divide by
+
+    # The same four runs, made two at a time, 100 s each: the 2 left take 100 s, not 200 s.
+    for i, path in enumerate(sorted((out / "runs").glob("*/result.json"))):
+        record = json.loads(path.read_text())
+        start = 200 * (i // 2)
+        record["started_at"] = f"2026-01-01T00:{start // 60:02d}:{start % 60:02d}+00:00"
+        end = start + 100
+        record["finished_at"] = f"2026-01-01T00:{end // 60:02d}:{end % 60:02d}+00:00"
+        path.write_text(json.dumps(record))
+    text = study_status(out)
+    assert "runs at a time: 2.0 on average" in text
+    assert "estimated time to finish: 1 min 40 s" in text
 
 
 def test_status_before_any_run_finished_says_the_time_is_not_known(
@@ -70,3 +105,53 @@ def test_status_before_any_run_finished_says_the_time_is_not_known(
     final = next(line for line in text.splitlines() if line.startswith("final"))
     assert final.split() == ["final", "0", "0", "0", "6"]
     assert "not known until a run of each stage finishes (6 run(s) to time)" in text
+
+
+def test_the_study_estimate_divides_by_the_runs_at_a_time_it_measured(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch, capsys
+):
+    import loraplace.estimate as estimate
+    from loraplace.studies import print_estimate
+
+    monkeypatch.setattr(estimate, "machine_matmul_rate", lambda: 100.0)
+    config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
+    bench = _StubBench()
+    out = tmp_path / "study"
+    keys = config.run_keys()
+    done, todo = keys[:2], keys[2:]
+
+    def finish(starts: list[int]) -> str:
+        for key, start in zip(done, starts):
+            store.write_result(
+                key.run_dir(out),
+                {
+                    "name": key.name,
+                    "seed": key.seed,
+                    "rank": key.rank,
+                    "status": "finished",
+                    "tokens_per_s": 50.0,
+                    "started_at": f"2026-01-01T00:0{start}:00+00:00",
+                    "finished_at": f"2026-01-01T00:0{start + 1}:00+00:00",
+                },
+            )
+        capsys.readouterr()
+        print_estimate(config, out, todo, bench)
+        return capsys.readouterr().out
+
+    one = finish([0, 1])  # one after the other
+    two = finish([0, 0])  # side by side, at the same per-run rate
+    assert "one run at a time" in one and "runs at a time" not in one
+    assert "at the 2.0 runs at a time they ran" in two
+    run_time = one.split("about ")[1].split(" one run")[0]
+    assert f"({run_time} of run time)" in two  # the same summed time, halved for the wall
+
+
+class _StubBench:
+    """What the estimate reads of a workbench: layer count and the splits' token lengths."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        split = SimpleNamespace(features=[{"input_ids": [0] * 100}] * 8)
+        self.arch = SimpleNamespace(num_layers=2)
+        self.train = self.validation = self.eval = split

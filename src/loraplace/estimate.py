@@ -6,7 +6,9 @@ when there are some, else a short calibration (a few steps of all-layer LoRA on 
 batches). A strategy whose lowest adapted layer is ``L`` runs only the layers from ``L`` up
 (the frozen-prefix cache), so its cost is scaled by its depth. Evaluation runs forward only, at
 about twice the training rate (docs/CONCEPTS.md). It is an estimate: a shared machine's speed
-varies, and the report gives the measured times.
+varies, and the report gives the measured times. Rates measured on finished runs were measured
+as those runs shared the machine (Ray runs several at once, each on fewer threads): the estimate
+then divides the summed time by how many ran at a time (:func:`loraplace.status.parallelism`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Estimate:
     train_tokens: int
     eval_tokens: int
     seconds: float
+    """Summed run time: one run at a time."""
+    at_once: float
+    """Runs under way at a time while the finished runs ran (1.0 when calibrated)."""
     rate: float
     """Training tokens/s of all-layer LoRA on this machine, as measured."""
     source: str
@@ -107,9 +112,14 @@ def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estima
         and (r["name"], r.get("rank")) in config.plans
     ]
     if rates:
+        from loraplace.status import parallelism
+
         rate, source = sorted(rates)[len(rates) // 2], f"median of {len(rates)} finished runs"
+        # Their rates were measured that many at a time; the runs left will share it likewise.
+        at_once = parallelism([r for r in finished if r.get("status") == "finished"])
     else:
         rate, source = _calibrate(bench, config), "3 calibration steps of all-layer LoRA"
+        at_once = 1.0
     seconds = train_total = eval_total = 0.0
     for key in pending:
         plan = config.plan_for(key) if (key.name, key.rank) in config.plans else None
@@ -120,4 +130,4 @@ def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estima
         train_total += train
         eval_total += evaluated
         seconds += depth * (train / rate + evaluated / (EVAL_SPEEDUP * rate))
-    return Estimate(len(pending), int(train_total), int(eval_total), seconds, rate, source)
+    return Estimate(len(pending), int(train_total), int(eval_total), seconds, at_once, rate, source)

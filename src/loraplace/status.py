@@ -3,7 +3,8 @@
 Nothing is loaded but ``study.yaml`` and the run records: no model, no data. The estimate of
 the time left uses the measured wall time of finished runs of the same condition and stage
 (another strategy's or rank's runs can be several times faster or slower), falling back to the
-mean over all finished runs of the stage.
+mean over all finished runs of the stage, divided by how many runs were under way at a time
+(Ray runs several at once; measured from the runs' start and end times).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from loraplace import store
 from loraplace.errors import LoraplaceError
 
-__all__ = ["study_status", "run_states", "time_left", "format_duration"]
+__all__ = ["study_status", "run_states", "time_left", "parallelism", "format_duration"]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -37,6 +38,24 @@ def _duration(result: dict) -> float | None:
     except (KeyError, TypeError, ValueError):
         return None
     return max(0.0, (end - start).total_seconds())
+
+
+def parallelism(results: list[dict]) -> float:
+    """How many runs were under way at a time, on average, while any was: the summed wall time
+    of ``results`` over the length of the union of their intervals (1.0 without overlap or
+    without timestamps). Gaps between sessions count in neither."""
+    spans = []
+    for result in results:
+        duration = _duration(result) if result else None
+        if duration:
+            start = datetime.fromisoformat(result["started_at"]).timestamp()
+            spans.append((start, start + duration))
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return max(1.0, sum(b - a for a, b in spans) / busy) if busy > 0 else 1.0
 
 
 def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | None]]:
@@ -95,12 +114,19 @@ def study_status(out: Path) -> str:
     for key, state, _ in states:
         counts[key.stage][state] += 1
     spent, left, unknown = time_left(states)
+    at_once = parallelism([r for _, _, r in states])
+    left /= at_once
     columns = ("finished", "failed", "in progress", "pending")
     lines = [f"study directory: {out}", f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns)]
     for stage in ("selection", "final"):
         if stage in counts:
             lines.append(f"{stage:<10} " + " ".join(f"{counts[stage][c]:>11}" for c in columns))
     lines.append(f"wall time of complete runs: {format_duration(spent)}")
+    if at_once > 1.05:
+        lines.append(
+            f"runs at a time: {at_once:.1f} on average (measured from the complete runs); the "
+            "estimate below assumes the same"
+        )
     if not unknown:
         estimate = format_duration(left)
     elif left:

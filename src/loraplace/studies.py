@@ -367,11 +367,18 @@ def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) ->
 
     finished = collect_results(config, out) if out.is_dir() else []
     found = estimate_study(config, todo, bench, finished)
+    if found.at_once > 1.05:
+        when = (
+            f"about {format_duration(found.seconds / found.at_once)} at the {found.at_once:.1f} "
+            f"runs at a time they ran ({format_duration(found.seconds)} of run time)"
+        )
+    else:
+        when = f"about {format_duration(found.seconds)} one run at a time"
     print(
         f"estimate: {found.runs} runs to go, {found.train_tokens / 1e6:.2f}M training and "
         f"{found.eval_tokens / 1e6:.2f}M eval tokens; at {found.rate:.0f} tokens/s of "
-        f"all-layer training ({found.source}; fp32 matmul {machine_matmul_rate():.0f} GFLOP/s "
-        f"now), about {format_duration(found.seconds)} one run at a time",
+        f"all-layer training per run ({found.source}; fp32 matmul "
+        f"{machine_matmul_rate():.0f} GFLOP/s now), {when}",
         flush=True,
     )
 
