@@ -77,6 +77,18 @@ def test_place_prints_a_strategy_within_the_budget_that_round_trips(
     assert again.stdout.strip().splitlines()[-1] == strategy
 
 
+@pytest.mark.parametrize("method", ["snr", "random"])
+def test_place_without_a_probe_reads_no_data(method, tiny_model_dir, tiny_data_file, tmp_path):
+    missing = tmp_path / "no-such-data.jsonl"
+    proc = _place(tiny_model_dir, missing, "--budget", "attn", "--method", method)
+    assert proc.returncode == 0, proc.stderr
+    assert str(missing) not in proc.stdout
+    same = _place(tiny_model_dir, tiny_data_file, "--budget", "attn", "--method", method)
+    assert proc.stdout.strip().splitlines()[-1] == same.stdout.strip().splitlines()[-1]
+    grad = _place(tiny_model_dir, missing, "--budget", "attn", "--method", "grad")
+    assert grad.returncode == 2 and "no-such-data.jsonl" in grad.stderr
+
+
 def test_an_unreachable_budget_is_one_line(tiny_model_dir, tiny_data_file):
     proc = _place(tiny_model_dir, tiny_data_file, "--budget", "5", "--method", "snr")
     assert proc.returncode == 2

@@ -279,7 +279,7 @@ def _study_mapping(source) -> dict:
 
 def cmd_place(args) -> int:
     from loraplace.config import load_study_config
-    from loraplace.probe import AutoSpec, auto_place, resolve_budget
+    from loraplace.probe import AutoSpec, ModelOnly, auto_place, resolve_budget
     from loraplace.workbench import Workbench
 
     raw = _base_config_mapping(args)
@@ -307,14 +307,24 @@ def cmd_place(args) -> int:
 
     planner = ModelPlanner.for_model(config.model, trust_remote_code=config.trust_remote_code)
     budget = resolve_budget(spec.budget, planner, rank, fixed)
-    print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
-    bench = Workbench.load(
-        config.model,
-        config.data,
-        config.device,
-        trust_remote_code=config.trust_remote_code,
-        min_train=config.training.batch_size,
-    )
+    if spec.method == "grad":  # only the probe reads data
+        print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
+        bench = Workbench.load(
+            config.model,
+            config.data,
+            config.device,
+            trust_remote_code=config.trust_remote_code,
+            min_train=config.training.batch_size,
+        )
+    elif spec.method == "snr":  # the base weights alone
+        from loraplace.arch import classify
+        from loraplace.models import load_model
+
+        print(f"loading {config.model} ...", flush=True)
+        model = load_model(planner.source)
+        bench = ModelOnly(model, classify(model))
+    else:  # the architecture alone
+        bench = ModelOnly(None, planner.arch)
     out = Path(args.out) if args.out else None
     result = auto_place(
         bench,

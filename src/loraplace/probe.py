@@ -18,7 +18,7 @@ from loraplace.errors import ConfigError, LoraplaceError, short_repr
 from loraplace.progress import bar
 from loraplace.settings import check_fields, is_int, is_number
 
-__all__ = ["AutoSpec", "ProbeCost", "AutoResult", "resolve_budget", "auto_place"]
+__all__ = ["AutoSpec", "ProbeCost", "ModelOnly", "AutoResult", "resolve_budget", "auto_place"]
 
 
 @dataclass
@@ -99,6 +99,15 @@ class ProbeCost:
     time_s: float
     steps: int
     tokens: int
+
+
+@dataclass(frozen=True)
+class ModelOnly:
+    """What ``snr`` and ``random`` read of a workbench: the base model (``snr`` only) and its
+    architecture. ``loraplace place`` builds it for them instead of loading data they ignore."""
+
+    model: object
+    arch: object
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,8 @@ def auto_place(
     """Score the workbench's model by ``spec.method`` and place ``budget`` parameters at ``rank``.
 
     Args:
-        bench: a :class:`~loraplace.workbench.Workbench` (its training split feeds the probe).
+        bench: a :class:`~loraplace.workbench.Workbench` (its training split feeds the probe),
+            or for ``snr`` and ``random`` a :class:`ModelOnly`.
         spec: the automatic strategy.
         rank: the rank of every chosen module.
         budget: the parameter budget (see :func:`resolve_budget`).
