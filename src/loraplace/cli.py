@@ -309,13 +309,7 @@ def cmd_place(args) -> int:
     budget = resolve_budget(spec.budget, planner, rank, fixed)
     if spec.method == "grad":  # only the probe reads data
         print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
-        bench = Workbench.load(
-            config.model,
-            config.data,
-            config.device,
-            trust_remote_code=config.trust_remote_code,
-            min_train=config.training.batch_size,
-        )
+        bench = Workbench.for_config(config)
     elif spec.method == "snr":  # the base weights alone
         from loraplace.arch import classify
         from loraplace.models import load_model

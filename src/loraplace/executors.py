@@ -45,13 +45,7 @@ def error_reason(exc: BaseException) -> str:
 
 
 def _load_bench(config: StudyConfig) -> Workbench:
-    return Workbench.load(
-        config.model,
-        config.data,
-        config.device,
-        trust_remote_code=config.trust_remote_code,
-        min_train=config.training.batch_size,
-    )
+    return Workbench.for_config(config)
 
 
 def _check_identity(bench: Workbench, out: Path) -> None:

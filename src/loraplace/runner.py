@@ -562,13 +562,7 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
     store.check_writable(out)
     plan = config.plan_for(key)
     print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
-    bench = Workbench.load(
-        config.model,
-        config.data,
-        config.device,
-        trust_remote_code=config.trust_remote_code,
-        min_train=config.training.batch_size,
-    )
+    bench = Workbench.for_config(config)
     print(
         f"{key.name}: {plan.trainable_params:,} trainable parameters ({plan.trainable_pct:.3f}% "
         f"of {plan.total_params:,}), {len(plan.targets)} modules, seed {key.seed}",

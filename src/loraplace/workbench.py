@@ -155,6 +155,18 @@ class Workbench:
             dtype,
         )
 
+    @classmethod
+    def for_config(cls, config) -> Workbench:
+        """The model and data of a study config (a :class:`~loraplace.config.StudyConfig`),
+        each training batch full."""
+        return cls.load(
+            config.model,
+            config.data,
+            config.device,
+            trust_remote_code=config.trust_remote_code,
+            min_train=config.training.batch_size,
+        )
+
     @property
     def planner(self) -> ModelPlanner:
         return ModelPlanner(self.source, self.arch, self.base_params)
