@@ -94,6 +94,42 @@ def test_equal_budget_compares_only_where_the_curves_overlap(sweep_report):
     )
 
 
+def test_the_other_placements_are_compared_with_each_other_in_a_family_of_their_own(tmp_path):
+    root = tmp_path / "s"
+    strategies = {"all": "all", "attn": "attn", "mlp": "mlp"}
+    write_config(root, strategies, ranks=[2, 4, 8], training={"seeds": [0, 1, 2]})
+    # "mlp" costs 60 per unit of rank: its curve lies between the other two in cost.
+    curve_mlp = {120: [1.02, 1.09, 1.01], 240: [0.99, 1.03, 0.97], 480: [0.93, 0.99, 0.95]}
+    curves = (("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN), ("mlp", 60, curve_mlp))
+    for name, per_rank, curve in curves:
+        roles = ALL if name == "all" else (ATTN if name == "attn" else MLP)
+        for params, losses in curve.items():
+            rank = params // per_rank
+            for seed, loss in enumerate(losses):
+                placement = _placement(dict.fromkeys(roles, rank))
+                rec = record(name, name, seed, params, placement, loss, 1.0 + seed, rank=rank)
+                store.write_result(store.RunKey(name, seed, rank).run_dir(root), rec)
+    report = build_report(load_study(root))
+    budget = report.budget
+    # The family with the reference is each placement against "all" only, as before.
+    assert {(r.strategy, r.reference) for r in budget.rows} == {("attn", "all"), ("mlp", "all")}
+    pairs = {r.budget: r for r in budget.pairs}
+    assert {(r.strategy, r.reference) for r in budget.pairs} == {("attn", "mlp")}
+    # attn spans 80-320 and mlp 120-480: compared at 120, 160, 240 and 320 only.
+    assert {b for b, r in pairs.items() if r.status == "compared"} == {120, 160, 240, 320}
+    assert budget.pairs_family_size == 4
+    # At 160 "attn" is measured and "mlp" interpolated between 120 and 240.
+    mlp_160 = _log_interp(120, curve_mlp[120], 240, curve_mlp[240], 160)
+    test = ttest_rel(CURVE_ATTN[160], mlp_160)
+    row = pairs[160]
+    assert row.measured == "attn" and row.mean == pytest.approx(
+        np.mean(np.subtract(CURVE_ATTN[160], mlp_160))
+    )
+    assert row.p == pytest.approx(test.pvalue) and row.p_holm >= row.p
+    md = (write_report(root) / "report.md").read_text()
+    assert "## Equal budgets, other pairs" in md and "Holm over 4 compared budget(s)" in md
+
+
 def test_a_sweep_compares_each_rank_with_the_reference_at_that_rank(sweep_report):
     root, _ = sweep_report
     report = build_report(load_study(root))

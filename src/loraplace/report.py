@@ -222,6 +222,7 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
         t.accuracy_table(study, a),
         t.speed_table(study, a),
         t.budget_table(report.budget),
+        t.budget_pairs_table(report.budget),
         t.selection_table(study, report.selection),
         *t.checkpoint_tables(study, report.checkpoints),
         t.pairwise_table(study, a),

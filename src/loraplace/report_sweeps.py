@@ -87,6 +87,10 @@ class BudgetAnalysis:
     family_size: int
     skipped: list[str] = field(default_factory=list)
     """Placements that have no curve, with the reason (e.g. the same count at every rank)."""
+    pairs: list[BudgetRow] = field(default_factory=list)
+    """Every pair of the other placements at equal budgets (``strategy`` minus ``reference``
+    there means A minus B), Holm-adjusted in a family of their own."""
+    pairs_family_size: int = 0
 
 
 def _curve(study: Study, name: str) -> tuple[dict[int, dict[int, float]], list[BudgetPoint]]:
@@ -124,25 +128,32 @@ def budget_analysis(study: Study) -> BudgetAnalysis | None:
             continue
         curves[name], points[name] = curve, pts
     ref = study.reference
-    found = []
-    for name in names:
-        if name == ref or name not in curves or ref not in curves:
-            continue
-        budgets = sorted(set(curves[name]) | set(curves[ref]))
-        for d in equal_budget_difference(curves[name], curves[ref], budgets):
-            found.append((name, d))
+    others = [n for n in names if n != ref and n in curves]
     # One family over every compared budget of every placement, as the findings use them all.
-    ps = [d.p if d.status == COMPARED and d.n >= MIN_SEEDS else None for _, d in found]
-    adjusted = holm(ps)
+    rows, size = _compared(curves, [(n, ref) for n in others] if ref in curves else [])
+    # The other placements against each other: a family of its own, like the all-pairs table.
+    pairs = [(a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+    pair_rows, pair_size = _compared(curves, pairs)
+    return BudgetAnalysis(points, rows, size, skipped, pair_rows, pair_size)
+
+
+def _compared(curves: dict, pairs: list[tuple[str, str]]) -> tuple[list[BudgetRow], int]:
+    """``a`` minus ``b`` at every budget measured on either curve, for each pair; Holm over
+    all compared budgets of all pairs. Returns the rows and the family size."""
+    found = []
+    for a, b in pairs:
+        budgets = sorted(set(curves[a]) | set(curves[b]))
+        found += [(a, b, d) for d in equal_budget_difference(curves[a], curves[b], budgets)]
+    ps = [d.p if d.status == COMPARED and d.n >= MIN_SEEDS else None for _, _, d in found]
     rows = []
-    for (name, d), p_holm in zip(found, adjusted):
-        mine, theirs = d.budget in curves[name], d.budget in curves[ref]
-        measured = "both" if mine and theirs else (name if mine else ref)
+    for (a, b, d), p_holm in zip(found, holm(ps)):
+        mine, theirs = d.budget in curves[a], d.budget in curves[b]
+        measured = "both" if mine and theirs else (a if mine else b)
         v = verdict(d.n, d.mean, p_holm) if d.status == COMPARED else None
         rows.append(
             BudgetRow(
-                name,
-                ref,
+                a,
+                b,
                 d.budget,
                 d.status,
                 measured,
@@ -158,7 +169,7 @@ def budget_analysis(study: Study) -> BudgetAnalysis | None:
                 v.direction if v else None,
             )
         )
-    return BudgetAnalysis(points, rows, family_size(ps), skipped)
+    return rows, family_size(ps)
 
 
 # --- Learning-rate selection ----------------------------------------------------------------------

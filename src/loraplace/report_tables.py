@@ -16,6 +16,7 @@ from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, Selectio
 
 __all__ = [
     "accuracy_table",
+    "budget_pairs_table",
     "budget_table",
     "checkpoint_tables",
     "comparison_table",
@@ -269,6 +270,31 @@ def budget_table(budget: BudgetAnalysis | None) -> Table | None:
     """Each placement against the reference placement at equal trainable parameters."""
     if budget is None or not budget.rows:
         return None
+    note = (
+        "Budgets are the measured parameter counts of both curves; the side not measured is "
+        "interpolated linearly in log parameters between its ranks. A budget outside either "
+        "curve's range is an extrapolation and is not compared. Δ = strategy − reference over "
+        "the seeds measured at every rank of both; Holm over "
+        f"{budget.family_size} compared budget(s). The seed bootstrap is descriptive (3 seeds "
+        "give 10 distinct resamples)."
+    )
+    return _budget_rows("Equal-budget comparison", budget.rows, ["Strategy", "Reference"], note)
+
+
+def budget_pairs_table(budget: BudgetAnalysis | None) -> Table | None:
+    """The other placements against each other at equal trainable parameters."""
+    if budget is None or not budget.pairs:
+        return None
+    note = (
+        "As the equal-budget comparison, for every pair of the placements other than the "
+        "reference: Δ = A − B. Holm over "
+        f"{budget.pairs_family_size} compared budget(s) of these pairs, a family of its own: "
+        "the findings do not use it."
+    )
+    return _budget_rows("Equal budgets, other pairs", budget.pairs, ["A", "B"], note)
+
+
+def _budget_rows(title: str, found: list, names: list[str], note: str) -> Table:
     rows = [
         [
             code(r.strategy),
@@ -284,11 +310,10 @@ def budget_table(budget: BudgetAnalysis | None) -> Table | None:
             p_text(r.p_holm),
             (r.verdict or DASH) + (f", {r.direction}" if r.direction else ""),
         ]
-        for r in budget.rows
+        for r in found
     ]
     headers = [
-        "Strategy",
-        "Reference",
+        *names,
         "Budget (params)",
         "Status",
         "Measured",
@@ -300,15 +325,7 @@ def budget_table(budget: BudgetAnalysis | None) -> Table | None:
         "Holm p",
         "Verdict",
     ]
-    note = (
-        "Budgets are the measured parameter counts of both curves; the side not measured is "
-        "interpolated linearly in log parameters between its ranks. A budget outside either "
-        "curve's range is an extrapolation and is not compared. Δ = strategy − reference over "
-        "the seeds measured at every rank of both; Holm over "
-        f"{budget.family_size} compared budget(s). The seed bootstrap is descriptive (3 seeds "
-        "give 10 distinct resamples)."
-    )
-    return Table("Equal-budget comparison", headers, rows, note)
+    return Table(title, headers, rows, note)
 
 
 def selection_table(study: Study, table: SelectionTable | None) -> Table | None:
