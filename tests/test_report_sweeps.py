@@ -24,11 +24,13 @@ CURVE_ALL = {200: [1.00, 1.05, 0.98], 400: [0.95, 0.99, 0.94], 800: [0.90, 0.96,
 CURVE_ATTN = {80: [1.10, 1.16, 1.08], 160: [1.04, 1.10, 1.03], 320: [0.97, 1.04, 0.99]}
 
 
-def _sweep(root: Path) -> Path:
+def _sweep(root: Path, curves=(("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN))) -> Path:
+    """A rank sweep over ranks 2, 4, 8 and seeds 0-2: ``(name, params per unit of rank,
+    {params: per-seed losses})`` per placement, each name also its strategy string."""
     write_config(
-        root, {"all": "all", "attn": "attn"}, ranks=[2, 4, 8], training={"seeds": [0, 1, 2]}
+        root, {name: name for name, _, _ in curves}, ranks=[2, 4, 8], training={"seeds": [0, 1, 2]}
     )
-    for name, per_rank, curve in (("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN)):
+    for name, per_rank, curve in curves:
         for params, losses in curve.items():
             rank = params // per_rank
             for seed, loss in enumerate(losses):
@@ -95,20 +97,11 @@ def test_equal_budget_compares_only_where_the_curves_overlap(sweep_report):
 
 
 def test_the_other_placements_are_compared_with_each_other_in_a_family_of_their_own(tmp_path):
-    root = tmp_path / "s"
-    strategies = {"all": "all", "attn": "attn", "mlp": "mlp"}
-    write_config(root, strategies, ranks=[2, 4, 8], training={"seeds": [0, 1, 2]})
     # "mlp" costs 60 per unit of rank: its curve lies between the other two in cost.
     curve_mlp = {120: [1.02, 1.09, 1.01], 240: [0.99, 1.03, 0.97], 480: [0.93, 0.99, 0.95]}
-    curves = (("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN), ("mlp", 60, curve_mlp))
-    for name, per_rank, curve in curves:
-        roles = ALL if name == "all" else (ATTN if name == "attn" else MLP)
-        for params, losses in curve.items():
-            rank = params // per_rank
-            for seed, loss in enumerate(losses):
-                placement = _placement(dict.fromkeys(roles, rank))
-                rec = record(name, name, seed, params, placement, loss, 1.0 + seed, rank=rank)
-                store.write_result(store.RunKey(name, seed, rank).run_dir(root), rec)
+    root = _sweep(
+        tmp_path / "s", (("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN), ("mlp", 60, curve_mlp))
+    )
     report = build_report(load_study(root))
     budget = report.budget
     # The family with the reference is each placement against "all" only, as before.
