@@ -56,6 +56,31 @@ def test_every_config_problem_is_reported_at_once(tiny_model_dir, tiny_data_file
     assert "strategies.deep: layer 9 in '0-9' is out of range" in message
 
 
+def test_a_directory_of_other_files_is_refused_and_a_killed_start_is_taken_over(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    raw = tiny_study(
+        tiny_model_dir, tiny_data_file, strategies={"top": "mlp@last:1"}, reference="top"
+    )
+    raw["training"] = {**raw["training"], "seeds": [0]}
+    raw["eval"] = {"accuracy_examples": 0}
+    config = load_study_config(raw)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(LoraplaceError, match="exists and is not a loraplace study directory"):
+        run_study(config, foreign, show_progress=False, report=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert (foreign / "notes.txt").read_text() == "mine"
+    # A start killed after its lock and identity but before study.yaml: the next one goes on.
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / ".lock").write_text("")
+    (started / "identity.json").write_text("{}")
+    assert run_study(config, started, show_progress=False, report=False) == 0
+    assert (started / "runs" / "top--seed0" / "result.json").is_file()
+
+
 def test_layers_out_of_range_are_caught_before_training(tiny_model_dir, tiny_data_file, tmp_path):
     raw = tiny_study(
         tiny_model_dir, tiny_data_file, strategies={"deep": "attn@5"}, reference="deep"

@@ -280,19 +280,35 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
     store.write_text_atomic(config_file, dump_yaml(resolved))
 
 
-def _check_out(out: Path) -> None:
+def _make_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise LoraplaceError(f"--out '{out}' is a file, not a directory; choose another --out")
-    if out.is_dir() and not store.is_study_dir(out):
-        leftovers = [p for p in out.iterdir() if p.name != store.LOCK_FILE]
-        if leftovers:
-            raise LoraplaceError(
-                f"'{out}' exists and is not a loraplace study directory; choose another --out"
-            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LoraplaceError(f"cannot create study directory '{out}': {exc.strerror}") from None
+
+
+#: What a study writes into its directory before ``study.yaml`` (a start killed there leaves
+#: only these, and the next start takes over).
+_STARTING = (store.LOCK_FILE, store.IDENTITY_FILE)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a directory that holds something other than a study. Call it with the lock held,
+    so a study being started by another process is never mistaken for foreign files."""
+    if not store.is_study_dir(out):
+        leftovers = [
+            p
+            for p in out.iterdir()
+            if p.name not in _STARTING and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        ]
+        if leftovers:
+            # No study can be using it; leave it as it was, without our lock file.
+            (out / store.LOCK_FILE).unlink(missing_ok=True)
+            raise LoraplaceError(
+                f"'{out}' exists and is not a loraplace study directory; choose another --out"
+            )
 
 
 def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple[list[Job], list]:
@@ -501,9 +517,10 @@ def run_study(
     if config.plans is None:
         raise ValueError("run_study needs a config loaded with check_model=True")
     out = Path(out)
-    _check_out(out)
+    _make_out(out)
     identity = study_identity(config)
     with store.StudyLock(out) as lock:
+        _check_out(out)
         created = not (out / "study.yaml").exists()
         prepare_study_dir(config, out, identity)
         try:
