@@ -9,7 +9,7 @@ import pytest
 from test_study import tiny_study
 
 from loraplace.config import ConfigError, load_study_config
-from loraplace.studies import prepare_study_dir, run_study, study_identity
+from loraplace.studies import estimate_only, prepare_study_dir, run_study, study_identity
 
 
 def _donor_raw(model_dir, data_file) -> dict:
@@ -55,6 +55,12 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
     capsys.readouterr()
     assert run_study(config, taker, show_progress=False, report=False) == 0
     assert "reuse: 2 runs copied" in capsys.readouterr().out  # 2 selection runs, then 2 finals
+    # --estimate for a new directory prices only the runs it would train.
+    capsys.readouterr()
+    assert estimate_only(config, tmp_path / "not-yet") == 0
+    printed = capsys.readouterr().out
+    assert "note: 2 selection runs will be copied from the reuse directories" in printed
+    assert "estimate: 6 runs to go" in printed  # 8 runs, 2 of them copied
     alone = load_study_config(_taker_raw(tiny_model_dir, tiny_data_file, []))
     assert run_study(alone, fresh, show_progress=False, report=False) == 0
 

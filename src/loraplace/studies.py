@@ -413,8 +413,35 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
             "(their placement is not resolved yet)",
             flush=True,
         )
-    print_estimate(config, out, todo, _load_bench(config))
+    bench = _load_bench(config)
+    if config.reuse:
+        todo = _not_reusable(config, todo, bench)
+    print_estimate(config, out, todo, bench)
     return 0
+
+
+def _not_reusable(config: StudyConfig, todo: list[RunKey], bench) -> list[RunKey]:
+    """``todo`` without the selection runs that ``reuse`` would copy (final runs can be known
+    only once their learning rate is chosen)."""
+    from loraplace.reuse import find_donors
+
+    donors = find_donors(config.to_dict(), study_identity(config), config.reuse, bench.device)
+    copied = {
+        k
+        for k in todo
+        if k.stage == "selection"
+        and (k.name, k.rank) in config.plans
+        and any(
+            d.find(k.stage, k.seed, k.learning_rate, config.plan_for(k).placement) for d in donors
+        )
+    }
+    if copied:
+        print(
+            f"note: {len(copied)} selection runs will be copied from the reuse directories, not "
+            "trained; final runs may be too, once their learning rates are chosen",
+            flush=True,
+        )
+    return [k for k in todo if k not in copied]
 
 
 def _execute(
