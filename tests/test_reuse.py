@@ -59,7 +59,7 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
     capsys.readouterr()
     assert estimate_only(config, tmp_path / "not-yet") == 0
     printed = capsys.readouterr().out
-    assert "note: 2 selection runs will be copied from the reuse directories" in printed
+    assert "note: 2 selection run(s) will be copied from the reuse directories" in printed
     assert "estimate: 6 runs to go" in printed  # 8 runs, 2 of them copied
     alone = load_study_config(_taker_raw(tiny_model_dir, tiny_data_file, []))
     assert run_study(alone, fresh, show_progress=False, report=False) == 0

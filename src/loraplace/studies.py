@@ -437,7 +437,7 @@ def _not_reusable(config: StudyConfig, todo: list[RunKey], bench) -> list[RunKey
     }
     if copied:
         print(
-            f"note: {len(copied)} selection runs will be copied from the reuse directories, not "
+            f"note: {len(copied)} selection run(s) will be copied from the reuse directories, not "
             "trained; final runs may be too, once their learning rates are chosen",
             flush=True,
         )
