@@ -29,7 +29,7 @@ from loraplace.progress import bar
 from loraplace.provenance import hardware, versions
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey
-from loraplace.train import train_adapter
+from loraplace.train import TrainState, train_adapter
 from loraplace.workbench import Split, Workbench
 
 __all__ = [
@@ -326,7 +326,27 @@ def train_one(
     checkpoints = evaluation.checkpoint_steps(training.steps)
     if selection and not keep_checkpoints:
         checkpoints = []
-    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics:
+    recipe = _resume_recipe(record, training)
+    resume = _load_resume(out_dir, recipe)
+    if resume is not None:
+        record["resumed_at"] = [*resume["resumed_at"], resume["state"].step]
+        _keep_metrics(out_dir / "metrics.jsonl", resume["state"].step)
+
+    def on_state(state: TrainState) -> None:
+        store.write_bytes_atomic(
+            out_dir / store.RESUME_FILE,
+            _pickle(
+                {
+                    "recipe": recipe,
+                    "state": state,
+                    "peak_memory_bytes": memory.peak_bytes,
+                    "resumed_at": record.get("resumed_at", []),
+                }
+            ),
+        )
+
+    mode = "a" if resume is not None else "w"
+    with open(out_dir / "metrics.jsonl", mode, encoding="utf-8") as metrics:
 
         def on_step(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
@@ -359,9 +379,13 @@ def train_one(
                     on_checkpoint=on_checkpoint,
                     progress=steps_bar,
                     pad_token_id=bench.collator.pad_token_id,
+                    resume=resume["state"] if resume is not None else None,
+                    on_state=on_state,
                 )
         finally:
             steps_bar.close()
+        if resume is not None:  # the peak of every part of the run
+            memory.peak_bytes = max(memory.peak_bytes, resume["peak_memory_bytes"])
         record.update(
             {
                 "steps": outcome.steps,
@@ -502,6 +526,51 @@ def adopt_selection_run(
 def _finish(out_dir: Path, record: dict) -> dict:
     store.write_result(out_dir, record)
     return record
+
+
+# --- resuming an interrupted run ------------------------------------------------------------------
+
+
+def _resume_recipe(record: dict, training: TrainingSettings) -> dict:
+    """What a saved training state must have been made with to go on from it."""
+    return json.loads(
+        json.dumps(
+            {
+                key: record.get(key)
+                for key in ("name", "seed", "rank", "stage", "learning_rate", "placement")
+            }
+            | {"training": vars(training), "versions": record.get("versions")}
+        )
+    )
+
+
+def _pickle(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _load_resume(out_dir: Path, recipe: dict) -> dict | None:
+    """The run's saved training state, if there is one made by this same run and code."""
+    path = out_dir / store.RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - an unreadable state is only a lost shortcut
+        saved = None
+    if not isinstance(saved, dict) or saved.get("recipe") != recipe:
+        path.unlink(missing_ok=True)
+        return None
+    return saved
+
+
+def _keep_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step``: the ones the saved state has seen."""
+    rows = [r for r in store.read_jsonl(path) if r.get("step", 0) <= step]
+    store.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def summary_line(result: dict) -> str:

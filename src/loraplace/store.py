@@ -77,6 +77,8 @@ BASE_EXAMPLES_FILE = "base_eval_examples.jsonl"
 IDENTITY_FILE = "identity.json"
 LOCK_FILE = ".lock"
 RESULT_FILE = "result.json"
+#: A run's saved training state while it trains (removed when the run is complete).
+RESUME_FILE = "resume.pt"
 EXAMPLES_FILE = "eval_examples.jsonl"
 
 RESULT_COLUMNS = [
@@ -215,7 +217,12 @@ def _umask_mode() -> int:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so a reader sees the old file or the whole new one, never a partial one.
+    """Write ``text`` (UTF-8) atomically, as :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so a reader sees the old file or the whole new one, never a partial one.
 
     The temporary file has a unique name, is fsynced, gets the permissions an ordinary new file
     would get, and is removed whatever happens (a full disk included).
@@ -230,8 +237,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         _raise_write_error(path, exc)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())
@@ -317,8 +324,10 @@ def read_result(run_dir: Path) -> dict | None:
 
 
 def write_result(run_dir: Path, record: dict) -> None:
-    """Write a run's ``result.json`` (atomically; its presence marks the run complete)."""
+    """Write a run's ``result.json`` (atomically; its presence marks the run complete); a saved
+    training state has no use after that and goes."""
     write_json_atomic(Path(run_dir) / RESULT_FILE, record)
+    (Path(run_dir) / RESUME_FILE).unlink(missing_ok=True)
 
 
 _NULL_METRICS = (
@@ -375,6 +384,11 @@ def write_results_csv(out: Path, results: list[dict]) -> None:
     write_text_atomic(Path(out) / "results.csv", buffer.getvalue())
 
 
+def can_resume(run_dir: Path) -> bool:
+    """Whether an incomplete run left a saved training state to go on from."""
+    return (Path(run_dir) / RESUME_FILE).is_file()
+
+
 def clear_run_dir(run_dir: Path) -> None:
     """Remove an incomplete or forced run's directory, leaving nothing stale behind."""
     if run_dir.is_symlink() or run_dir.is_file():
@@ -393,6 +407,7 @@ RUN_FILES = frozenset(
         "traceback.txt",
         "adapter",
         "checkpoints",
+        RESUME_FILE,
     }
 )
 
@@ -429,7 +444,15 @@ def is_study_dir(path: Path) -> bool:
 
 
 #: What :func:`export_study` leaves out: weights, the lock, tracker stores, temporary files.
-_NOT_EXPORTED = ("adapter", "checkpoints", LOCK_FILE, "mlflow.db", "mlartifacts", "tensorboard")
+_NOT_EXPORTED = (
+    "adapter",
+    "checkpoints",
+    RESUME_FILE,
+    LOCK_FILE,
+    "mlflow.db",
+    "mlartifacts",
+    "tensorboard",
+)
 
 
 def export_study(src: Path, dst: Path) -> int:

@@ -115,7 +115,8 @@ def choose_learning_rates(config: StudyConfig, out: Path) -> dict[tuple, LrChoic
 def pending(
     config: StudyConfig, out: Path, keys: list[RunKey], *, retry_failed: bool
 ) -> list[RunKey]:
-    """Runs of ``keys`` without a complete result; leftovers of interrupted runs are removed.
+    """Runs of ``keys`` without a complete result. An interrupted run that saved its training
+    state (``resume.pt``) is kept to go on from it; the leftovers of others are removed.
 
     A run that failed because the disk was full is always retried: that failure says nothing
     about the run.
@@ -128,7 +129,10 @@ def pending(
             disk = str(result.get("error") or "").startswith("disk_full")
             if not (result["status"] == "failed" and (retry_failed or disk)):
                 continue
-        store.clear_run_dir(run_dir)
+            store.clear_run_dir(run_dir)
+        elif not store.can_resume(run_dir):
+            store.clear_run_dir(run_dir)
+        # else: interrupted after saving its training state; the run goes on from there
         todo.append(key)
     return todo
 

@@ -27,7 +27,7 @@ from loraplace.evaluate import (
 )
 from loraplace.prefix import PrefixCache
 
-__all__ = ["TrainResult", "batch_order", "lr_factor", "train_adapter"]
+__all__ = ["TrainResult", "TrainState", "batch_order", "lr_factor", "train_adapter"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,27 @@ class TrainResult:
     """Non-padding tokens of the batches of the steps done."""
     nonfinite: bool
     """True when a non-finite loss stopped training."""
+
+
+@dataclass
+class TrainState:
+    """Where a training loop stands after ``step`` batches: enough to go on from there exactly
+    as if it had never stopped (the batches are a function of the seed, so only the step,
+    the trainable weights, the optimizer and the random state are needed)."""
+
+    step: int
+    """Batches consumed."""
+    done: int
+    """Optimizer steps made."""
+    tokens: int
+    train_time_s: float
+    params: list[torch.Tensor]
+    """The trainable parameters, in ``model.parameters()`` order."""
+    optimizer: dict
+    """``optimizer.state_dict()``."""
+    rng: torch.Tensor
+    """torch's CPU random state (LoRA dropout), and the device's on CUDA."""
+    device_rng: torch.Tensor | None = None
 
 
 def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -134,6 +155,9 @@ def train_adapter(
     on_checkpoint: Callable[[int], None] | None = None,
     progress=None,
     pad_token_id: int = 0,
+    resume: TrainState | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    state_every_s: float = 300.0,
 ) -> TrainResult:
     """Train the trainable (LoRA) parameters of ``model`` for ``steps`` optimizer steps.
 
@@ -168,6 +192,12 @@ def train_adapter(
             model is put back in training mode afterwards.
         progress: Optional tqdm-like bar, advanced by one per step.
         pad_token_id: Id written into padding positions (they are masked, so any valid id).
+        resume: A state ``on_state`` gave: training goes on from its step, with its weights,
+            optimizer and random state, and gives the same numbers as an unbroken run.
+        on_state: Called with the loop's :class:`TrainState` after a step (and its checkpoint)
+            once ``state_every_s`` seconds have passed since the last call, and after the last
+            step; it saves it for ``resume``. Its time is not training time.
+        state_every_s: Seconds between ``on_state`` calls.
 
     Returns:
         A :class:`TrainResult`. A non-finite loss is reported to ``on_step`` (with
@@ -191,11 +221,32 @@ def train_adapter(
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused)
     checkpoints = set(checkpoint_steps)
 
-    done, tokens, train_time, nonfinite = 0, 0, 0.0, False
+    done, tokens, train_time, nonfinite, start = 0, 0, 0.0, False, 0
+    if resume is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, resume.params, strict=True):
+                p.copy_(saved)
+        optimizer.load_state_dict(resume.optimizer)
+        done, tokens, train_time, start = (
+            resume.done,
+            resume.tokens,
+            resume.train_time_s,
+            resume.step,
+        )
     model.train()
+    cuda = device.startswith("cuda")
+    last_state = time.perf_counter()
     with _rng_fork(device):
         torch.manual_seed(seed)
+        if resume is not None:
+            torch.set_rng_state(resume.rng)
+            if cuda and resume.device_rng is not None:
+                torch.cuda.set_rng_state(resume.device_rng, torch.device(device))
+            if progress is not None:
+                progress.update(start)
         for step, batch_ids in enumerate(batches):
+            if step < start:
+                continue
             started = time.perf_counter()
             batch = collate([features[i] for i in batch_ids])
             labels = batch.pop("labels").to(device)
@@ -242,4 +293,19 @@ def train_adapter(
             if step + 1 in checkpoints and on_checkpoint is not None:
                 on_checkpoint(step + 1)
                 model.train()
+            due = time.perf_counter() - last_state >= state_every_s or step + 1 == len(batches)
+            if on_state is not None and due:
+                on_state(
+                    TrainState(
+                        step + 1,
+                        done,
+                        tokens,
+                        train_time,
+                        [p.detach() for p in params],
+                        optimizer.state_dict(),
+                        torch.get_rng_state(),
+                        torch.cuda.get_rng_state(torch.device(device)) if cuda else None,
+                    )
+                )
+                last_state = time.perf_counter()
     return TrainResult(done, train_time, tokens, nonfinite)
