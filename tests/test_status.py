@@ -80,6 +80,11 @@ def test_status_of_a_half_finished_study_reads_only_files(tiny_model_dir, tiny_d
     assert final.split() == ["final", "4", "0", "1", "1"]
     assert "estimated time to finish:" in text and "unknown" not in text
     assert "runs at a time" not in text  # one run at a time: nothing to divide by
+    # The interrupted run, by its curve; with a saved training state it would go on.
+    assert "in progress: top seed 1: step 3 logged; no saved training state: starts over" in text
+    (out / "runs" / "top--seed1" / store.RESUME_FILE).write_bytes(b"state")
+    assert "top seed 1: step 3 logged; goes on from its saved training state" in study_status(out)
+    (out / "runs" / "top--seed1" / store.RESUME_FILE).unlink()
 
     # The same four runs, made two at a time, 100 s each: the 2 left take 100 s, not 200 s.
     for i, path in enumerate(sorted((out / "runs").glob("*/result.json"))):

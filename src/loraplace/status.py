@@ -140,7 +140,20 @@ def study_status(out: Path) -> str:
             "`loraplace study CONFIG --estimate` prices them from a short calibration"
         )
     lines.append(f"estimated time to finish: {estimate if left or unknown else '0 s (complete)'}")
+    for key, state, _ in states:
+        if state == "in progress":
+            lines.append(f"  in progress: {key.label()}: {_progress(out, key)}")
     failed = [(k, r) for k, s, r in states if s == "failed"]
     for key, result in failed:
         lines.append(f"  failed: {key.label()}: {result.get('error')}")
     return "\n".join(lines)
+
+
+def _progress(out: Path, key: store.RunKey) -> str:
+    """How far an incomplete run got, from its training curve, and whether it can go on."""
+    run_dir = key.run_dir(out)
+    steps = [r["step"] for r in store.read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    text = f"step {max(steps)} logged" if steps else "no step logged"
+    if store.can_resume(run_dir):
+        return text + "; goes on from its saved training state"
+    return text + "; no saved training state: starts over"
