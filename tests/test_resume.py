@@ -127,6 +127,34 @@ def test_a_study_interrupted_mid_run_goes_on_from_its_state(
     assert not store.can_resume(run_dir)  # the state goes once the run is complete
 
 
+def test_a_state_saved_by_other_training_code_is_not_used(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    import loraplace.runner as runner
+
+    config = _config(tiny_model_dir, tiny_data_file)
+    out = tmp_path / "out"
+    real = runner.train_adapter
+
+    def interrupted(*args, **kwargs):
+        def then_stop(row):
+            kwargs["on_step"](row)
+            if row["step"] == 3:
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_step": then_stop, "state_every_s": 0})
+
+    monkeypatch.setattr(runner, "train_adapter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, out, show_progress=False, report=False)
+    assert store.can_resume(out / "runs" / "all--seed0")
+    monkeypatch.setattr(runner, "train_adapter", real)
+    monkeypatch.setattr(runner, "training_code_hash", lambda: "changed since")
+    assert run_study(config, out, show_progress=False, report=False) == 0
+    record = json.loads((out / "runs" / "all--seed0" / "result.json").read_text())
+    assert "resumed_at" not in record and record["steps"] == 8
+
+
 def test_a_state_from_another_run_is_not_used(tiny_model_dir, tiny_data_file, tmp_path):
     config = _config(tiny_model_dir, tiny_data_file)
     out = tmp_path / "out"

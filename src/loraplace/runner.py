@@ -531,6 +531,21 @@ def _finish(out_dir: Path, record: dict) -> dict:
 # --- resuming an interrupted run ------------------------------------------------------------------
 
 
+#: The modules whose code decides what a training step computes.
+_TRAINING_CODE = ("train.py", "batching.py", "evaluate.py", "prefix.py")
+
+
+def training_code_hash() -> str:
+    """sha256 over the source of :data:`_TRAINING_CODE`: a state saved by other training code
+    is not gone on from, even under the same version number."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in _TRAINING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
+
+
 def _resume_recipe(record: dict, training: TrainingSettings) -> dict:
     """What a saved training state must have been made with to go on from it."""
     return json.loads(
@@ -539,7 +554,11 @@ def _resume_recipe(record: dict, training: TrainingSettings) -> dict:
                 key: record.get(key)
                 for key in ("name", "seed", "rank", "stage", "learning_rate", "placement")
             }
-            | {"training": vars(training), "versions": record.get("versions")}
+            | {
+                "training": vars(training),
+                "versions": record.get("versions"),
+                "code": training_code_hash(),
+            }
         )
     )
 
