@@ -159,12 +159,11 @@ class _Executor:
             self.tracking.close()
 
     def _done(self, job, result: dict, bar) -> None:
-        from loraplace.status import format_duration, parallelism, run_states, time_left
+        from loraplace.status import format_duration, run_states, wall_time_left
 
         states = run_states(self.out, self.config)
         done = sum(state in ("finished", "failed") for _, state, _ in states)
-        _, left, unknown = time_left(states)
-        left /= parallelism([r for _, _, r in states])
+        _, left, unknown, _ = wall_time_left(states)
         eta = f"about {format_duration(left)} left" + (
             f", plus {unknown} run(s) not yet timed" if unknown else ""
         )

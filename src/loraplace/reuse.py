@@ -36,7 +36,7 @@ from loraplace.config import read_yaml
 from loraplace.errors import LoraplaceError
 from loraplace.store import RunKey
 
-__all__ = ["Donor", "find_donors", "recipe", "reuse_runs"]
+__all__ = ["Donor", "find_donors", "find_run", "recipe", "reuse_runs"]
 
 #: Config keys that choose which runs a study makes, or that no run depends on.
 _NOT_RECIPE = (
@@ -151,6 +151,17 @@ def find_donors(config_dict: dict, identity: dict, paths: list[str], device: str
     return donors
 
 
+def find_run(
+    donors: list[Donor], stage: str, seed: int, learning_rate: float, placement: dict
+) -> tuple[Donor, Path] | None:
+    """The first donor run made as this run would be, with its donor; ``None`` without one."""
+    for donor in donors:
+        source = donor.find(stage, seed, learning_rate, placement)
+        if source is not None:
+            return donor, source
+    return None
+
+
 def reuse_runs(out: Path, jobs: list, donors: list[Donor], settings: dict) -> set[RunKey]:
     """Copy into ``out`` every run of ``jobs`` that a donor already made; returns their keys.
 
@@ -161,24 +172,24 @@ def reuse_runs(out: Path, jobs: list, donors: list[Donor], settings: dict) -> se
     """
     from loraplace.runner import plan_record
 
-    copied = set()
+    copied, used = set(), set()
     for job in jobs:
         key = job.key
-        for donor in donors:
-            source = donor.find(key.stage, key.seed, job.learning_rate, job.plan.placement)
-            if source is None:
-                continue
-            mine = {
-                **plan_record(job.plan, key),
-                "config": settings,
-                "selected_from": job.selected_from,
-                "auto": job.auto,
-            }
-            _copy_run(source, key.run_dir(out), mine, donor.path)
-            copied.add(key)
-            break
+        found = find_run(donors, key.stage, key.seed, job.learning_rate, job.plan.placement)
+        if found is None:
+            continue
+        donor, source = found
+        mine = {
+            **plan_record(job.plan, key),
+            "config": settings,
+            "selected_from": job.selected_from,
+            "auto": job.auto,
+        }
+        _copy_run(source, key.run_dir(out), mine, donor.path)
+        copied.add(key)
+        used.add(donor.path)
     if copied:
-        where = ", ".join(f"'{d.path}'" for d in donors)
+        where = ", ".join(f"'{path}'" for path in sorted(used))
         print(f"  reuse: {len(copied)} runs copied from {where} (reused_from in result.json)")
     return copied
 

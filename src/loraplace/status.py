@@ -16,7 +16,14 @@ from pathlib import Path
 from loraplace import store
 from loraplace.errors import LoraplaceError
 
-__all__ = ["study_status", "run_states", "time_left", "parallelism", "format_duration"]
+__all__ = [
+    "study_status",
+    "run_states",
+    "time_left",
+    "wall_time_left",
+    "parallelism",
+    "format_duration",
+]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -107,15 +114,21 @@ def time_left(states) -> tuple[float, float, int]:
     return spent, left, unknown
 
 
+def wall_time_left(states) -> tuple[float, float, int, float]:
+    """:func:`time_left`, with the time left divided by the runs at a time measured so far
+    (:func:`parallelism`): ``(spent, left, unknown, at_once)``."""
+    spent, left, unknown = time_left(states)
+    at_once = parallelism([r for _, _, r in states])
+    return spent, left / at_once, unknown, at_once
+
+
 def study_status(out: Path) -> str:
     """A table of runs per stage and state, the wall time spent and the estimated time left."""
     states = run_states(out)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for key, state, _ in states:
         counts[key.stage][state] += 1
-    spent, left, unknown = time_left(states)
-    at_once = parallelism([r for _, _, r in states])
-    left /= at_once
+    spent, left, unknown, at_once = wall_time_left(states)
     columns = ("finished", "failed", "in progress", "pending")
     lines = [f"study directory: {out}", f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns)]
     for stage in ("selection", "final"):

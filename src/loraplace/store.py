@@ -412,14 +412,17 @@ RUN_FILES = frozenset(
 )
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file of an atomic write (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def foreign_entries(run_dir: Path) -> list[str]:
     """The entries of ``run_dir`` that no run writes (temporary files excepted), sorted."""
     if not run_dir.is_dir():
         return []
     return sorted(
-        p.name
-        for p in run_dir.iterdir()
-        if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not is_temporary(p.name)
     )
 
 
@@ -481,7 +484,7 @@ def export_study(src: Path, dst: Path) -> int:
         rel = path.relative_to(src)
         if not path.is_file() or any(part in _NOT_EXPORTED for part in rel.parts):
             continue
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
+        if is_temporary(path.name):
             continue
         if rel.parts[0] in ("runs", "selection") and len(rel.parts) > 2:
             if read_result(src / rel.parts[0] / rel.parts[1]) is None:

@@ -303,9 +303,7 @@ def _check_out(out: Path) -> None:
     so a study being started by another process is never mistaken for foreign files."""
     if not store.is_study_dir(out):
         leftovers = [
-            p
-            for p in out.iterdir()
-            if p.name not in _STARTING and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            p for p in out.iterdir() if p.name not in _STARTING and not store.is_temporary(p.name)
         ]
         if leftovers:
             # No study can be using it; leave it as it was, without our lock file.
@@ -427,7 +425,7 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
 def _not_reusable(config: StudyConfig, todo: list[RunKey], bench) -> list[RunKey]:
     """``todo`` without the selection runs that ``reuse`` would copy (final runs can be known
     only once their learning rate is chosen)."""
-    from loraplace.reuse import find_donors
+    from loraplace.reuse import find_donors, find_run
 
     donors = find_donors(config.to_dict(), study_identity(config), config.reuse, bench.device)
     copied = {
@@ -435,9 +433,7 @@ def _not_reusable(config: StudyConfig, todo: list[RunKey], bench) -> list[RunKey
         for k in todo
         if k.stage == "selection"
         and (k.name, k.rank) in config.plans
-        and any(
-            d.find(k.stage, k.seed, k.learning_rate, config.plan_for(k).placement) for d in donors
-        )
+        and find_run(donors, k.stage, k.seed, k.learning_rate, config.plan_for(k).placement)
     }
     if copied:
         print(
