@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup study smoke lint test bench clean
+.PHONY: setup study smoke lint test bench long-studies clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,15 @@ test: setup lint
 
 bench: setup
 	$(PY) bench/bench.py
+
+# The long studies behind docs/RESULTS.md, one after the other on Ray. Each resumes where it
+# stopped, so the same command goes on in every session; the auto-placement studies copy their
+# hand placements from the budget-curve study, so they come after it.
+LONG := TQDM_DISABLE=1 $(VENV)/bin/loraplace study
+long-studies: setup
+	$(LONG) examples/budget-curves.yaml --executor ray --out runs/budget-curves
+	$(LONG) examples/auto-placement.yaml --executor ray --out runs/auto-placement
+	$(LONG) examples/auto-placement-r2.yaml --executor ray --out runs/auto-placement-r2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
