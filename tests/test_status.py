@@ -31,11 +31,13 @@ def test_time_left_times_each_run_by_its_own_condition_and_stage():
     ]
     spent, left, unknown = time_left(states)
     assert (spent, left, unknown) == (110.0, 210.0, 0)  # 100 + 100 + 10, not 3 x 55
-    # A condition with no finished run is timed by its stage's mean, and a stage with none
-    # is counted as unknown.
+    # A condition with no finished run is timed by its stage's mean; a run of a stage with
+    # none, by its condition's runs in the other stage; with neither, it is unknown.
     c1, s0 = store.RunKey("c", 1), store.RunKey("a", 0, learning_rate=1e-3, stage="selection")
-    spent, left, unknown = time_left([*states, (c1, "pending", None), (s0, "pending", None)])
-    assert (left, unknown) == (210.0 + 55.0, 1)
+    d0 = store.RunKey("d", 0, learning_rate=1e-3, stage="selection")
+    more = [(c1, "pending", None), (s0, "pending", None), (d0, "pending", None)]
+    spent, left, unknown = time_left([*states, *more])
+    assert (left, unknown) == (210.0 + 55.0 + 100.0, 1)
 
 
 def test_parallelism_is_run_time_over_busy_time():

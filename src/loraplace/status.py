@@ -93,20 +93,27 @@ def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | N
 
 def time_left(states) -> tuple[float, float, int]:
     """``(spent, left, unknown)``: wall time of the complete runs, the estimated time of the
-    others (each timed by the finished runs of its condition and stage, else of its stage),
-    and how many runs have nothing to be timed by yet."""
+    others, and how many runs have nothing to be timed by yet. Each run is timed by the
+    finished runs of its condition and stage; else of its condition in the other stage (a
+    final run trains as its selection runs did); else of its stage."""
     times: dict[tuple, list[float]] = defaultdict(list)
+    condition_times: dict[tuple, list[float]] = defaultdict(list)
     stage_times: dict[str, list[float]] = defaultdict(list)
     for key, _state, result in states:
         duration = _duration(result) if result else None
         if duration is not None:
             times[(key.stage, key.condition)].append(duration)
+            condition_times[key.condition].append(duration)
             stage_times[key.stage].append(duration)
     spent = sum(sum(v) for v in stage_times.values())
     left, unknown = 0.0, 0
     for key, state, _ in states:
         if state in ("pending", "in progress"):
-            same = times.get((key.stage, key.condition)) or stage_times.get(key.stage)
+            same = (
+                times.get((key.stage, key.condition))
+                or condition_times.get(key.condition)
+                or stage_times.get(key.stage)
+            )
             if same:
                 left += sum(same) / len(same)
             else:
@@ -144,8 +151,8 @@ def study_status(out: Path) -> str:
         estimate = format_duration(left)
     elif left:
         estimate = (
-            f"{format_duration(left)} plus {unknown} run(s) with no finished run of their stage to "
-            "time them by"
+            f"{format_duration(left)} plus {unknown} run(s) with no finished run of their condition "
+            "or stage to time them by"
         )
     else:
         estimate = (
