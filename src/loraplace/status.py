@@ -151,8 +151,8 @@ def study_status(out: Path) -> str:
         estimate = format_duration(left)
     elif left:
         estimate = (
-            f"{format_duration(left)} plus {unknown} run(s) with no finished run of their condition "
-            "or stage to time them by"
+            f"{format_duration(left)} plus {unknown} run(s) with no finished run of their "
+            "condition or stage to time them by"
         )
     else:
         estimate = (
