@@ -65,3 +65,40 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
             "eval_loss"
         ]
         assert ray_loss == pytest.approx(local_loss, rel=1e-5)
+
+
+def test_ray_runs_a_learning_rate_grid_with_overlapping_stages(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    # Final runs are submitted while other selection runs may still be running; each condition
+    # still gets its own chosen rate, every run exactly once.
+    from test_selection import _sweep
+
+    from loraplace.studies import choose_learning_rates
+
+    raw = _sweep(tiny_model_dir, tiny_data_file)
+    raw["ranks"] = [2]
+    raw["ray"] = {"cpus_per_run": 1}
+    config = load_study_config(raw)
+    out = tmp_path / "ray-grid"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
+    finally:
+        ray.shutdown()
+    choices = choose_learning_rates(config, out)
+    assert set(choices) == {("all", 2), ("top", 2)}
+    finals = {
+        p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")
+    }
+    assert sorted(finals) == [
+        "all--r2--seed0",
+        "all--r2--seed1",
+        "top--r2--seed0",
+        "top--r2--seed1",
+    ]
+    for record in finals.values():
+        assert record["status"] == "finished"
+        assert record["learning_rate"] == choices[(record["name"], 2)].chosen
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(set(rows)) == 4 + 4

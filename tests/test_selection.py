@@ -203,3 +203,72 @@ def test_kill_9_during_selection_then_resume_runs_everything_exactly_once(
     ):
         steps = [r["step"] for r in store.read_jsonl(path) if "loss" in r]
         assert steps == list(range(1, 13))
+
+
+def test_a_conditions_final_runs_are_released_once_its_own_selection_is_complete(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    from loraplace.studies import Job, _final_release
+
+    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    todo_final = [k for k in config.run_keys() if k.stage == "final"]
+    failures = []
+
+    class Run:
+        def record_failure(self, job, error):
+            failures.append((job.key.dirname, error))
+
+    def selection(name, rank, lr):
+        return Job(store.RunKey(name, 0, rank, "selection", lr), None, lr)
+
+    release = _final_release(config, tmp_path, todo_final, lambda jobs: jobs, Run())
+    assert release() == []  # no selection run is complete
+    _record(tmp_path, "all", 2, 1e-3, 2.0)
+    assert release(selection("all", 2, 1e-3)) == []  # its other rate has not run
+    _record(tmp_path, "all", 4, 1e-3, 1.0)
+    _record(tmp_path, "all", 2, 3e-3, 1.5)
+    jobs = release(selection("all", 2, 3e-3))
+    # Only that condition, every seed, at its chosen rate; seed 0 adopts its selection run.
+    assert [(j.key.dirname, j.learning_rate) for j in jobs] == [
+        ("all--r2--seed0", 3e-3),
+        ("all--r2--seed1", 3e-3),
+    ]
+    assert jobs[0].adopt_from == store.RunKey("all", 0, 2, "selection", 3e-3)
+    assert jobs[1].adopt_from is None and jobs[0].selected_from == [1e-3, 3e-3]
+    assert release(selection("all", 2, 3e-3)) == []  # released once only
+    # A final run releases nothing; a condition whose every rate failed gets failed records.
+    _record(tmp_path, "top", 4, 1e-3, None, status="failed")
+    _record(tmp_path, "top", 4, 3e-3, None, status="failed")
+    assert release(Job(store.RunKey("top", 1, 4), None, 1e-3)) == [] and not failures
+    assert release(selection("top", 4, 3e-3)) == []
+    assert [name for name, _ in failures] == ["top--r4--seed0", "top--r4--seed1"]
+    assert all(error.startswith("no_learning_rate") for _, error in failures)
+    # A study resumed after its selection ended releases every such condition at once.
+    again = _final_release(config, tmp_path, todo_final, lambda jobs: jobs, Run())
+    assert {j.key.dirname for j in again()} == {"all--r2--seed0", "all--r2--seed1"}
+
+
+def test_selection_runs_are_queued_longest_first(tiny_model_dir, tiny_data_file, tmp_path):
+    from loraplace.studies import Job, _longest_first
+
+    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+
+    def timed(key, seconds):
+        start = "2026-01-01T00:00:00+00:00"
+        end = f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}+00:00"
+        store.write_result(
+            key.run_dir(tmp_path),
+            {"status": "finished", "started_at": start, "finished_at": end},
+        )
+
+    timed(store.RunKey("all", 0, 4, "selection", 1e-3), 600)
+    timed(store.RunKey("top", 0, 2, "selection", 1e-3), 60)
+    timed(store.RunKey("top", 0, 4, "selection", 1e-3), 120)
+    timed(store.RunKey("top", 1, 4), 180)  # a final run times its condition too
+    jobs = [
+        Job(store.RunKey(name, 0, rank, "selection", 3e-3), None, 3e-3)
+        for name, rank in [("top", 2), ("all", 4), ("top", 4), ("all", 2)]
+    ]
+    order = [j.key.condition for j in _longest_first(tmp_path, config, jobs)]
+    # Untimed first (all r2), then by the mean time of the condition's finished runs.
+    assert order == [("all", 2), ("all", 4), ("top", 4), ("top", 2)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections import deque
 from pathlib import Path
 
 from loraplace import progress, store
@@ -252,11 +253,13 @@ class LocalExecutor(_Executor):
             )
             self.base = base
 
-    def __call__(self, jobs: list, stage: str) -> None:
-        self._ensure(need_base=stage == "final")
+    def __call__(self, jobs: list, stage: str, follow=None) -> None:
+        queue = deque(jobs)
         bar = self._bar(jobs, stage)
         try:
-            for job in jobs:
+            while queue:
+                job = queue.popleft()
+                self._ensure(need_base=job.key.stage == "final")
                 bar.set_postfix_str(job.key.label())
                 result = execute_job(
                     self.bench,
@@ -269,8 +272,19 @@ class LocalExecutor(_Executor):
                 )
                 self._done(job, result, bar)
                 bar.update(1)
+                _more(queue.extend, follow, job, bar)
         finally:
             bar.close()
+
+
+def _more(add, follow, job, bar) -> None:
+    """Queue the jobs that ``job`` finishing releases (``follow(job)``; e.g. a condition's final
+    runs once its learning rate is chosen), counted in the progress bar."""
+    new = follow(job) if follow is not None else []
+    if new:
+        add(new)
+        bar.total += len(new)
+        bar.refresh()
 
 
 # --- Ray -----------------------------------------------------------------------------------
@@ -326,17 +340,26 @@ class RayExecutor(_Executor):
         if self.started_here:
             self.ray.shutdown()
 
-    def __call__(self, jobs: list, stage: str) -> None:
+    def __call__(self, jobs: list, stage: str, follow=None) -> None:
         ray = self.ray
         config_ref = ray.put(self.config)
         out = str(self.out.resolve())
-        refs = {self.task.remote(config_ref, out, job, self.token): job for job in jobs}
+        refs: dict = {}
+        remaining: list = []
+
+        def submit(new_jobs: list) -> None:
+            for job in new_jobs:
+                ref = self.task.remote(config_ref, out, job, self.token)
+                refs[ref] = job
+                remaining.append(ref)
+
+        submit(jobs)
         bar = self._bar(jobs, f"{stage}, ray")
         disk_full = None
         try:
-            remaining = list(refs)
             while remaining:
-                done, remaining = ray.wait(remaining, num_returns=1)
+                done, rest = ray.wait(remaining, num_returns=1)
+                remaining[:] = rest
                 for ref in done:
                     job = refs[ref]
                     try:
@@ -352,6 +375,8 @@ class RayExecutor(_Executor):
                     else:
                         self._done(job, result, bar)
                     bar.update(1)
+                    if disk_full is None:  # a full disk stops the study: nothing new starts
+                        _more(submit, follow, job, bar)
         finally:
             bar.close()
         if disk_full is not None:

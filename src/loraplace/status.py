@@ -23,6 +23,7 @@ __all__ = [
     "wall_time_left",
     "parallelism",
     "format_duration",
+    "run_duration",
 ]
 
 
@@ -38,7 +39,8 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def _duration(result: dict) -> float | None:
+def run_duration(result: dict) -> float | None:
+    """A complete run's wall time from its record (``None`` without both timestamps)."""
     try:
         start = datetime.fromisoformat(result["started_at"])
         end = datetime.fromisoformat(result["finished_at"])
@@ -53,7 +55,7 @@ def parallelism(results: list[dict]) -> float:
     without timestamps). Gaps between sessions count in neither."""
     spans = []
     for result in results:
-        duration = _duration(result) if result else None
+        duration = run_duration(result) if result else None
         if duration:
             start = datetime.fromisoformat(result["started_at"]).timestamp()
             spans.append((start, start + duration))
@@ -100,7 +102,7 @@ def time_left(states) -> tuple[float, float, int]:
     condition_times: dict[tuple, list[float]] = defaultdict(list)
     stage_times: dict[str, list[float]] = defaultdict(list)
     for key, _state, result in states:
-        duration = _duration(result) if result else None
+        duration = run_duration(result) if result else None
         if duration is not None:
             times[(key.stage, key.condition)].append(duration)
             condition_times[key.condition].append(duration)

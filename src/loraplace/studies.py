@@ -3,8 +3,9 @@
 A study has up to two stages. With a learning-rate grid (``training.learning_rates``), every
 condition (strategy, rank) is first trained at each learning rate on the selection seeds and
 scored on the validation split; its final runs then use the learning rate with the lowest
-validation loss. The eval split is never used for that choice. Without a grid there is only
-the final stage.
+validation loss, and start as soon as that condition's own selection runs are complete (not
+every condition's). The eval split is never used for that choice. Without a grid there is
+only the final stage.
 
 A run is complete exactly when its ``result.json`` exists (written atomically, last). On start
 the runner skips complete runs, clears the leftovers of interrupted ones and runs the rest, so
@@ -348,6 +349,64 @@ def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple
     return jobs, unresolved
 
 
+def _final_release(config: StudyConfig, out: Path, todo_final: list[RunKey], reuse, run):
+    """A follow-up for the executor: the final runs of every condition whose selection runs
+    are all complete, each condition released once, at the learning rate chosen for it.
+
+    The executor calls it after each run, so a condition's final runs start as soon as its own
+    selection ends rather than after every condition's: no core waits on a stage barrier. The
+    choice reads only validation losses, whatever order the runs finish in.
+    """
+    waiting = {key.condition for key in todo_final}
+
+    def release(job: Job | None = None) -> list[Job]:
+        if not waiting or (job is not None and job.key.stage != "selection"):
+            return []
+        choices = choose_learning_rates(config, out)
+        ready = waiting & choices.keys()
+        if not ready:
+            return []
+        waiting.difference_update(ready)
+        for condition in sorted(ready, key=str):
+            choice = choices.get(condition)
+            if choice is not None and choice.at_edge:
+                print(
+                    f"  note: {condition[0]}"
+                    + (f" r{condition[1]}" if condition[1] else "")
+                    + f": the chosen learning rate {choice.chosen:g} is at the grid's edge",
+                    flush=True,
+                )
+        keys = [key for key in todo_final if key.condition in ready]
+        jobs, unresolved = _final_jobs(config, keys, choices)
+        for key, _choice in unresolved:
+            run.record_failure(
+                Job(key, config.plan_for(key), None),
+                "no_learning_rate: every learning rate of the grid failed in selection",
+            )
+        return reuse(jobs)
+
+    return release
+
+
+def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]:
+    """``jobs`` with the longest expected first, so the short ones fill the end of the study
+    when runs go in parallel. A job is timed by its condition's finished runs (any stage); the
+    untimed go first, in their given order."""
+    from loraplace.status import run_duration, run_states
+
+    times: dict[tuple, list[float]] = {}
+    for key, _state, result in run_states(out, config):
+        duration = run_duration(result) if result else None
+        if duration is not None:
+            times.setdefault(key.condition, []).append(duration)
+
+    def expected(job: Job) -> float:
+        same = times.get(job.key.condition)
+        return -sum(same) / len(same) if same else -math.inf
+
+    return sorted(jobs, key=expected)
+
+
 def _reuser(config: StudyConfig, out: Path, workbench):
     """A filter of jobs: it copies each job another study already ran (``reuse``) and returns
     the jobs left to run."""
@@ -491,26 +550,10 @@ def _execute(
         if selection_jobs or todo_final:
             todo = [job.key for job in selection_jobs] + todo_final
             print_estimate(config, out, todo, run.workbench())
-        if selection_jobs:
-            run(selection_jobs, stage="selection")
-        choices = choose_learning_rates(config, out)
-        for condition, choice in choices.items():
-            if choice.at_edge:
-                print(
-                    f"  note: {condition[0]}"
-                    + (f" r{condition[1]}" if condition[1] else "")
-                    + f": the chosen learning rate {choice.chosen:g} is at the grid's edge",
-                    flush=True,
-                )
-        jobs, unresolved = _final_jobs(config, todo_final, choices)
-        jobs = reuse(jobs)
-        for key, _choice in unresolved:
-            run.record_failure(
-                Job(key, config.plan_for(key), None),
-                "no_learning_rate: every learning rate of the grid failed in selection",
-            )
+        release = _final_release(config, out, todo_final, reuse, run)
+        jobs = _longest_first(out, config, selection_jobs) + release()
         if jobs:
-            run(jobs, stage="final")
+            run(jobs, stage="selection and final" if selection_jobs else "final", follow=release)
     _drop_adopted_checkpoints(config, out)
     results = collect_results(config, out)
     return results, start
