@@ -248,7 +248,9 @@ def test_a_conditions_final_runs_are_released_once_its_own_selection_is_complete
     assert {j.key.dirname for j in again()} == {"all--r2--seed0", "all--r2--seed1"}
 
 
-def test_selection_runs_are_queued_longest_first(tiny_model_dir, tiny_data_file, tmp_path):
+def test_selection_runs_are_queued_resumed_first_then_longest_first(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
     from loraplace.studies import Job, _longest_first
 
     config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
@@ -272,3 +274,9 @@ def test_selection_runs_are_queued_longest_first(tiny_model_dir, tiny_data_file,
     order = [j.key.condition for j in _longest_first(tmp_path, config, jobs)]
     # Untimed first (all r2), then by the mean time of the condition's finished runs.
     assert order == [("all", 2), ("all", 4), ("top", 4), ("top", 2)]
+    # An interrupted run with a saved state goes first: it is finished before others start.
+    resumable = jobs[0].key.run_dir(tmp_path)
+    resumable.mkdir(parents=True)
+    (resumable / store.RESUME_FILE).write_bytes(b"state")
+    order = [j.key.condition for j in _longest_first(tmp_path, config, jobs)]
+    assert order == [("top", 2), ("all", 2), ("all", 4), ("top", 4)]

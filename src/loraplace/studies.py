@@ -389,9 +389,10 @@ def _final_release(config: StudyConfig, out: Path, todo_final: list[RunKey], reu
 
 
 def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]:
-    """``jobs`` with the longest expected first, so the short ones fill the end of the study
-    when runs go in parallel. A job is timed by its condition's finished runs (any stage); the
-    untimed go first, in their given order."""
+    """``jobs`` in the order to queue them: first the interrupted runs that go on from a saved
+    state (finishing what was started), then the longest expected, so the short ones fill the
+    end of the study when runs go in parallel. A job is timed by its condition's finished runs
+    (any stage); untimed ones go before timed ones. Ties keep the given order."""
     from loraplace.status import run_duration, run_states
 
     times: dict[tuple, list[float]] = {}
@@ -400,11 +401,12 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
         if duration is not None:
             times.setdefault(key.condition, []).append(duration)
 
-    def expected(job: Job) -> float:
+    def order(job: Job) -> tuple[bool, float]:
         same = times.get(job.key.condition)
-        return -sum(same) / len(same) if same else -math.inf
+        expected = sum(same) / len(same) if same else math.inf
+        return not store.can_resume(job.key.run_dir(out)), -expected
 
-    return sorted(jobs, key=expected)
+    return sorted(jobs, key=order)
 
 
 def _reuser(config: StudyConfig, out: Path, workbench):
