@@ -280,3 +280,38 @@ def test_selection_runs_are_queued_resumed_first_then_longest_first(
     (resumable / store.RESUME_FILE).write_bytes(b"state")
     order = [j.key.condition for j in _longest_first(tmp_path, config, jobs)]
     assert order == [("top", 2), ("all", 2), ("all", 4), ("top", 4)]
+
+
+def test_a_grid_can_grow_until_the_first_final_run(
+    tiny_model_dir, tiny_data_file, tmp_path, capsys
+):
+    from loraplace.config import read_yaml
+    from loraplace.errors import LoraplaceError
+    from loraplace.studies import prepare_study_dir, study_identity
+
+    raw = _sweep(tiny_model_dir, tiny_data_file)
+
+    def with_grid(grid):
+        return load_study_config({**raw, "training": {**raw["training"], "learning_rates": grid}})
+
+    config = load_study_config(raw)
+    identity = study_identity(config)
+    prepare_study_dir(config, tmp_path, identity)
+    _record(tmp_path, "all", 2, 1e-3, 2.0)
+    wider = with_grid([1e-3, 3e-3, 1e-2])
+    prepare_study_dir(wider, tmp_path, identity)
+    assert "grows from 0.001, 0.003 by 0.01" in capsys.readouterr().out
+    assert read_yaml(tmp_path / "study.yaml")["training"]["learning_rates"] == [1e-3, 3e-3, 1e-2]
+    assert store.read_result(store.RunKey("all", 0, 2, "selection", 1e-3).run_dir(tmp_path))
+    added = {k.relpath for k in wider.run_keys() if k.learning_rate == 1e-2}
+    assert added == {
+        f"selection/{name}--r{rank}--lr1e-02--seed0" for name in ("all", "top") for rank in (2, 4)
+    }
+    # Dropping or replacing a rate is another study.
+    with pytest.raises(LoraplaceError, match="different config"):
+        prepare_study_dir(with_grid([1e-3, 1e-2]), tmp_path, identity)
+    # Once a final run is complete, its rate was chosen from the grid it saw: no growing.
+    store.write_result(store.RunKey("all", 1, 2).run_dir(tmp_path), {"status": "finished"})
+    with pytest.raises(LoraplaceError, match="only before the first final run"):
+        prepare_study_dir(with_grid([1e-3, 3e-3, 1e-2, 3e-2]), tmp_path, identity)
+    assert read_yaml(tmp_path / "study.yaml")["training"]["learning_rates"] == [1e-3, 3e-3, 1e-2]

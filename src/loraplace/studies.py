@@ -240,6 +240,44 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) or "format"
 
 
+def _grown_grid(previous: dict, resolved: dict) -> tuple[list, list] | None:
+    """``(old grid, new grid)`` when the configs differ, beyond seeds, only in a learning-rate
+    grid that kept every old value and added some; else ``None``."""
+
+    def grid(config: dict) -> list:
+        return list((config.get("training") or {}).get("learning_rates") or [])
+
+    def rest(config: dict) -> str:
+        kept = _without_seeds(config)
+        training = {k: v for k, v in kept["training"].items() if k != "learning_rates"}
+        return _normalised({**kept, "training": training})
+
+    old, new = grid(previous), grid(resolved)
+    if old and set(old) < set(new) and rest(previous) == rest(resolved):
+        return old, new
+    return None
+
+
+def _check_grid_can_grow(config: StudyConfig, out: Path, grown: tuple[list, list]) -> None:
+    """A grid may grow only while no final run is complete: a final run's learning rate was
+    chosen from the grid it saw, and a larger grid may choose another."""
+    old, new = grown
+    finals = [k for k in config.run_keys() if k.stage == "final"]
+    done = [k for k in finals if store.read_result(k.run_dir(out)) is not None]
+    if done:
+        raise LoraplaceError(
+            f"'{out}' holds {len(done)} final run(s) chosen from the learning-rate grid "
+            f"{old}; the grid can grow (now {new}) only before the first final run. Choose "
+            "another directory with --out"
+        )
+    added = ", ".join(f"{lr:g}" for lr in new if lr not in old)
+    print(
+        f"note: the learning-rate grid grows from {', '.join(f'{lr:g}' for lr in old)} by "
+        f"{added}; the selection runs made are kept, and the added rates run for every condition",
+        flush=True,
+    )
+
+
 def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
     """Write ``study.yaml`` and ``identity.json`` into a new study directory, or check that an
     existing one holds this same config, model and data. Call it with the lock held.
@@ -261,7 +299,10 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
             raise LoraplaceError(
                 f"'{config_file}' is not a readable study config; the directory was left as it is"
             )
-        if _normalised(_without_seeds(previous)) != _normalised(_without_seeds(resolved)):
+        grown = _grown_grid(previous, resolved)
+        if grown:
+            _check_grid_can_grow(config, out, grown)
+        elif _normalised(_without_seeds(previous)) != _normalised(_without_seeds(resolved)):
             raise LoraplaceError(
                 f"'{out}' holds a study with a different config (differs in: "
                 f"{_differences(previous, resolved)}); nothing was changed there: choose another "
@@ -277,8 +318,9 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
         if stored is None:
             store.write_json_atomic(out / store.IDENTITY_FILE, identity)
         if _normalised(previous) != _normalised(resolved):
-            # Only the seed list changed: every run's own config is the same, so the study can
-            # grow (or be reported on fewer seeds) in place; existing runs stay valid.
+            # Only the seed list changed, or the learning-rate grid grew before any final run:
+            # every existing run's own config is the same, so the study can grow (or be
+            # reported on fewer seeds) in place; existing runs stay valid.
             store.write_text_atomic(config_file, dump_yaml(resolved))
         return
     store.write_json_atomic(out / store.IDENTITY_FILE, identity)
