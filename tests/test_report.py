@@ -389,7 +389,7 @@ def test_speedups_need_an_interval_above_one(tmp_path):
     )
     assert fast["speedup_claim"] == "faster" and rows["noisy"]["speedup_claim"] == "unresolved"
     speed = next(f for f in _findings(root) if f.startswith("Training speed"))
-    faster = speed.split("faster:")[1].split(";")[0]
+    faster = speed.split("Faster:")[1].split(". ")[0]
     assert "fast" in faster and "noisy" not in faster
     assert "Wall time on a shared machine varies" in speed
 

@@ -200,3 +200,14 @@ def test_curve_steps_are_whole_numbers_with_separators(tmp_path, monkeypatch):
     x_labels = _labels(ax.xaxis)
     assert "12,000" in x_labels and "12,004" in x_labels
     assert all(text.replace(",", "").isdigit() for text in x_labels)
+
+
+def test_a_rank_sweep_takes_a_colour_per_placement_and_a_line_style_per_rank():
+    styles = figures._styles(["attn r2", "mlp r2", "attn r8", "mlp r8", "attn r32"])
+    assert styles["attn r2"][0] == styles["attn r8"][0] == styles["attn r32"][0]
+    assert styles["attn r2"][0] != styles["mlp r2"][0]
+    assert len({styles[f"attn r{r}"][1] for r in (2, 8, 32)}) == 3
+    assert styles["mlp r8"][1] == styles["attn r8"][1]
+    # Without ranks, a colour per curve (twelve of them cycle through ten colours).
+    plain = figures._styles([f"s{i}" for i in range(3)])
+    assert len({colour for colour, _ in plain.values()}) == 3

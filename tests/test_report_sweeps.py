@@ -138,6 +138,15 @@ def test_a_sweep_compares_each_rank_with_the_reference_at_that_rank(sweep_report
     assert report.analysis.best is None and report.analysis.family_size == 3
     text = " ".join(plain_text(f) for f in report.findings)
     assert "Caution: LoRA scaling convention: standard" in text and "Ranks differ" in text
+    # The placement question (equal budgets) comes before the same-rank comparisons, which say
+    # that they mix placement with capacity; the table's note names its own Holm family.
+    findings = [plain_text(f) for f in report.findings]
+    first_budget = next(i for i, f in enumerate(findings) if f.startswith("At equal budgets"))
+    same_rank = next(i for i, f in enumerate(findings) if f.startswith("Comparisons with"))
+    assert first_budget < same_rank and "mix where the adapters are" in findings[same_rank]
+    md = (root / "report" / "report.md").read_text()
+    note = md.split("## Comparison with the reference")[1].split("##")[0]
+    assert "adjusted over this table's 3 test(s), at the same rank" in note
 
 
 def _selection(root: Path) -> Path:
@@ -217,6 +226,9 @@ def test_ranking_stability_between_checkpoints_shows_a_late_flip(tmp_path):
     last = next(plain_text(f) for f in report.findings if f.startswith("Ranking stability"))
     assert "Last pair (steps 4→6): tau +0.33" in last
     assert "changed from `a` to `b`" in last and "The ranking changed late" in last
+    # The one pair that changed order is named, with its gap at the last checkpoint.
+    assert "Pairs whose order changed (1," in last
+    assert f"`b` now lower than `a` by {1.15 + 0.005 - 1.105:.4f}" in last
     assert (out / "eval_curves.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "](eval_curves.png)" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
@@ -251,3 +263,16 @@ def test_the_training_budget_is_stated(tmp_path):
     assert "4 optimizer steps of 4 examples" in budget and "4,000 tokens trained" in budget
     assert "2.00 epochs of the training pool (16 examples drawn / 8 kept" in budget
     assert "Trainable parameters: 1,000 to 1,000" in budget
+
+
+def test_adopted_final_runs_are_stated_in_the_training_budget(tmp_path):
+    strategies = {"baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0)])}
+    root = make_study(tmp_path / "s", strategies)
+    run = store.RunKey("baseline", 0).run_dir(root)
+    rec = json.loads((run / "result.json").read_text())
+    rec["adopted_from"] = "selection/baseline--lr1e-03--seed0"
+    store.write_result(run, rec)
+    md = (write_report(root) / "report.md").read_text()
+    budget = md.split("## Training budget")[1].split("##")[0]
+    assert "1 final run(s) are the selection run of their condition" in budget
+    assert "(seed 0)" in budget

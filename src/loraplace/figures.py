@@ -8,6 +8,7 @@ Matplotlib runs headless (Agg).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -250,6 +251,36 @@ def plot_pareto(
     return _save(fig, path)
 
 
+_RANKED = re.compile(r"^(?P<name>.+) r(?P<rank>\d+)$")
+_DASHES = ("-", "--", ":", "-.")
+
+
+def _styles(labels: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{label: (colour, line style)}``. Conditions of a rank sweep (``"attn r8"``) take one
+    colour per placement and one line style per rank, so a dozen curves stay distinguishable;
+    other labels take one colour each."""
+    parsed = [_RANKED.match(label) for label in labels]
+    if not all(parsed):
+        return {label: (f"C{i % 10}", "-") for i, label in enumerate(labels)}
+    names = list(dict.fromkeys(m["name"] for m in parsed))
+    ranks = sorted({int(m["rank"]) for m in parsed})
+    return {
+        label: (
+            f"C{names.index(m['name']) % 10}",
+            _DASHES[ranks.index(int(m["rank"])) % len(_DASHES)],
+        )
+        for label, m in zip(labels, parsed)
+    }
+
+
+def _legend(ax: plt.Axes, entries: int) -> None:
+    """A legend inside the axes when small, beside them when it would cover the lines."""
+    if entries > 6:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+
+
 def _aggregate(runs: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[np.ndarray, ...]:
     per_step: dict[int, list[float]] = {}
     for records in runs:
@@ -282,25 +313,29 @@ def plot_curves(
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = 0
-    for i, (name, runs) in enumerate(curves.items()):
+    styles = _styles(list(curves))
+    for name, runs in curves.items():
         steps, mid, lo, hi = _aggregate(runs)
         if len(steps) == 0:
             continue
-        color = f"C{i % 10}"
+        color, dashes = styles[name]
         n = sum(1 for r in runs if r)
         ax.plot(
             steps,
             mid,
             color=color,
+            ls=dashes,
             lw=1.6,
             marker="." if len(steps) < 30 else None,
             label=f"{name} (n={n})",
         )
         if n > 1:
-            ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+            ax.fill_between(
+                steps, lo, hi, color=color, alpha=0.18 if len(curves) <= 6 else 0.08, lw=0
+            )
         drawn += 1
     if drawn:
-        ax.legend(fontsize=8)
+        _legend(ax, drawn)
         ax.grid(True, alpha=0.3)
         # Whole steps with thousands separators ("12,000"), never "0.5" or an offset.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -484,14 +519,17 @@ def plot_eval_curves(curves: Mapping[str, Mapping[int, float]], path: str | Path
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = 0
-    for i, (name, points) in enumerate(curves.items()):
+    styles = _styles(list(curves))
+    for name, points in curves.items():
         if not points:
             continue
         steps = sorted(points)
-        ax.plot(steps, [points[s] for s in steps], "o-", color=f"C{i % 10}", lw=1.6, label=name)
+        color, dashes = styles[name]
+        values = [points[s] for s in steps]
+        ax.plot(steps, values, marker="o", ls=dashes, color=color, lw=1.6, label=name)
         drawn += 1
     if drawn:
-        ax.legend(fontsize=8)
+        _legend(ax, drawn)
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))

@@ -189,7 +189,10 @@ def _write_figures(report: Report, out: Path) -> list[tuple[str, str]]:
             (
                 "budget.png",
                 "Budget curves: eval loss against trainable parameters (log scale), each "
-                "placement through its ranks, mean ± 95% CI over seeds.",
+                "placement through its ranks, mean ± 95% CI over seeds. The bars are unpaired "
+                "intervals; every placement trains on the same batches per seed, so the paired "
+                "equal-budget tests can find a difference where bars overlap: the tests decide, "
+                "not the bars.",
             )
         )
     if report.checkpoints is not None:

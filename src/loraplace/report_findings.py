@@ -83,6 +83,13 @@ def _unresolved(c: Comparison) -> str:
     return text + ")"
 
 
+_SAME_RANK = (
+    " At the same rank the placements differ in trainable parameters, so these comparisons mix "
+    "where the adapters are with how large they are; the equal-budget comparisons above are "
+    "the placement question."
+)
+
+
 def _comparison_findings(study: Study, a: Analysis) -> list[str]:
     comps = [c for c in a.comparisons.values() if c.verdict != "reference"]
     if not comps:
@@ -100,13 +107,14 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:
             f"findings make (those with at least {MIN_SEEDS} paired seeds against the "
             f"reference{extra}). Equivalence is claimed only within the declared margin of "
             f"±{study.margin:g} nats ({code('report.equivalence_margin')}), by TOST."
+            + (_SAME_RANK if study.sweep else "")
         )
     else:
         out.append(
             f"No comparison with the reference {code(study.reference)}{where} has the "
             f"{MIN_SEEDS} paired seeds a test needs: every comparison below is exploratory, with "
             "its numbers shown and no direction claimed. Run more seeds "
-            f"({code('training.seeds')})."
+            f"({code('training.seeds')})." + (_SAME_RANK if study.sweep else "")
         )
     by = {v: [c for c in comps if c.verdict == v] for v in (CLEAR, SUPPORTED, SUGGESTIVE)}
     if by[CLEAR]:
@@ -227,7 +235,7 @@ def _speed(study: Study, a: Analysis) -> list[str]:
         UNRESOLVED: "not resolved (the interval includes 1, or is undefined: equal ratios)",
         EXPLORATORY: f"exploratory (fewer than {MIN_SEEDS} seeds)",
     }
-    body = "; ".join(f"{words[k]}: {', '.join(v)}" for k, v in groups.items())
+    body = ". ".join(f"{words[k].capitalize()}: {', '.join(v)}" for k, v in groups.items())
     return [
         "Training speed against the reference (per-seed ratios of its train time to the "
         "condition's, geometric mean and 95% interval; a speedup is claimed only when the whole "
@@ -394,6 +402,21 @@ def _budget(budget: BudgetAnalysis | None) -> list[str]:
     return out
 
 
+_SWAPS_SHOWN = 6
+
+
+def _swapped(order_a: tuple[str, ...], means: dict, step: int) -> list[tuple[str, str, float]]:
+    """``(x, y, gap)`` for each pair ranked ``y`` before ``x`` earlier and ``x`` before ``y`` at
+    ``step``, the largest gaps (mean eval loss of ``y`` minus ``x`` at ``step``) first."""
+    out = []
+    for i, y in enumerate(order_a):
+        for x in order_a[i + 1 :]:
+            gap = means[y][step] - means[x][step]
+            if gap > 0:
+                out.append((x, y, gap))
+    return sorted(out, key=lambda t: -t[2])
+
+
 def _checkpoints(checkpoints: CheckpointAnalysis | None) -> list[str]:
     if checkpoints is None:
         return []
@@ -415,6 +438,17 @@ def _checkpoints(checkpoints: CheckpointAnalysis | None) -> list[str]:
         if late
         else ""
     )
+    swapped = _swapped(last.order_a, checkpoints.means, b)
+    if swapped:
+        shown = "; ".join(
+            f"{code(x)} now lower than {code(y)} by {gap:.4f}"
+            for x, y, gap in swapped[:_SWAPS_SHOWN]
+        )
+        more = f"; and {len(swapped) - _SWAPS_SHOWN} more" if len(swapped) > _SWAPS_SHOWN else ""
+        warning += (
+            f" Pairs whose order changed ({len(swapped)}, step {b:,}'s mean eval-loss gap; a "
+            f"gap far below the seed-to-seed spread is noise): {shown}{more}."
+        )
     return [
         "Ranking stability between eval checkpoints (Kendall's tau-b of the conditions' mean "
         f"eval losses; 1 = same order): {steps}. Last pair (steps {a:,}→{b:,}): tau "
@@ -447,6 +481,16 @@ def training_lines(study: Study, a: Analysis, t: TrainingBudget) -> list[str]:
             f"({len(study.conditions)} conditions × {len(sel.learning_rates)} learning rates × "
             f"{len(sel.selection)} seed(s)), {t.steps:,} steps each, scored on the validation "
             "split."
+        )
+    adopted = [r for r in study.records if r.get("adopted_from")]
+    if adopted:
+        out.append(
+            f"{len(adopted)} final run(s) are the selection run of their condition at the chosen "
+            "learning rate, adopted rather than trained again (seed "
+            f"{', '.join(map(str, sorted({r['seed'] for r in adopted})))}): the same training, "
+            "evaluated on the eval split once adopted, with its times measured in selection. "
+            "Their rate was chosen on their own validation loss, a mild selection effect that "
+            "every condition shares."
         )
     copied = [r for r in study.records + study.selection if r.get("reused_from")]
     if copied:
@@ -481,9 +525,9 @@ def findings(
         Rich-text sentences (:func:`loraplace.report_render.code` marks names).
     """
     out = list(study.notes)
+    out += _budget(budget)  # a rank sweep's placement question comes first
     out += _comparison_findings(study, analysis) if study.reference else []
     out += _lowest(study, analysis)
-    out += _budget(budget)
     out += _accuracy(study, analysis)
     out += _speed(study, analysis)
     front = [c.label for c, r in zip(study.conditions, analysis.rows) if r["pareto"]]

@@ -140,8 +140,14 @@ def comparison_table(study: Study, a: Analysis) -> Table:
         "Δ = mean over the seeds both finished of (strategy − reference) eval loss, in nats; "
         "negative is lower loss. 95% CI (seeds): paired t interval. 95% CI (eval examples): "
         "paired percentile bootstrap over eval examples (how much Δ depends on the particular "
-        f"eval set; not used by the verdicts). Holm p: adjusted over the {a.family_size} "
-        "test(s) the findings make. TOST: equivalence within "
+        "eval set; not used by the verdicts). Holm p: adjusted over "
+        + (
+            f"this table's {a.family_size} test(s), at the same rank (the equal-budget "
+            "comparisons and all pairs are families of their own)"
+            if study.sweep
+            else f"the {a.family_size} test(s) the findings make"
+        )
+        + ". TOST: equivalence within "
         f"±{study.margin:g} nats. Welch p: unpaired, secondary, not used by the verdicts. A "
         "dash is a test not made (fewer than 3 paired seeds) or undefined (equal differences)."
     )
