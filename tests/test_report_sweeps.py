@@ -193,6 +193,10 @@ def test_learning_rate_selection_table(tmp_path):
     assert "`mlp` (0.0001, the smallest)" in edge and "baseline" not in edge
     assert any("on the validation split only" in f for f in text)
     assert not any("one learning rate" in f for f in text)  # a grid, not a shared value
+    # The diverged selection run is listed with the failures, with its rate and reason.
+    md = (write_report(tmp_path / "s") / "report.md").read_text()
+    failed = md.split("## Failed and unfinished runs")[1].split("##")[0]
+    assert "selection `mlp` lr 0.001 seed 0: nan\\_loss" in failed  # markdown-escaped
 
 
 def _checkpoints(root: Path) -> Path:

@@ -429,12 +429,21 @@ def run_table(study: Study) -> Table:
 
 
 def failures(study: Study) -> list[str]:
-    """Failed final runs and run directories that could not be read."""
+    """Failed final runs, failed selection runs (a diverged learning rate, say) and run
+    directories that could not be read."""
     out = [
         f"{code(cond.label)} seed {r['seed']}: {r.get('error') or 'no error recorded'}"
         for cond in study.conditions
         for r in study.runs(cond)
         if r["status"] != "finished"
+    ]
+    out += [
+        f"selection {code(r.get('name', '?'))}"
+        + (f" r{r['rank']}" if r.get("rank") else "")
+        + f" lr {r.get('learning_rate', 0):g} seed {r.get('seed')}: "
+        + (r.get("error") or "no error recorded")
+        for r in study.selection
+        if r.get("status") != "finished"
     ]
     return out + [f"{code(d.split(':', 1)[0])}:{d.split(':', 1)[1]}" for d in study.incomplete]
 
