@@ -595,7 +595,8 @@ def _execute(
             todo = [job.key for job in selection_jobs] + todo_final
             print_estimate(config, out, todo, run.workbench())
         release = _final_release(config, out, todo_final, reuse, run)
-        jobs = _longest_first(out, config, selection_jobs) + release()
+        # Selection first: each one finished can release its condition's final runs.
+        jobs = _longest_first(out, config, selection_jobs) + _longest_first(out, config, release())
         if jobs:
             run(jobs, stage="selection and final" if selection_jobs else "final", follow=release)
     _drop_adopted_checkpoints(config, out)
