@@ -147,6 +147,7 @@ def test_a_sweep_compares_each_rank_with_the_reference_at_that_rank(sweep_report
     md = (root / "report" / "report.md").read_text()
     note = md.split("## Comparison with the reference")[1].split("##")[0]
     assert "adjusted over this table's 3 test(s), at the same rank" in note
+    assert "| Verdict vs ref (same rank) |" in md.split("## Summary")[1].split("##")[0]
 
 
 def _selection(root: Path) -> Path:

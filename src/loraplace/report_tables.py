@@ -66,7 +66,7 @@ def summary_table(study: Study, a: Analysis) -> Table:
         "Eval loss ± 95% CI",
         "Perplexity",
         *(["Accuracy [95% CI]"] if accuracy else []),
-        "Verdict vs ref",
+        "Verdict vs ref (same rank)" if study.sweep else "Verdict vs ref",
         "Pareto",
     ]
     rows = []
