@@ -164,3 +164,44 @@ def test_a_state_from_another_run_is_not_used(tiny_model_dir, tiny_data_file, tm
     assert run_study(config, out, show_progress=False, report=False) == 0
     assert "resumed_at" not in json.loads((run_dir / "result.json").read_text())
     assert not store.can_resume(run_dir)
+
+
+def test_a_study_that_grows_its_seed_list_keeps_its_saved_states(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    import loraplace.runner as runner
+
+    config = _config(tiny_model_dir, tiny_data_file)
+    out = tmp_path / "out"
+    real = runner.train_adapter
+
+    def interrupted(*args, **kwargs):
+        def then_stop(row):
+            kwargs["on_step"](row)
+            if row["step"] == 3:
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_step": then_stop, "state_every_s": 0})
+
+    monkeypatch.setattr(runner, "train_adapter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, out, show_progress=False, report=False)
+    monkeypatch.setattr(runner, "train_adapter", real)
+    raw = config.to_dict()
+    raw["training"] = {**raw["training"], "seeds": [0, 1]}
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    record = json.loads((out / "runs" / "all--seed0" / "result.json").read_text())
+    assert record["resumed_at"] == [2] and record["steps"] == 8
+
+
+def test_a_run_recipe_ignores_only_what_no_single_run_trains_by():
+    from loraplace.runner import _run_recipe
+
+    def recipe(**training):
+        return {"name": "all", "learning_rate": 1e-3, "training": {"steps": 8, **training}}
+
+    grown = recipe(seeds=[0, 1, 2], learning_rates=[1e-3, 3e-3], learning_rate=2e-4)
+    assert _run_recipe(recipe(seeds=[0], learning_rates=[1e-3])) == _run_recipe(grown)
+    assert _run_recipe(recipe(warmup_steps=2)) != _run_recipe(recipe(warmup_steps=3))
+    assert _run_recipe({**recipe(), "learning_rate": 3e-3}) != _run_recipe(recipe())
+    assert _run_recipe(None) is None

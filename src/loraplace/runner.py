@@ -546,21 +546,34 @@ def training_code_hash() -> str:
     return digest.hexdigest()
 
 
+#: Study-level training keys that no single run trains by: its seed and learning rate are its
+#: own (in the record), so a study whose seed list or grid grows keeps its saved states.
+_STUDY_ONLY = ("seeds", "learning_rates", "selection_seeds", "learning_rate")
+
+
 def _resume_recipe(record: dict, training: TrainingSettings) -> dict:
     """What a saved training state must have been made with to go on from it."""
-    return json.loads(
-        json.dumps(
-            {
-                key: record.get(key)
-                for key in ("name", "seed", "rank", "stage", "learning_rate", "placement")
-            }
-            | {
-                "training": vars(training),
-                "versions": record.get("versions"),
-                "code": training_code_hash(),
-            }
-        )
+    return _run_recipe(
+        {key: record.get(key) for key in ("name", "seed", "rank", "stage", "learning_rate")}
+        | {
+            "placement": record.get("placement"),
+            "training": vars(training),
+            "versions": record.get("versions"),
+            "code": training_code_hash(),
+        }
     )
+
+
+def _run_recipe(recipe) -> dict | None:
+    """``recipe`` as plain JSON without :data:`_STUDY_ONLY` (states saved before this rule
+    recorded them: they compare equal when nothing else differs)."""
+    if not isinstance(recipe, dict):
+        return None
+    plain = json.loads(json.dumps(recipe))
+    training = plain.get("training")
+    if isinstance(training, dict):
+        plain["training"] = {k: v for k, v in training.items() if k not in _STUDY_ONLY}
+    return plain
 
 
 def _pickle(obj) -> bytes:
@@ -580,7 +593,7 @@ def _load_resume(out_dir: Path, recipe: dict) -> dict | None:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # noqa: BLE001 - an unreadable state is only a lost shortcut
         saved = None
-    if not isinstance(saved, dict) or saved.get("recipe") != recipe:
+    if not isinstance(saved, dict) or _run_recipe(saved.get("recipe")) != _run_recipe(recipe):
         path.unlink(missing_ok=True)
         return None
     return saved
