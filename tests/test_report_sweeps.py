@@ -281,3 +281,7 @@ def test_adopted_final_runs_are_stated_in_the_training_budget(tmp_path):
     budget = md.split("## Training budget")[1].split("##")[0]
     assert "1 final run(s) are the selection run of their condition" in budget
     assert "(seed 0)" in budget
+    # Its training is its selection run's: the provenance total counts it once, not twice.
+    runs = md.split("**Runs**:")[1].splitlines()[0]
+    seed1 = json.loads((store.RunKey("baseline", 1).run_dir(root) / "result.json").read_text())
+    assert f"; {seed1['train_time_s']:.0f} s of training in all (1 adopted" in runs

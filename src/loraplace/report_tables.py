@@ -469,19 +469,30 @@ def provenance(study: Study) -> list[tuple[str, str]]:
             for h in dicts("hardware")
         ]
     )
-    starts = sorted(str(r["started_at"]) for r in recs if r.get("started_at"))
-    ends = sorted(str(r["finished_at"]) for r in recs if r.get("finished_at"))
-    total = sum(num(r.get("train_time_s")) or 0.0 for r in recs)
-    span = (
-        f"{len(recs)} final runs, {starts[0] if starts else '?'} to {ends[-1] if ends else '?'}, "
-        f"{total:.0f} s of training"
+
+    def span(runs: list[dict], what: str) -> str:
+        starts = sorted(str(r["started_at"]) for r in runs if r.get("started_at"))
+        ends = sorted(str(r["finished_at"]) for r in runs if r.get("finished_at"))
+        return f"{len(runs)} {what}, {starts[0] if starts else '?'} to {ends[-1] if ends else '?'}"
+
+    # An adopted final run's training is its selection run's: counted once, in selection.
+    trained = [r for r in recs if not r.get("adopted_from")] + study.selection
+    total = sum(num(r.get("train_time_s")) or 0.0 for r in trained)
+    spans = [span(recs, "final runs")] + (
+        [span(study.selection, "selection runs")] if study.selection else []
+    )
+    adopted = len(recs) + len(study.selection) - len(trained)
+    runs = (
+        "; ".join(spans)
+        + f"; {total:.0f} s of training in all"
+        + (f" ({adopted} adopted final run(s) counted once, in selection)" if adopted else "")
     )
     return [
         ("Model", model),
         ("Dataset", data),
         ("Versions", versions or DASH),
         ("Hardware (device / name / cpus)", hw),
-        ("Runs", span),
+        ("Runs", runs),
     ]
 
 
