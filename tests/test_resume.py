@@ -127,13 +127,11 @@ def test_a_study_interrupted_mid_run_goes_on_from_its_state(
     assert not store.can_resume(run_dir)  # the state goes once the run is complete
 
 
-def test_a_state_saved_by_other_training_code_is_not_used(
-    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
-):
+def _interrupted_after_step_3(config, out, monkeypatch) -> None:
+    """Run the study until step 3 of its first run, saving a state every step, then stop it
+    as a kill would (the state of step 2 is the last saved)."""
     import loraplace.runner as runner
 
-    config = _config(tiny_model_dir, tiny_data_file)
-    out = tmp_path / "out"
     real = runner.train_adapter
 
     def interrupted(*args, **kwargs):
@@ -147,8 +145,18 @@ def test_a_state_saved_by_other_training_code_is_not_used(
     monkeypatch.setattr(runner, "train_adapter", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study(config, out, show_progress=False, report=False)
-    assert store.can_resume(out / "runs" / "all--seed0")
     monkeypatch.setattr(runner, "train_adapter", real)
+
+
+def test_a_state_saved_by_other_training_code_is_not_used(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    import loraplace.runner as runner
+
+    config = _config(tiny_model_dir, tiny_data_file)
+    out = tmp_path / "out"
+    _interrupted_after_step_3(config, out, monkeypatch)
+    assert store.can_resume(out / "runs" / "all--seed0")
     monkeypatch.setattr(runner, "training_code_hash", lambda: "changed since")
     assert run_study(config, out, show_progress=False, report=False) == 0
     record = json.loads((out / "runs" / "all--seed0" / "result.json").read_text())
@@ -169,24 +177,10 @@ def test_a_state_from_another_run_is_not_used(tiny_model_dir, tiny_data_file, tm
 def test_a_study_that_grows_its_seed_list_keeps_its_saved_states(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.runner as runner
 
     config = _config(tiny_model_dir, tiny_data_file)
     out = tmp_path / "out"
-    real = runner.train_adapter
-
-    def interrupted(*args, **kwargs):
-        def then_stop(row):
-            kwargs["on_step"](row)
-            if row["step"] == 3:
-                raise KeyboardInterrupt
-
-        return real(*args, **{**kwargs, "on_step": then_stop, "state_every_s": 0})
-
-    monkeypatch.setattr(runner, "train_adapter", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_study(config, out, show_progress=False, report=False)
-    monkeypatch.setattr(runner, "train_adapter", real)
+    _interrupted_after_step_3(config, out, monkeypatch)
     raw = config.to_dict()
     raw["training"] = {**raw["training"], "seeds": [0, 1]}
     assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
