@@ -24,6 +24,7 @@ __all__ = [
     "parallelism",
     "format_duration",
     "run_duration",
+    "condition_times",
 ]
 
 
@@ -93,27 +94,36 @@ def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | N
     return states
 
 
+def condition_times(states) -> dict[tuple, list[float]]:
+    """The wall times of each condition's complete runs, of either stage."""
+    out: dict[tuple, list[float]] = defaultdict(list)
+    for key, _state, result in states:
+        duration = run_duration(result) if result else None
+        if duration is not None:
+            out[key.condition].append(duration)
+    return dict(out)
+
+
 def time_left(states) -> tuple[float, float, int]:
     """``(spent, left, unknown)``: wall time of the complete runs, the estimated time of the
     others, and how many runs have nothing to be timed by yet. Each run is timed by the
     finished runs of its condition and stage; else of its condition in the other stage (a
     final run trains as its selection runs did); else of its stage."""
     times: dict[tuple, list[float]] = defaultdict(list)
-    condition_times: dict[tuple, list[float]] = defaultdict(list)
     stage_times: dict[str, list[float]] = defaultdict(list)
     for key, _state, result in states:
         duration = run_duration(result) if result else None
         if duration is not None:
             times[(key.stage, key.condition)].append(duration)
-            condition_times[key.condition].append(duration)
             stage_times[key.stage].append(duration)
+    by_condition = condition_times(states)
     spent = sum(sum(v) for v in stage_times.values())
     left, unknown = 0.0, 0
     for key, state, _ in states:
         if state in ("pending", "in progress"):
             same = (
                 times.get((key.stage, key.condition))
-                or condition_times.get(key.condition)
+                or by_condition.get(key.condition)
                 or stage_times.get(key.stage)
             )
             if same:

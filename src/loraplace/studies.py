@@ -435,13 +435,9 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
     state (finishing what was started), then the longest expected, so the short ones fill the
     end of the study when runs go in parallel. A job is timed by its condition's finished runs
     (any stage); untimed ones go before timed ones. Ties keep the given order."""
-    from loraplace.status import run_duration, run_states
+    from loraplace.status import condition_times, run_states
 
-    times: dict[tuple, list[float]] = {}
-    for key, _state, result in run_states(out, config):
-        duration = run_duration(result) if result else None
-        if duration is not None:
-            times.setdefault(key.condition, []).append(duration)
+    times = condition_times(run_states(out, config))
 
     def order(job: Job) -> tuple[bool, float]:
         same = times.get(job.key.condition)
