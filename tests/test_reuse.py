@@ -59,8 +59,9 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
     capsys.readouterr()
     assert estimate_only(config, tmp_path / "not-yet") == 0
     printed = capsys.readouterr().out
-    assert "note: 2 selection run(s) will be copied from the reuse directories" in printed
-    assert "estimate: 6 runs to go" in printed  # 8 runs, 2 of them copied
+    # all-r2's 2 selection runs, and its 2 final runs at the rate they choose
+    assert "note: 2 selection and 2 final run(s) will be copied from the reuse" in printed
+    assert "estimate: 4 runs to go" in printed  # 8 runs, 4 of them copied
     alone = load_study_config(_taker_raw(tiny_model_dir, tiny_data_file, []))
     assert run_study(alone, fresh, show_progress=False, report=False) == 0
 
@@ -97,6 +98,16 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
     assert "4 runs were copied from another study (" in report
     assert not list(taker.rglob("checkpoints"))
     assert (taker / "runs" / "all-r2--seed1" / "adapter" / "adapter_config.json").is_file()
+    # A donor whose final runs are gone still gives its selection runs; the finals are priced.
+    import shutil
+
+    for run_dir in (donor / "runs").glob("all--r2--*"):
+        shutil.rmtree(run_dir)
+    capsys.readouterr()
+    assert estimate_only(config, tmp_path / "not-yet") == 0
+    printed = capsys.readouterr().out
+    assert "note: 2 selection and 0 final run(s) will be copied" in printed
+    assert "estimate: 6 runs to go" in printed
 
 
 def test_only_a_study_made_the_same_way_is_used(tiny_model_dir, tiny_data_file, tmp_path, capsys):

@@ -80,12 +80,14 @@ def collect_results(config: StudyConfig, out: Path, keys: list[RunKey] | None = 
     return results
 
 
-def choose_learning_rates(config: StudyConfig, out: Path) -> dict[tuple, LrChoice]:
+def choose_learning_rates(config: StudyConfig, out: Path, lookup=None) -> dict[tuple, LrChoice]:
     """For each condition whose selection runs are all complete: the learning rate with the
     lowest mean validation loss over the selection seeds (ties: the smaller learning rate).
 
     A failed selection run (e.g. a diverging learning rate) counts as an infinite loss.
+    ``lookup`` maps a run key to its complete record (default: the record in ``out``).
     """
+    read = lookup or (lambda key: store.read_result(key.run_dir(out)))
     grid = config.training.learning_rates or []
     choices = {}
     for condition in config.conditions:
@@ -94,8 +96,7 @@ def choose_learning_rates(config: StudyConfig, out: Path) -> dict[tuple, LrChoic
         for lr in grid:
             values = []
             for seed in config.training.selection:
-                key = RunKey(condition[0], seed, condition[1], "selection", lr)
-                result = store.read_result(key.run_dir(out))
+                result = read(RunKey(condition[0], seed, condition[1], "selection", lr))
                 if result is None:
                     complete = False
                     break
@@ -447,14 +448,18 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
     return sorted(jobs, key=order)
 
 
-def _reuser(config: StudyConfig, out: Path, workbench):
+def _donors(config: StudyConfig, identity: dict, device: str) -> list:
+    from loraplace.reuse import find_donors
+
+    return find_donors(config.to_dict(), identity, config.reuse, device)
+
+
+def _reuser(config: StudyConfig, out: Path, donors: list):
     """A filter of jobs: it copies each job another study already ran (``reuse``) and returns
     the jobs left to run."""
-    from loraplace.reuse import find_donors, reuse_runs
+    from loraplace.reuse import reuse_runs
     from loraplace.runner import settings_record
 
-    identity = store.read_json(out / store.IDENTITY_FILE)
-    donors = find_donors(config.to_dict(), identity, config.reuse, workbench().device)
     settings = settings_record(config.lora, config.training, config.eval)
 
     def reuse(jobs: list[Job]) -> list[Job]:
@@ -462,6 +467,36 @@ def _reuser(config: StudyConfig, out: Path, workbench):
         return [job for job in jobs if job.key not in copied]
 
     return reuse
+
+
+def _to_be_copied(config: StudyConfig, out: Path, todo: list[RunKey], donors: list) -> set:
+    """The runs of ``todo`` that ``reuse`` will copy rather than train: selection runs a donor
+    made, and final runs a donor made at the learning rate their condition's selection runs
+    (complete here, or to be copied) choose. Runs of automatic strategies are not yet placed."""
+    from loraplace.reuse import find_run
+
+    def donated(key: RunKey, learning_rate) -> dict | None:
+        if not donors or (key.name, key.rank) not in config.plans:
+            return None
+        placement = config.plan_for(key).placement
+        found = find_run(donors, key.stage, key.seed, learning_rate, placement)
+        return store.read_result(found[1]) if found else None
+
+    def record(key: RunKey) -> dict | None:
+        return store.read_result(key.run_dir(out)) or donated(key, key.learning_rate)
+
+    choices = choose_learning_rates(config, out, record) if config.training.learning_rates else {}
+    copied = set()
+    for key in todo:
+        if key.stage == "selection":
+            rate = key.learning_rate
+        elif config.training.learning_rates:
+            rate = getattr(choices.get(key.condition), "chosen", None)
+        else:
+            rate = config.training.learning_rate
+        if rate is not None and donated(key, rate) is not None:
+            copied.add(key)
+    return copied
 
 
 def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
@@ -516,31 +551,24 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
         )
     bench = _load_bench(config)
     if config.reuse:
-        todo = _not_reusable(config, todo, bench)
+        # A started study knows its identity; hash the model files only for a new one.
+        identity = store.read_json(out / store.IDENTITY_FILE) or study_identity(config)
+        todo = _without_copies(config, out, todo, _donors(config, identity, bench.device))
     print_estimate(config, out, todo, bench)
     return 0
 
 
-def _not_reusable(config: StudyConfig, todo: list[RunKey], bench) -> list[RunKey]:
-    """``todo`` without the selection runs that ``reuse`` would copy (final runs can be known
-    only once their learning rate is chosen)."""
-    from loraplace.reuse import find_donors, find_run
-
-    donors = find_donors(config.to_dict(), study_identity(config), config.reuse, bench.device)
-    copied = {
-        k
-        for k in todo
-        if k.stage == "selection"
-        and (k.name, k.rank) in config.plans
-        and find_run(donors, k.stage, k.seed, k.learning_rate, config.plan_for(k).placement)
-    }
+def _without_copies(config: StudyConfig, out: Path, todo: list[RunKey], donors: list) -> list:
+    """``todo`` without the runs that ``reuse`` will copy, with a note of how many."""
+    copied = _to_be_copied(config, out, todo, donors)
     if copied:
+        finals = sum(key.stage == "final" for key in copied)
         print(
-            f"note: {len(copied)} selection run(s) will be copied from the reuse directories, not "
-            "trained; final runs may be too, once their learning rates are chosen",
+            f"note: {len(copied) - finals} selection and {finals} final run(s) will be copied "
+            "from the reuse directories, not trained",
             flush=True,
         )
-    return [k for k in todo if k not in copied]
+    return [key for key in todo if key not in copied]
 
 
 def _execute(
@@ -573,7 +601,11 @@ def _execute(
     with make_executor(executor, config, out, token, show_progress) as run:
         if config.auto_strategies:
             resolve_automatic(config, out, run.workbench)
-        reuse = _reuser(config, out, run.workbench) if config.reuse else (lambda jobs: jobs)
+        donors = []
+        if config.reuse:
+            identity = store.read_json(out / store.IDENTITY_FILE)
+            donors = _donors(config, identity, run.workbench().device)
+        reuse = _reuser(config, out, donors) if donors else (lambda jobs: jobs)
         selection_jobs = reuse(
             [
                 Job(
@@ -589,6 +621,9 @@ def _execute(
         )
         if selection_jobs or todo_final:
             todo = [job.key for job in selection_jobs] + todo_final
+            if donors:
+                copied = _to_be_copied(config, out, todo_final, donors)
+                todo = [key for key in todo if key not in copied]
             print_estimate(config, out, todo, run.workbench())
         release = _final_release(config, out, todo_final, reuse, run)
         # Selection first: each one finished can release its condition's final runs.
