@@ -6,6 +6,7 @@ The browser test needs Debian's ``chromium`` (``.ci/run`` installs it); it is sk
 from __future__ import annotations
 
 import base64
+import math
 import struct
 import subprocess
 from html.parser import HTMLParser
@@ -211,3 +212,39 @@ def test_a_rank_sweep_takes_a_colour_per_placement_and_a_line_style_per_rank():
     # Without ranks, a colour per curve (twelve of them cycle through ten colours).
     plain = figures._styles([f"s{i}" for i in range(3)])
     assert len({colour for colour, _ in plain.values()}) == 3
+
+
+def test_pareto_labels_stay_inside_the_axes_and_apart(tmp_path, monkeypatch):
+    # A rank sweep's twelve conditions, crowded as in a budget-curve study.
+    rows = [
+        {
+            "strategy": f"{name} r{rank}",
+            "trainable_params": params * rank,
+            "eval_loss_mean": loss - 0.012 * math.log2(rank),
+            "eval_loss_std": 0.006,
+            "n": 3,
+            "pareto": name in ("all-linear", "ffn-only"),
+        }
+        for name, params, loss in (
+            ("all-linear", 305_280, 0.78),
+            ("ffn-only", 190_080, 0.79),
+            ("attention-only", 115_200, 0.80),
+            ("last-half", 152_640, 0.81),
+        )
+        for rank in (2, 8, 32)
+    ]
+    (fig,) = _drawn(monkeypatch, lambda: figures.plot_pareto(rows, tmp_path / "p.png"))
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    labels = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == sorted(r["strategy"] for r in rows)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for box in boxes:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+        assert box.y1 <= frame.y1
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), "two point labels overlap"
+    # Every point has 3 seeds: said once on the axis, not in each label.
+    assert "over 3 seeds" in ax.get_ylabel()

@@ -285,3 +285,27 @@ def test_adopted_final_runs_are_stated_in_the_training_budget(tmp_path):
     runs = md.split("**Runs**:")[1].splitlines()[0]
     seed1 = json.loads((store.RunKey("baseline", 1).run_dir(root) / "result.json").read_text())
     assert f"; {seed1['train_time_s']:.0f} s of training in all (1 adopted" in runs
+
+
+def test_a_sweeps_all_pairs_share_a_rank_or_a_placement(sweep_report):
+    root, _ = sweep_report
+    pairs = build_report(load_study(root)).analysis.pairwise
+    got = [(c.strategy, c.reference) for c in pairs]
+    # Same rank first, then each placement over its ranks; "all r2" against "attn r4" differs
+    # in both and is left out. The 9 tests are one Holm family.
+    assert got == [
+        ("all r2", "attn r2"),
+        ("all r4", "attn r4"),
+        ("all r8", "attn r8"),
+        ("all r2", "all r4"),
+        ("all r2", "all r8"),
+        ("all r4", "all r8"),
+        ("attn r2", "attn r4"),
+        ("attn r2", "attn r8"),
+        ("attn r4", "attn r8"),
+    ]
+    assert {c.family_size for c in pairs} == {9}
+    p = ttest_rel(CURVE_ALL[200], CURVE_ALL[800]).pvalue
+    assert pairs[4].p == pytest.approx(p)
+    md = (root / "report" / "report.md").read_text()
+    assert "pairs that differ in both placement and rank are left out" in md

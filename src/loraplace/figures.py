@@ -156,35 +156,77 @@ def _base_line(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], base: float | Non
     ax.axhline(base, ls="--", color="gray", lw=1.2, label=f"{label}: {where} the plotted range")
 
 
-_LABEL_OFFSETS = ((7, 5), (7, -14), (7, 16), (7, -25), (7, 27), (7, -36))
+#: Where a point's label may go, in points from the point: right, left, or centred above and
+#: below (``dx`` 0); the nearest free place wins.
+_LABEL_OFFSETS = tuple(
+    (dx, dy) for dx in (7, -7, 0) for dy in (-4, 6, -14, 16, -24, 26, -34, 36, -44, 46)
+)
+_ALIGN = {1: "left", -1: "right", 0: "center"}
 
 
-def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]]) -> None:
-    """Labels each point, trying a few offsets so that labels do not overlap one another."""
-    ax.figure.canvas.draw()  # fixes the axis limits, so data -> points is final
-    placed: list[tuple[float, float, float, float]] = []
+def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], with_n: bool) -> None:
+    """Labels each point at the nearest place where its text covers no other label, point,
+    error bar or step of the front and stays inside the axes; where none is free, at the place
+    that covers least (another label counts three times, leaving the axes ten times)."""
+    fig = ax.figure
+    fig.canvas.draw()  # fixes the axis limits, so data -> display is final
+    renderer = fig.canvas.get_renderer()
+    to_display = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    pad = 4 * fig.dpi / 72.0
+    marks = []  # (x0, y0, x1, y1) in display units: error bars and markers, front steps
     for r in pts:
-        text = f"{r['strategy']} (n={r['n']})"
-        x, y = (
-            ax.transData.transform((r["trainable_params"], r["eval_loss_mean"]))
-            * 72.0
-            / ax.figure.dpi
-        )
-        w, h = 4.6 * len(text), 9.0  # approximate extent of 8-pt text, in points
-        for dx, dy in _LABEL_OFFSETS:
-            box = (x + dx, y + dy, x + dx + w, y + dy + h)
-            if not any(
-                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed
-            ):
-                break
-        placed.append(box)
-        ax.annotate(
+        std = r.get("eval_loss_std") or 0.0
+        x, lo = to_display((r["trainable_params"], r["eval_loss_mean"] - std))
+        _, hi = to_display((r["trainable_params"], r["eval_loss_mean"] + std))
+        marks.append((x - pad, min(lo, hi) - pad, x + pad, max(lo, hi) + pad))
+    front = [
+        to_display((r["trainable_params"], r["eval_loss_mean"])) for r in pts if r.get("pareto")
+    ]
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):
+        marks.append((x0, y0 - 1, x1, y0 + 1))
+        marks.append((x1 - 1, min(y0, y1), x1 + 1, max(y0, y1)))
+    labels = []
+
+    def overlap(box, other) -> float:
+        w = min(box[2], other[2]) - max(box[0], other[0])
+        h = min(box[3], other[3]) - max(box[1], other[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    for r in pts:
+        text = f"{r['strategy']} (n={r['n']})" if with_n else str(r["strategy"])
+        label = ax.annotate(
             text,
             (r["trainable_params"], r["eval_loss_mean"]),
-            xytext=(dx, dy),
+            xytext=(0, 0),
             textcoords="offset points",
             fontsize=8,
+            va="bottom",
         )
+        best = None
+        for dx, dy in _LABEL_OFFSETS:
+            label.set_position((dx, dy))
+            label.set_horizontalalignment(_ALIGN[(dx > 0) - (dx < 0)])
+            e = label.get_window_extent(renderer)
+            box = (e.x0, e.y0, e.x1, e.y1)
+            outside = (
+                max(frame.x0 - box[0], 0)
+                + max(box[2] - frame.x1, 0)
+                + max(frame.y0 - box[1], 0)
+                + max(box[3] - frame.y1, 0)
+            ) * (box[3] - box[1])
+            cost = (
+                10 * outside
+                + 3 * sum(overlap(box, other) for other in labels)
+                + sum(overlap(box, other) for other in marks)
+                + math.hypot(dx, dy) * fig.dpi / 72.0
+            )
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, box)
+        _, dx, dy, box = best
+        label.set_position((dx, dy))
+        label.set_horizontalalignment(_ALIGN[(dx > 0) - (dx < 0)])
+        labels.append(box)
 
 
 def plot_pareto(
@@ -240,13 +282,17 @@ def plot_pareto(
     if pts:
         _base_line(ax, pts, base_eval_loss)
         _log_params_axis(ax, [r["trainable_params"] for r in pts])
-        _label_points(ax, pts)
+        # Every point over the same number of seeds: say it once, on the axis.
+        seeds = {r.get("n") for r in pts}
+        _label_points(ax, pts, with_n=len(seeds) > 1)
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, which="both", alpha=0.3)
     else:
         _empty(ax, "no finished runs")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("eval loss (mean ± std over seeds)")
+    seeds = {r.get("n") for r in pts}
+    over = f"{seeds.pop()} seeds" if len(seeds) == 1 else "seeds (n per point)"
+    ax.set_ylabel(f"eval loss (mean ± std over {over})")
     ax.set_title("Parameters vs quality: lower-left is better")
     return _save(fig, path)
 

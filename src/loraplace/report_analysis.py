@@ -9,6 +9,7 @@ in docs/STATISTICS.md ("The report's columns").
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from loraplace.verdicts import (
     BestFinding,
     Comparison,
     best_vs_others,
+    compare_pairs,
     compare_to_reference,
     pairwise,
     speedup_claim,
@@ -154,6 +156,29 @@ def _losses_and_refs(study: Study) -> tuple[dict[str, dict[int, float]], dict[st
             losses[cond.label] = study.losses(cond)
             refs[cond.label] = ref.label
     return losses, refs
+
+
+def _all_pairs(study: Study, losses: dict) -> list[Comparison]:
+    """Every pair of conditions, one Holm family. In a rank sweep, only the pairs that share a
+    rank or a placement: a pair that differs in both holds neither budget nor rank equal (the
+    equal-budget tables compare placements)."""
+    if not study.sweep:
+        return pairwise(losses, study.margin)
+    kept = [
+        (a, b)
+        for a, b in itertools.combinations(study.conditions, 2)
+        if a.rank == b.rank or a.name == b.name
+    ]
+    # Same rank first (placement against placement), then each placement over its ranks.
+    names = list(dict.fromkeys(c.name for c in study.conditions))
+
+    def order(pair: tuple[Condition, Condition]) -> tuple[int, int]:
+        a, b = pair
+        return (0, 0) if a.rank == b.rank else (1, names.index(a.name))
+
+    kept.sort(key=order)
+    pairs = [(a.label, b.label) for a, b in kept]
+    return compare_pairs(losses, pairs, study.margin)
 
 
 def _compare(
@@ -355,6 +380,6 @@ def analyse(study: Study) -> Analysis:
     for row, flag in zip(rows.values(), flags):
         row["pareto"] = flag
     losses = {c.label: study.losses(c) for c in study.conditions}
-    pairs = pairwise(losses, study.margin) if len(losses) >= 3 else []
+    pairs = _all_pairs(study, losses) if len(losses) >= 3 else []
     table = [{col: row.get(col) for col in SUMMARY_COLUMNS} for row in rows.values()]
     return Analysis(table, comparisons, size, best, pairs, accuracy, speedups)

@@ -264,9 +264,21 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
         for c in a.pairwise
     ]
     size = a.pairwise[0].family_size
+    which = (
+        "Pairs at the same rank (unequal budgets: placement confounded with capacity), then each "
+        "placement against itself at another rank; pairs that differ in both placement and rank "
+        "are left out (the equal-budget tables compare placements). "
+        if study.sweep
+        else ""
+    )
+    tested = (
+        f"paired t. Holm over all {size} tested pair(s), a family of its own: the findings do "
+        "not use it."
+        if size
+        else "no pair has the seeds a test needs, so none is tested (exploratory)."
+    )
     note = (
-        "Δ = mean per-seed difference A − B in eval loss over their common seeds; paired t. Holm "
-        f"over all {size} tested pair(s), a family of its own: the findings do not use it."
+        f"{which}Δ = mean per-seed difference A − B in eval loss over their common seeds; " + tested
     )
     headers = ["A", "B", "n", "Δ (A − B)", "95% CI", "p (paired)", "Holm p", "Verdict"]
     return Table("All pairs", headers, rows, note)
