@@ -327,6 +327,19 @@ def _legend(ax: plt.Axes, entries: int) -> None:
         ax.legend(fontsize=8)
 
 
+def _step_axis(ax: plt.Axes, drawn: int, empty: str) -> None:
+    """A training-step x axis for ``drawn`` curves, or ``empty`` said in the axes without any."""
+    if drawn:
+        _legend(ax, drawn)
+        ax.grid(True, alpha=0.3)
+        # Whole steps with thousands separators ("12,000"), never "0.5" or an offset.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    else:
+        _empty(ax, empty)
+    ax.set_xlabel("training step")
+
+
 def _aggregate(runs: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[np.ndarray, ...]:
     per_step: dict[int, list[float]] = {}
     for records in runs:
@@ -380,15 +393,7 @@ def plot_curves(
                 steps, lo, hi, color=color, alpha=0.18 if len(curves) <= 6 else 0.08, lw=0
             )
         drawn += 1
-    if drawn:
-        _legend(ax, drawn)
-        ax.grid(True, alpha=0.3)
-        # Whole steps with thousands separators ("12,000"), never "0.5" or an offset.
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    else:
-        _empty(ax, "no training metrics recorded")
-    ax.set_xlabel("training step")
+    _step_axis(ax, drawn, "no training metrics recorded")
     ax.set_ylabel("training loss")
     ax.set_title("Training loss: mean over seeds, band = min–max across seeds")
     return _save(fig, path)
@@ -574,14 +579,7 @@ def plot_eval_curves(curves: Mapping[str, Mapping[int, float]], path: str | Path
         values = [points[s] for s in steps]
         ax.plot(steps, values, marker="o", ls=dashes, color=color, lw=1.6, label=name)
         drawn += 1
-    if drawn:
-        _legend(ax, drawn)
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    else:
-        _empty(ax, "no eval checkpoints recorded")
-    ax.set_xlabel("training step")
+    _step_axis(ax, drawn, "no eval checkpoints recorded")
     ax.set_ylabel("eval loss (mean over seeds)")
     ax.set_title("Eval loss at checkpoints: a late crossing means an unstable ranking")
     return _save(fig, path)

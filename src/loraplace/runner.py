@@ -420,14 +420,7 @@ def train_one(
             )
             if failed is not None:
                 return _finish(out_dir, failed)
-    record.update(
-        {
-            "status": "finished",
-            "eval_time_s": round(time.perf_counter() - eval_start, 3),
-            "finished_at": store.now(),
-        }
-    )
-    return _finish(out_dir, record)
+    return _finish_evaluated(out_dir, record, eval_start)
 
 
 #: Training facts an adopted final run takes from the selection run it was trained as.
@@ -513,6 +506,16 @@ def adopt_selection_run(
         )
         if failed is not None:
             return _finish(out_dir, failed)
+    return _finish_evaluated(out_dir, record, eval_start)
+
+
+def _finish(out_dir: Path, record: dict) -> dict:
+    store.write_result(out_dir, record)
+    return record
+
+
+def _finish_evaluated(out_dir: Path, record: dict, eval_start: float) -> dict:
+    """Write the record of a run that trained and evaluated without failure."""
     record.update(
         {
             "status": "finished",
@@ -521,11 +524,6 @@ def adopt_selection_run(
         }
     )
     return _finish(out_dir, record)
-
-
-def _finish(out_dir: Path, record: dict) -> dict:
-    store.write_result(out_dir, record)
-    return record
 
 
 # --- resuming an interrupted run ------------------------------------------------------------------
