@@ -34,12 +34,14 @@ bench: setup
 
 # The long studies behind docs/RESULTS.md, one after the other on Ray. Each resumes where it
 # stopped, so the same command goes on in every session; the auto-placement studies copy their
-# hand placements from the budget-curve study, so they come after it.
+# hand placements from the budget-curve study, so they come after it. Exit status 1 means a
+# study finished with some runs failed and recorded (a diverged learning rate, say): the next
+# study still runs. Any other failure stops here.
 LONG := TQDM_DISABLE=1 $(VENV)/bin/loraplace study
 long-studies: setup
-	$(LONG) examples/budget-curves.yaml --executor ray --out runs/budget-curves
-	$(LONG) examples/auto-placement.yaml --executor ray --out runs/auto-placement
-	$(LONG) examples/auto-placement-r2.yaml --executor ray --out runs/auto-placement-r2
+	$(LONG) examples/budget-curves.yaml --executor ray --out runs/budget-curves || test $$? -eq 1
+	$(LONG) examples/auto-placement.yaml --executor ray --out runs/auto-placement || test $$? -eq 1
+	$(LONG) examples/auto-placement-r2.yaml --executor ray --out runs/auto-placement-r2 || test $$? -eq 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
