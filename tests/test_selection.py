@@ -248,7 +248,7 @@ def test_a_conditions_final_runs_are_released_once_its_own_selection_is_complete
     assert {j.key.dirname for j in again()} == {"all--r2--seed0", "all--r2--seed1"}
 
 
-def test_selection_runs_are_queued_resumed_first_then_longest_first(
+def test_runs_are_queued_resumed_first_then_longest_first_then_adopted(
     tiny_model_dir, tiny_data_file, tmp_path
 ):
     from loraplace.studies import Job, _longest_first
@@ -280,6 +280,15 @@ def test_selection_runs_are_queued_resumed_first_then_longest_first(
     (resumable / store.RESUME_FILE).write_bytes(b"state")
     order = [j.key.condition for j in _longest_first(tmp_path, config, jobs)]
     assert order == [("top", 2), ("all", 2), ("all", 4), ("top", 4)]
+    # Final runs: an adopted one only evaluates, so it goes after every run that trains.
+    adopted = store.RunKey("all", 0, 4, "selection", 1e-3)
+    finals = [
+        Job(store.RunKey("all", 0, 4), None, 1e-3, adopt_from=adopted),
+        Job(store.RunKey("top", 1, 2), None, 1e-3),
+        Job(store.RunKey("all", 1, 4), None, 1e-3),
+    ]
+    order = [j.key for j in _longest_first(tmp_path, config, finals)]
+    assert order == [finals[2].key, finals[1].key, finals[0].key]
 
 
 def test_a_grid_can_grow_until_the_first_final_run(

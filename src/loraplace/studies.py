@@ -435,7 +435,12 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
     """``jobs`` in the order to queue them: first the interrupted runs that go on from a saved
     state (finishing what was started), then the longest expected, so the short ones fill the
     end of the study when runs go in parallel. A job is timed by its condition's finished runs
-    (any stage); untimed ones go before timed ones. Ties keep the given order."""
+    (any stage); untimed ones go before timed ones, and a final run adopted from its selection
+    run (evaluation only) after all the others. Ties keep the given order.
+
+    Final runs that train come first among final runs for a second reason: the first final
+    run to be complete closes the learning-rate grid to growth, and a long one started after
+    the last selection run started is complete only after it."""
     from loraplace.status import condition_times, run_states
 
     times = condition_times(run_states(out, config))
@@ -443,6 +448,8 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
     def order(job: Job) -> tuple[bool, float]:
         same = times.get(job.key.condition)
         expected = sum(same) / len(same) if same else math.inf
+        if job.adopt_from is not None:
+            expected = 0.0
         return not store.can_resume(job.key.run_dir(out)), -expected
 
     return sorted(jobs, key=order)
@@ -629,7 +636,11 @@ def _execute(
         # Selection first: each one finished can release its condition's final runs.
         jobs = _longest_first(out, config, selection_jobs) + _longest_first(out, config, release())
         if jobs:
-            run(jobs, stage="selection and final" if selection_jobs else "final", follow=release)
+            run(
+                jobs,
+                stage="selection and final" if selection_jobs else "final",
+                follow=lambda job: _longest_first(out, config, release(job)),
+            )
     _drop_adopted_checkpoints(config, out)
     results = collect_results(config, out)
     return results, start
