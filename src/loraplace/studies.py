@@ -440,7 +440,7 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
 
     Final runs that train come first among final runs for a second reason: the first final
     run to be complete closes the learning-rate grid to growth, and a long one started after
-    the last selection run started is complete only after it."""
+    the last selection run started is mostly complete after it."""
     from loraplace.status import condition_times, run_states
 
     times = condition_times(run_states(out, config))
