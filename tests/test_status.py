@@ -162,3 +162,33 @@ class _StubBench:
         split = SimpleNamespace(features=[{"input_ids": [0] * 100}] * 8)
         self.arch = SimpleNamespace(num_layers=2)
         self.train = self.validation = self.eval = split
+
+
+def test_status_says_which_learning_rates_are_chosen_and_whether_the_grid_can_grow(
+    tiny_model_dir, tiny_data_file, tmp_path
+):
+    raw = tiny_study(tiny_model_dir, tiny_data_file)
+    raw["training"] = {**raw["training"], "learning_rates": [1e-3, 3e-3]}
+    raw["data"] = {**raw["data"], "validation_examples": 4}
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.yaml").write_text(dump_yaml(load_study_config(raw).to_dict()))
+
+    def selection(name: str, lr: float, loss: float) -> None:
+        key = store.RunKey(name, 0, None, "selection", lr)
+        store.write_result(key.run_dir(out), {"status": "finished", "validation_loss": loss})
+
+    # baseline: both rates done, the top one lowest (the edge); top: 1e-3 lowest (inside is
+    # impossible with two rates, so both ends are edges); attention-only: one rate missing.
+    selection("baseline", 1e-3, 1.0)
+    selection("baseline", 3e-3, 0.9)
+    selection("top", 1e-3, 0.8)
+    selection("top", 3e-3, 0.85)
+    selection("attention-only", 1e-3, 1.0)
+    text = study_status(out)
+    assert (
+        "learning rates chosen: 2 of 3 conditions; at the grid's edge: baseline (0.003), "
+        "top (0.001); the grid can still grow (no final run is complete)"
+    ) in text
+    store.write_result(store.RunKey("top", 1, None).run_dir(out), {"status": "finished"})
+    assert "the grid can no longer grow (a final run is complete)" in study_status(out)

@@ -141,9 +141,41 @@ def wall_time_left(states) -> tuple[float, float, int, float]:
     return spent, left / at_once, unknown, at_once
 
 
+def _selection_line(config, out: Path, states) -> str | None:
+    """How many conditions have a chosen learning rate, which lie at the grid's edge, and
+    whether the grid may still grow (only before the first final run is complete)."""
+    from loraplace.studies import choose_learning_rates
+
+    if not config.training.learning_rates:
+        return None
+    choices = choose_learning_rates(config, out)
+    chosen = {c: choice for c, choice in choices.items() if choice.chosen is not None}
+    edge = [
+        f"{name}" + (f" r{rank}" if rank else "") + f" ({choice.chosen:g})"
+        for (name, rank), choice in chosen.items()
+        if choice.at_edge
+    ]
+    line = f"learning rates chosen: {len(chosen)} of {len(config.conditions)} conditions" + (
+        f"; at the grid's edge: {', '.join(edge)}" if edge else ", none at the grid's edge"
+    )
+    closed = any(k.stage == "final" and result is not None for k, _, result in states)
+    return line + (
+        "; the grid can no longer grow (a final run is complete)"
+        if closed
+        else "; the grid can still grow (no final run is complete)"
+    )
+
+
 def study_status(out: Path) -> str:
-    """A table of runs per stage and state, the wall time spent and the estimated time left."""
-    states = run_states(out)
+    """A table of runs per stage and state, the wall time spent, the learning rates chosen so
+    far and the estimated time left."""
+    from loraplace.config import load_study_config
+
+    out = Path(out)
+    if not (out / "study.yaml").is_file():
+        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
+    config = load_study_config(out / "study.yaml", check_model=False)
+    states = run_states(out, config)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for key, state, _ in states:
         counts[key.stage][state] += 1
@@ -153,6 +185,9 @@ def study_status(out: Path) -> str:
     for stage in ("selection", "final"):
         if stage in counts:
             lines.append(f"{stage:<10} " + " ".join(f"{counts[stage][c]:>11}" for c in columns))
+    selection = _selection_line(config, out, states)
+    if selection:
+        lines.append(selection)
     lines.append(f"wall time of complete runs: {format_duration(spent)}")
     if at_once > 1.05:
         lines.append(
