@@ -110,6 +110,41 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
     assert "estimate: 6 runs to go" in printed
 
 
+def test_an_automatic_placement_study_copies_its_hand_placement_and_trains_the_rest(
+    tiny_model_dir, tiny_data_file, tmp_path, capsys
+):
+    # As examples/auto-placement-r2.yaml against examples/budget-curves.yaml.
+    raw = _donor_raw(tiny_model_dir, tiny_data_file)
+    raw["training"] = {**raw["training"], "seeds": [0]}
+    donor = tmp_path / "donor"
+    assert run_study(load_study_config(raw), donor, show_progress=False, report=False) == 0
+    taker_raw = _taker_raw(tiny_model_dir, tiny_data_file, [str(donor)])
+    taker_raw["training"] = {**taker_raw["training"], "seeds": [0]}
+    taker_raw["strategies"] = {
+        "all-r2": "all:r2",
+        "random-r2": {"auto": {"method": "random", "budget": "all-r2", "rank": 2}},
+    }
+    config = load_study_config(taker_raw)
+    capsys.readouterr()
+    assert estimate_only(config, tmp_path / "taker") == 0
+    printed = capsys.readouterr().out
+    assert "note: 3 runs of automatic strategies are priced as all-layer runs" in printed
+    assert "note: 2 selection and 1 final run(s) will be copied" in printed
+    assert "estimate: 3 runs to go" in printed
+    taker = tmp_path / "taker"
+    assert run_study(config, taker, show_progress=False, report=False) == 0
+    budget = config.plans[("all-r2", None)].trainable_params
+    for part in ("selection", "runs"):
+        records = _records(taker, part)
+        assert len(records) == (4 if part == "selection" else 2)
+        for name, record in records.items():
+            copied = record.get("reused_from") is not None
+            assert copied == name.startswith("all-r2"), name
+            if name.startswith("random-r2"):
+                assert record["auto"]["method"] == "random"
+                assert 0.95 * budget <= record["trainable_params"] <= budget
+
+
 def test_only_a_study_made_the_same_way_is_used(tiny_model_dir, tiny_data_file, tmp_path, capsys):
     donor = tmp_path / "donor"
     raw = _donor_raw(tiny_model_dir, tiny_data_file)
