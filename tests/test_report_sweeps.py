@@ -309,3 +309,17 @@ def test_a_sweeps_all_pairs_share_a_rank_or_a_placement(sweep_report):
     assert pairs[4].p == pytest.approx(p)
     md = (root / "report" / "report.md").read_text()
     assert "pairs that differ in both placement and rank are left out" in md
+
+
+def test_a_sweep_with_two_seeds_says_nothing_is_tested_yet(tmp_path):
+    two = tuple(
+        (name, per_rank, {params: losses[:2] for params, losses in curve.items()})
+        for name, per_rank, curve in (("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN))
+    )
+    root = _sweep(tmp_path / "s", curves=two)
+    write_report(root)
+    md = (root / "report" / "report.md").read_text()
+    assert "Holm over 0" not in md
+    assert "paired t over seeds, nothing tested yet (fewer than 3 paired seeds: exploratory))" in md
+    note = md.split("## Equal-budget comparison")[1].split("##")[0]
+    assert "nothing tested yet (fewer than 3 paired seeds: exploratory)." in note

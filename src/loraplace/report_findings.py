@@ -13,7 +13,7 @@ from __future__ import annotations
 from loraplace.measures import RankStability
 from loraplace.report_analysis import PARETO_TOLERANCE, Analysis
 from loraplace.report_data import Condition, Study, first
-from loraplace.report_render import FAILURES_HEADING, code, p_is
+from loraplace.report_render import FAILURES_HEADING, code, holm_over, p_is
 from loraplace.report_sweeps import (
     BudgetAnalysis,
     CheckpointAnalysis,
@@ -386,8 +386,8 @@ def _budget(budget: BudgetAnalysis | None) -> list[str]:
                 parts.append(text + f", Holm p {p_is(r.p_holm)}: {r.verdict}")
         out.append(
             "At equal budgets (each curve interpolated linearly in log parameters between its "
-            "measured ranks, never extrapolated; paired t over seeds, Holm over "
-            f"{budget.family_size} compared budget(s)): " + "; ".join(parts) + "."
+            "measured ranks, never extrapolated; paired t over seeds, "
+            f"{holm_over(budget.family_size, 'compared budget(s)')}): " + "; ".join(parts) + "."
         )
     outside = [r for r in budget.rows if r.status != "compared"]
     if outside:

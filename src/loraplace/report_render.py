@@ -88,6 +88,16 @@ def p_is(p: float | None) -> str:
     return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
 
 
+def holm_over(size: int, tests: str, then: str = "") -> str:
+    """``Holm over 4 compared budget(s)`` followed by ``then``; without a test (every comparison
+    short of the seeds a test needs), says so instead of "Holm over 0"."""
+    from loraplace.verdicts import MIN_SEEDS
+
+    if size:
+        return f"Holm over {size} {tests}{then}"
+    return f"nothing tested yet (fewer than {MIN_SEEDS} paired seeds: exploratory)"
+
+
 # --- Escaping -----------------------------------------------------------------------------------
 
 # Characters with a meaning anywhere in a line of GitHub-flavoured Markdown (emphasis, code,

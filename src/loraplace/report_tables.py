@@ -11,7 +11,7 @@ from typing import Any
 
 from loraplace.report_analysis import Analysis
 from loraplace.report_data import Condition, Study, num
-from loraplace.report_render import DASH, Table, code, fmt, interval, p_text, pm
+from loraplace.report_render import DASH, Table, code, fmt, holm_over, interval, p_text, pm
 from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
 
 __all__ = [
@@ -246,6 +246,10 @@ def speed_table(study: Study, a: Analysis) -> Table:
     return Table("Training speed", headers, rows, note)
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def pairwise_table(study: Study, a: Analysis) -> Table | None:
     """Every pair of conditions (its own Holm family)."""
     if not a.pairwise:
@@ -271,14 +275,10 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
         if study.sweep
         else ""
     )
-    tested = (
-        f"paired t. Holm over all {size} tested pair(s), a family of its own: the findings do "
-        "not use it."
-        if size
-        else "no pair has the seeds a test needs, so none is tested (exploratory)."
-    )
+    family = ", a family of its own: the findings do not use it"
     note = (
-        f"{which}Δ = mean per-seed difference A − B in eval loss over their common seeds; " + tested
+        f"{which}Δ = mean per-seed difference A − B in eval loss over their common seeds; "
+        f"paired t. {_sentence(holm_over(size, 'pair(s)', family))}."
     )
     headers = ["A", "B", "n", "Δ (A − B)", "95% CI", "p (paired)", "Holm p", "Verdict"]
     return Table("All pairs", headers, rows, note)
@@ -292,9 +292,9 @@ def budget_table(budget: BudgetAnalysis | None) -> Table | None:
         "Budgets are the measured parameter counts of both curves; the side not measured is "
         "interpolated linearly in log parameters between its ranks. A budget outside either "
         "curve's range is an extrapolation and is not compared. Δ = strategy − reference over "
-        "the seeds measured at every rank of both; Holm over "
-        f"{budget.family_size} compared budget(s). The seed bootstrap is descriptive (3 seeds "
-        "give 10 distinct resamples)."
+        "the seeds measured at every rank of both; "
+        f"{holm_over(budget.family_size, 'compared budget(s)')}. The seed bootstrap is "
+        "descriptive (3 seeds give 10 distinct resamples)."
     )
     return _budget_rows("Equal-budget comparison", budget.rows, ["Strategy", "Reference"], note)
 
@@ -305,9 +305,15 @@ def budget_pairs_table(budget: BudgetAnalysis | None) -> Table | None:
         return None
     note = (
         "As the equal-budget comparison, for every pair of the placements other than the "
-        "reference: Δ = A − B. Holm over "
-        f"{budget.pairs_family_size} compared budget(s) of these pairs, a family of its own: "
-        "the findings do not use it."
+        "reference: Δ = A − B. "
+        + _sentence(
+            holm_over(
+                budget.pairs_family_size,
+                "compared budget(s) of these pairs",
+                ", a family of its own: the findings do not use it",
+            )
+        )
+        + "."
     )
     return _budget_rows("Equal budgets, other pairs", budget.pairs, ["A", "B"], note)
 
