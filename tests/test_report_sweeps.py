@@ -323,3 +323,19 @@ def test_a_sweep_with_two_seeds_says_nothing_is_tested_yet(tmp_path):
     assert "paired t over seeds, nothing tested yet (fewer than 3 paired seeds: exploratory))" in md
     note = md.split("## Equal-budget comparison")[1].split("##")[0]
     assert "nothing tested yet (fewer than 3 paired seeds: exploratory)." in note
+
+
+def test_a_condition_with_no_finished_seed_has_no_verdict_and_no_pareto_mark(tmp_path):
+    import shutil
+
+    root = _sweep(tmp_path / "s")
+    for seed in (0, 1, 2):
+        shutil.rmtree(store.RunKey("attn", seed, 8).run_dir(root))
+    write_report(root)
+    md = (root / "report" / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("##")[0]
+    row = next(line for line in summary.splitlines() if line.startswith("| `attn` | r8 |"))
+    assert row.split("|")[4:-1] == [" 0 "] + [" – "] * 7
+    compared = md.split("## Comparison with the reference")[1].split("##")[0]
+    row = next(line for line in compared.splitlines() if line.startswith("| `attn` | r8 |"))
+    assert "exploratory" not in row and row.split("|")[-3] == " – "

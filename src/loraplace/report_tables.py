@@ -82,8 +82,14 @@ def summary_table(study: Study, a: Analysis) -> Table:
                 pm(r["eval_loss_mean"], r["eval_loss_ci95"], ".4f"),
                 fmt(r["perplexity"], ".3f"),
                 *([_acc(r)] if accuracy else []),
-                (r["verdict"] or DASH) + (f", {r['direction']}" if r["direction"] else ""),
-                "yes" if r["pareto"] else "no",
+                *(
+                    [DASH, DASH]  # nothing finished yet: nothing to compare or place
+                    if not r["n"]
+                    else [
+                        (r["verdict"] or DASH) + (f", {r['direction']}" if r["direction"] else ""),
+                        "yes" if r["pareto"] else "no",
+                    ]
+                ),
             ]
         )
     note = (
@@ -132,7 +138,7 @@ def comparison_table(study: Study, a: Analysis) -> Table:
                 p_text(c.p),
                 p_text(c.p_holm),
                 p_text(c.tost_p_holm),
-                c.verdict + (f", {c.direction}" if c.direction else ""),
+                (c.verdict + (f", {c.direction}" if c.direction else "")) if c.n else DASH,
                 p_text(c.welch_p),
             ]
         )
