@@ -450,9 +450,9 @@ def _checkpoints(checkpoints: CheckpointAnalysis | None) -> list[str]:
             f"gap far below the seed-to-seed spread is noise): {shown}{more}."
         )
     return [
-        "Ranking stability between eval checkpoints (Kendall's tau-b of the conditions' mean "
-        f"eval losses; 1 = same order): {steps}. Last pair (steps {a:,}→{b:,}): tau "
-        f"{tau(last)}, {change}.{warning}"
+        "Ranking stability between eval checkpoints (Kendall's tau-b of the mean eval losses "
+        f"of the {last.n} conditions scored at both; 1 = same order): {steps}. Last pair "
+        f"(steps {a:,}→{b:,}): tau {tau(last)}, {change}.{warning}"
     ]
 
 

@@ -233,7 +233,8 @@ def speed_table(study: Study, a: Analysis) -> Table:
                 *([fmt(r["probe_time_s"], ".1f")] if probes else []),
                 fmt(r["tokens_per_s_mean"], ",.0f"),
                 _speedup(r),
-                r["speedup_claim"] or ("reference" if r["verdict"] == "reference" else DASH),
+                (r["speedup_claim"] if r["n"] else None)
+                or ("reference" if r["verdict"] == "reference" else DASH),
                 fmt(r["peak_memory_mb_max"], ",.0f"),
             ]
         )
@@ -403,11 +404,12 @@ def checkpoint_tables(study: Study, cp: CheckpointAnalysis | None) -> list[Table
     )
     stability = Table(
         "Ranking stability",
-        ["From step", "To step", "Kendall tau-b", "Lowest before", "Lowest after"],
+        ["From step", "To step", "Conditions", "Kendall tau-b", "Lowest before", "Lowest after"],
         [
             [
                 f"{a:,}",
                 f"{b:,}",
+                f"{s.n} of {len(study.conditions)}",
                 fmt(s.tau, "+.2f"),
                 code(s.order_a[0]) if s.order_a else DASH,
                 code(s.order_b[0]) if s.order_b else DASH,
@@ -415,7 +417,7 @@ def checkpoint_tables(study: Study, cp: CheckpointAnalysis | None) -> list[Table
             for a, b, s in cp.pairs
         ],
         "Kendall's tau-b between the conditions' mean eval losses at consecutive checkpoints "
-        "(1 = same order, −1 = reversed).",
+        "(1 = same order, −1 = reversed), over the conditions with an eval loss at both.",
     )
     return [losses, stability]
 
