@@ -230,6 +230,7 @@ def test_ranking_stability_between_checkpoints_shows_a_late_flip(tmp_path):
     assert taus == pytest.approx([1.0, 1 / 3])
     last = next(plain_text(f) for f in report.findings if f.startswith("Ranking stability"))
     assert "Last pair (steps 4→6): tau +0.33" in last
+    assert "mean eval losses of the 3 conditions scored at both" in last
     assert "changed from `a` to `b`" in last and "The ranking changed late" in last
     # The one pair that changed order is named, with its gap at the last checkpoint.
     assert "Pairs whose order changed (1," in last
@@ -238,6 +239,7 @@ def test_ranking_stability_between_checkpoints_shows_a_late_flip(tmp_path):
     assert "](eval_curves.png)" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
     assert "every condition finished (0, 1)" in md and "## Ranking stability" in md
+    assert "| 4 | 6 | 3 of 3 | +0.33 |" in md
 
 
 def test_lowest_is_claimed_only_when_every_rival_is_beaten(tmp_path):
