@@ -279,19 +279,18 @@ def plot_pareto(
             label="Pareto front (non-dominated)",
         )
     ax.plot([], [], "o", color="#1f77b4", label="dominated strategy")
+    # Every point over the same number of seeds: say it once, on the axis, not in each label.
+    seeds = {r.get("n") for r in pts}
     if pts:
         _base_line(ax, pts, base_eval_loss)
         _log_params_axis(ax, [r["trainable_params"] for r in pts])
-        # Every point over the same number of seeds: say it once, on the axis.
-        seeds = {r.get("n") for r in pts}
         _label_points(ax, pts, with_n=len(seeds) > 1)
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, which="both", alpha=0.3)
     else:
         _empty(ax, "no finished runs")
     ax.set_xlabel("trainable parameters (log scale)")
-    seeds = {r.get("n") for r in pts}
-    over = f"{seeds.pop()} seeds" if len(seeds) == 1 else "seeds (n per point)"
+    over = f"{next(iter(seeds))} seeds" if len(seeds) == 1 else "seeds (n per point)"
     ax.set_ylabel(f"eval loss (mean ± std over {over})")
     ax.set_title("Parameters vs quality: lower-left is better")
     return _save(fig, path)
