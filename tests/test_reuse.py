@@ -133,6 +133,8 @@ def test_an_automatic_placement_study_copies_its_hand_placement_and_trains_the_r
     assert "estimate: 3 runs to go" in printed
     taker = tmp_path / "taker"
     assert run_study(config, taker, show_progress=False, report=False) == 0
+    # The estimate the study prints as it starts leaves out the same copies.
+    assert "estimate: 3 runs to go" in capsys.readouterr().out
     budget = config.plans[("all-r2", None)].trainable_params
     for part in ("selection", "runs"):
         records = _records(taker, part)
