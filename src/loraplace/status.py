@@ -68,6 +68,15 @@ def parallelism(results: list[dict]) -> float:
     return max(1.0, sum(b - a for a, b in spans) / busy) if busy > 0 else 1.0
 
 
+def _study_config(out: Path):
+    """The config saved in a study directory, read without loading the model."""
+    from loraplace.config import load_study_config
+
+    if not (out / "study.yaml").is_file():
+        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
+    return load_study_config(out / "study.yaml", check_model=False)
+
+
 def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | None]]:
     """Every run of the study in ``out`` with its state: ``finished``, ``failed``,
     ``in progress`` (a directory without a result) or ``pending``.
@@ -75,13 +84,9 @@ def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | N
     Args:
         config: the study's config (default: read from ``out/study.yaml``).
     """
-    from loraplace.config import load_study_config
-
     out = Path(out)
     if config is None:
-        if not (out / "study.yaml").is_file():
-            raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
-        config = load_study_config(out / "study.yaml", check_model=False)
+        config = _study_config(out)
     states = []
     for key in config.run_keys():
         result = store.read_result(key.run_dir(out))
@@ -169,12 +174,8 @@ def _selection_line(config, out: Path, states) -> str | None:
 def study_status(out: Path) -> str:
     """A table of runs per stage and state, the wall time spent, the learning rates chosen so
     far and the estimated time left."""
-    from loraplace.config import load_study_config
-
     out = Path(out)
-    if not (out / "study.yaml").is_file():
-        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
-    config = load_study_config(out / "study.yaml", check_model=False)
+    config = _study_config(out)
     states = run_states(out, config)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for key, state, _ in states:

@@ -443,6 +443,8 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
     the last selection run started is mostly complete after it."""
     from loraplace.status import condition_times, run_states
 
+    if not jobs:  # called after every run; most release nothing
+        return jobs
     times = condition_times(run_states(out, config))
 
     def order(job: Job) -> tuple[bool, float]:
