@@ -164,6 +164,12 @@ _LABEL_OFFSETS = tuple(
 _ALIGN = {1: "left", -1: "right", 0: "center"}
 
 
+def _place(label, dx: float, dy: float) -> None:
+    """Moves a point's label to ``(dx, dy)`` points from it, aligned away from the point."""
+    label.set_position((dx, dy))
+    label.set_horizontalalignment(_ALIGN[(dx > 0) - (dx < 0)])
+
+
 def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], with_n: bool) -> None:
     """Labels each point at the nearest place where its text covers no other label, point,
     error bar or step of the front and stays inside the axes; where none is free, at the place
@@ -205,8 +211,7 @@ def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], with_n: bool) 
         )
         best = None
         for dx, dy in _LABEL_OFFSETS:
-            label.set_position((dx, dy))
-            label.set_horizontalalignment(_ALIGN[(dx > 0) - (dx < 0)])
+            _place(label, dx, dy)
             e = label.get_window_extent(renderer)
             box = (e.x0, e.y0, e.x1, e.y1)
             outside = (
@@ -224,8 +229,7 @@ def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], with_n: bool) 
             if best is None or cost < best[0]:
                 best = (cost, dx, dy, box)
         _, dx, dy, box = best
-        label.set_position((dx, dy))
-        label.set_horizontalalignment(_ALIGN[(dx > 0) - (dx < 0)])
+        _place(label, dx, dy)
         labels.append(box)
 
 
