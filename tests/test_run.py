@@ -116,9 +116,11 @@ def test_train_tokens_are_the_non_padding_tokens_of_the_trained_batches(attn_run
     ]
     assert curve[-1]["tokens"] == result["train_tokens"]
     assert all(a["tokens"] < b["tokens"] for a, b in zip(curve, curve[1:]))
-    assert result["tokens_per_s"] == pytest.approx(
-        result["train_tokens"] / result["train_time_s"], rel=1e-2
-    )
+    # tokens_per_s is computed before train_time_s is rounded to the millisecond: on a tiny
+    # run of a few hundredths of a second that rounding alone moves the ratio by over 1%.
+    tokens, seconds = result["train_tokens"], result["train_time_s"]
+    low, high = tokens / (seconds + 0.0005), tokens / max(seconds - 0.0005, 1e-9)
+    assert low - 0.005 <= result["tokens_per_s"] <= high + 0.005
 
 
 def test_base_weights_are_not_modified_by_a_run(bench, attn_run):
