@@ -99,13 +99,19 @@ def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | N
     return states
 
 
-def condition_times(states) -> dict[tuple, list[float]]:
-    """The wall times of each condition's complete runs, of either stage."""
-    out: dict[tuple, list[float]] = defaultdict(list)
+def _timed(states):
+    """``(key, wall time)`` of every run in ``states`` whose record times it."""
     for key, _state, result in states:
         duration = run_duration(result) if result else None
         if duration is not None:
-            out[key.condition].append(duration)
+            yield key, duration
+
+
+def condition_times(states) -> dict[tuple, list[float]]:
+    """The wall times of each condition's complete runs, of either stage."""
+    out: dict[tuple, list[float]] = defaultdict(list)
+    for key, duration in _timed(states):
+        out[key.condition].append(duration)
     return dict(out)
 
 
@@ -116,12 +122,11 @@ def time_left(states) -> tuple[float, float, int]:
     final run trains as its selection runs did); else of its stage."""
     times: dict[tuple, list[float]] = defaultdict(list)
     stage_times: dict[str, list[float]] = defaultdict(list)
-    for key, _state, result in states:
-        duration = run_duration(result) if result else None
-        if duration is not None:
-            times[(key.stage, key.condition)].append(duration)
-            stage_times[key.stage].append(duration)
-    by_condition = condition_times(states)
+    by_condition: dict[tuple, list[float]] = defaultdict(list)
+    for key, duration in _timed(states):
+        times[(key.stage, key.condition)].append(duration)
+        stage_times[key.stage].append(duration)
+        by_condition[key.condition].append(duration)
     spent = sum(sum(v) for v in stage_times.values())
     left, unknown = 0.0, 0
     for key, state, _ in states:
