@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,20 @@ def test_the_other_placements_are_compared_with_each_other_in_a_family_of_their_
     assert row.p == pytest.approx(test.pvalue) and row.p_holm >= row.p
     md = (write_report(root) / "report.md").read_text()
     assert "## Equal budgets, other pairs" in md and "Holm over 4 compared budget(s)" in md
+    # One finding per placement against the reference, each listing its own compared budgets;
+    # the method and the family are said once, in the first.
+    budget_findings = [
+        plain_text(f) for f in report.findings if plain_text(f).startswith("At equal budgets")
+    ]
+    pairs_named = [re.search(r"`(\w+)` vs `(\w+)`: ", f).groups() for f in budget_findings]
+    assert pairs_named == [("attn", "all"), ("mlp", "all")]
+    assert ["interpolated" in f for f in budget_findings] == [True, False]
+    for (strategy, _), finding in zip(pairs_named, budget_findings):
+        listed = [int(b.replace(",", "")) for b in re.findall(r"at ([\d,]+) parameters", finding)]
+        assert listed == [
+            r.budget for r in budget.rows if r.strategy == strategy and r.status == "compared"
+        ]
+        assert listed
 
 
 def test_a_sweep_compares_each_rank_with_the_reference_at_that_rank(sweep_report):

@@ -16,6 +16,7 @@ from loraplace.report_data import Condition, Study, first
 from loraplace.report_render import FAILURES_HEADING, code, holm_over, p_is
 from loraplace.report_sweeps import (
     BudgetAnalysis,
+    BudgetRow,
     CheckpointAnalysis,
     SelectionTable,
     TrainingBudget,
@@ -364,30 +365,37 @@ def _dropped(training: TrainingBudget) -> list[str]:
     ]
 
 
+def _at_budget(r: BudgetRow) -> str:
+    """One compared budget of a pair: its difference and verdict."""
+    text = f"at {r.budget:,.0f} parameters, "
+    if r.mean is None:
+        return text + "no shared seeds"
+    text += f"Δ {r.mean:+.4f} nats"
+    if r.verdict == EXPLORATORY:
+        return text + f" (exploratory, n = {r.n})"
+    if r.direction:
+        word = "lower" if r.direction == BETTER else "higher"
+        return text + f", Holm p {p_is(r.p_holm)}: {r.verdict}, {word} loss"
+    return text + f", Holm p {p_is(r.p_holm)}: {r.verdict}"
+
+
 def _budget(budget: BudgetAnalysis | None) -> list[str]:
     if budget is None:
         return []
     compared = [r for r in budget.rows if r.status == "compared"]
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for r in compared:
+        pairs.setdefault((r.strategy, r.reference), []).append(_at_budget(r))
+    method = (
+        " (each curve interpolated linearly in log parameters between its measured ranks, never "
+        f"extrapolated; paired t over seeds, {holm_over(budget.family_size, 'compared budget(s)')})"
+    )
     out = []
-    if compared:
-        parts = []
-        for r in compared:
-            text = f"{code(r.strategy)} vs {code(r.reference)} at {r.budget:,.0f} parameters: "
-            if r.mean is None:
-                parts.append(text + "no shared seeds")
-                continue
-            text += f"Δ {r.mean:+.4f} nats"
-            if r.verdict == EXPLORATORY:
-                parts.append(text + f" (exploratory, n = {r.n})")
-            elif r.direction:
-                word = "lower" if r.direction == BETTER else "higher"
-                parts.append(text + f", Holm p {p_is(r.p_holm)}: {r.verdict}, {word} loss")
-            else:
-                parts.append(text + f", Holm p {p_is(r.p_holm)}: {r.verdict}")
+    for i, ((strategy, reference), parts) in enumerate(pairs.items()):
         out.append(
-            "At equal budgets (each curve interpolated linearly in log parameters between its "
-            "measured ranks, never extrapolated; paired t over seeds, "
-            f"{holm_over(budget.family_size, 'compared budget(s)')}): " + "; ".join(parts) + "."
+            f"At equal budgets{method if i == 0 else ''}, {code(strategy)} vs {code(reference)}: "
+            + "; ".join(parts)
+            + "."
         )
     outside = [r for r in budget.rows if r.status != "compared"]
     if outside:
