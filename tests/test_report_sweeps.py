@@ -340,6 +340,11 @@ def test_a_sweep_with_two_seeds_says_nothing_is_tested_yet(tmp_path):
     assert "paired t over seeds, nothing tested yet (fewer than 3 paired seeds: exploratory))" in md
     note = md.split("## Equal-budget comparison")[1].split("##")[0]
     assert "nothing tested yet (fewer than 3 paired seeds: exploratory)." in note
+    # The same-rank comparison table and the LaTeX caption say so too, not "over 0 test(s)".
+    note = md.split("## Comparison with the reference")[1].split("##")[0]
+    assert "Holm p: nothing tested yet (fewer than 3 paired seeds: exploratory)." in note
+    tex = (root / "report" / "summary.tex").read_text()
+    assert "over 0 test" not in md + tex and "p: nothing tested yet" in tex
 
 
 def test_a_condition_with_no_finished_seed_has_no_verdict_and_no_pareto_mark(tmp_path):

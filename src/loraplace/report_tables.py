@@ -146,12 +146,14 @@ def comparison_table(study: Study, a: Analysis) -> Table:
         "Δ = mean over the seeds both finished of (strategy − reference) eval loss, in nats; "
         "negative is lower loss. 95% CI (seeds): paired t interval. 95% CI (eval examples): "
         "paired percentile bootstrap over eval examples (how much Δ depends on the particular "
-        "eval set; not used by the verdicts). Holm p: adjusted over "
+        "eval set; not used by the verdicts). Holm p: "
         + (
-            f"this table's {a.family_size} test(s), at the same rank (the equal-budget "
-            "comparisons and all pairs are families of their own)"
+            holm_over(0, "")
+            if not a.family_size
+            else f"adjusted over this table's {a.family_size} test(s), at the same rank (the "
+            "equal-budget comparisons and all pairs are families of their own)"
             if study.sweep
-            else f"the {a.family_size} test(s) the findings make"
+            else f"adjusted over the {a.family_size} test(s) the findings make"
         )
         + ". TOST: equivalence within "
         f"±{study.margin:g} nats. Welch p: unpaired, secondary, not used by the verdicts. A "
@@ -289,6 +291,11 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
     )
     headers = ["A", "B", "n", "Δ (A − B)", "95% CI", "p (paired)", "Holm p", "Verdict"]
     return Table("All pairs", headers, rows, note)
+
+
+def _holm_adjusted(size: int) -> str:
+    """``p Holm-adjusted over N test(s)``, or that nothing is tested yet."""
+    return f"p Holm-adjusted over {size} test(s)" if size else "p: " + holm_over(0, "")
 
 
 def budget_table(budget: BudgetAnalysis | None) -> Table | None:
@@ -551,7 +558,7 @@ def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list
     caption = (
         f"LoRA placement study {code(study.name)}: eval loss as mean ± 95% CI over n seeds; "
         "perplexity = exp(mean eval loss); Δ = mean per-seed difference from the reference "
-        f"(paired t 95% CI); p Holm-adjusted over {a.family_size} test(s); verdicts as in "
+        f"(paired t 95% CI); {_holm_adjusted(a.family_size)}; verdicts as in "
         "docs/STATISTICS.md; time as mean ± std over seeds; speedup = geometric mean of "
         "per-seed time ratios with its 95% CI; † Pareto-optimal (parameters vs loss)."
     )
