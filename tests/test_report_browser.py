@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from matplotlib.text import Text
 from test_report import MAIN, make_study  # tests/ is on sys.path (no __init__.py)
 
 from loraplace import figures
@@ -248,3 +249,38 @@ def test_pareto_labels_stay_inside_the_axes_and_apart(tmp_path, monkeypatch):
             assert not a.overlaps(b), "two point labels overlap"
     # Every point has 3 seeds: said once on the axis, not in each label.
     assert "over 3 seeds" in ax.get_ylabel()
+
+
+def test_a_pareto_label_far_from_its_point_has_a_line_to_it(tmp_path, monkeypatch):
+    # Twelve conditions whose losses nearly coincide: some labels must move away from their
+    # points, and each of those is joined to its point by a line.
+    rows = [
+        {
+            "strategy": f"{name} r{rank}",
+            "trainable_params": params * rank,
+            "eval_loss_mean": loss - 0.004 * math.log2(rank),
+            "eval_loss_std": 0.006,
+            "n": 3,
+            "pareto": name in ("all-linear", "ffn-only"),
+        }
+        for name, params, loss in (
+            ("all-linear", 305_280, 0.780),
+            ("ffn-only", 190_080, 0.781),
+            ("attention-only", 115_200, 0.782),
+            ("last-half", 152_640, 0.783),
+        )
+        for rank in (2, 8, 32)
+    ]
+    (fig,) = _drawn(monkeypatch, lambda: figures.plot_pareto(rows, tmp_path / "p.png"))
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    lines = {tuple(t.xy) for t in ax.texts if not t.get_text()}
+    far = 0
+    for label in (t for t in ax.texts if t.get_text()):
+        box = Text.get_window_extent(label, renderer)
+        px, py = ax.transData.transform(label.xy)
+        gap = math.hypot(px - min(max(px, box.x0), box.x1), py - min(max(py, box.y0), box.y1))
+        if gap > 12 * fig.dpi / 72.0:
+            far += 1
+            assert tuple(label.xy) in lines, f"{label.get_text()} is far from its point, unjoined"
+    assert far >= 1 and len(lines) == far

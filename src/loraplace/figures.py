@@ -231,6 +231,30 @@ def _label_points(ax: plt.Axes, pts: Sequence[Mapping[str, Any]], with_n: bool) 
         _, dx, dy, box = best
         _place(label, dx, dy)
         labels.append(box)
+        _leader(ax, (r["trainable_params"], r["eval_loss_mean"]), box)
+
+
+#: A label further than this from its point (in points, to the nearest edge of its text) gets a
+#: thin line to it, so it is read as that point's.
+_LEADER_FROM = 12
+
+
+def _leader(ax: plt.Axes, xy: tuple[float, float], box: tuple[float, ...]) -> None:
+    """Draws a thin line from the nearest edge of a label's ``box`` (display units) to its point
+    ``xy`` (data) when the label sits further than :data:`_LEADER_FROM` points from it."""
+    fig = ax.figure
+    px, py = ax.transData.transform(xy)
+    sx, sy = min(max(px, box[0]), box[2]), min(max(py, box[1]), box[3])
+    if math.hypot(px - sx, py - sy) <= _LEADER_FROM * fig.dpi / 72.0:
+        return
+    to_points = 72.0 / fig.dpi
+    ax.annotate(
+        "",
+        xy,
+        xytext=((sx - px) * to_points, (sy - py) * to_points),
+        textcoords="offset points",
+        arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.55", "shrinkA": 0, "shrinkB": 4},
+    )
 
 
 def plot_pareto(
