@@ -215,25 +215,31 @@ def test_a_rank_sweep_takes_a_colour_per_placement_and_a_line_style_per_rank():
     assert len({colour for colour, _ in plain.values()}) == 3
 
 
-def test_pareto_labels_stay_inside_the_axes_and_apart(tmp_path, monkeypatch):
-    # A rank sweep's twelve conditions, crowded as in a budget-curve study.
-    rows = [
+def _sweep_rows(losses: tuple[float, ...], per_doubling: float) -> list[dict]:
+    """Summary rows of four placements at ranks 2, 8 and 32 with 3 seeds each: placement ``i``
+    has loss ``losses[i]`` at r1, less ``per_doubling`` for each doubling of rank."""
+    placements = zip(
+        ("all-linear", "ffn-only", "attention-only", "last-half"),
+        (305_280, 190_080, 115_200, 152_640),
+        losses,
+    )
+    return [
         {
             "strategy": f"{name} r{rank}",
             "trainable_params": params * rank,
-            "eval_loss_mean": loss - 0.012 * math.log2(rank),
+            "eval_loss_mean": loss - per_doubling * math.log2(rank),
             "eval_loss_std": 0.006,
             "n": 3,
             "pareto": name in ("all-linear", "ffn-only"),
         }
-        for name, params, loss in (
-            ("all-linear", 305_280, 0.78),
-            ("ffn-only", 190_080, 0.79),
-            ("attention-only", 115_200, 0.80),
-            ("last-half", 152_640, 0.81),
-        )
+        for name, params, loss in placements
         for rank in (2, 8, 32)
     ]
+
+
+def test_pareto_labels_stay_inside_the_axes_and_apart(tmp_path, monkeypatch):
+    # A rank sweep's twelve conditions, crowded as in a budget-curve study.
+    rows = _sweep_rows(losses=(0.78, 0.79, 0.80, 0.81), per_doubling=0.012)
     (fig,) = _drawn(monkeypatch, lambda: figures.plot_pareto(rows, tmp_path / "p.png"))
     ax = fig.axes[0]
     renderer = fig.canvas.get_renderer()
@@ -254,23 +260,7 @@ def test_pareto_labels_stay_inside_the_axes_and_apart(tmp_path, monkeypatch):
 def test_a_pareto_label_far_from_its_point_has_a_line_to_it(tmp_path, monkeypatch):
     # Twelve conditions whose losses nearly coincide: some labels must move away from their
     # points, and each of those is joined to its point by a line.
-    rows = [
-        {
-            "strategy": f"{name} r{rank}",
-            "trainable_params": params * rank,
-            "eval_loss_mean": loss - 0.004 * math.log2(rank),
-            "eval_loss_std": 0.006,
-            "n": 3,
-            "pareto": name in ("all-linear", "ffn-only"),
-        }
-        for name, params, loss in (
-            ("all-linear", 305_280, 0.780),
-            ("ffn-only", 190_080, 0.781),
-            ("attention-only", 115_200, 0.782),
-            ("last-half", 152_640, 0.783),
-        )
-        for rank in (2, 8, 32)
-    ]
+    rows = _sweep_rows(losses=(0.780, 0.781, 0.782, 0.783), per_doubling=0.004)
     (fig,) = _drawn(monkeypatch, lambda: figures.plot_pareto(rows, tmp_path / "p.png"))
     ax = fig.axes[0]
     renderer = fig.canvas.get_renderer()
