@@ -361,3 +361,42 @@ def test_a_condition_with_no_finished_seed_has_no_verdict_and_no_pareto_mark(tmp
     compared = md.split("## Comparison with the reference")[1].split("##")[0]
     row = next(line for line in compared.splitlines() if line.startswith("| `attn` | r8 |"))
     assert "exploratory" not in row and row.split("|")[-3] == " – "
+
+
+# "attn" above "all" by about 0.1 in every seed: both compared budgets are found different.
+CURVE_ATTN_WORSE = {80: [1.20, 1.25, 1.18], 160: [1.12, 1.17, 1.10], 320: [1.05, 1.11, 1.03]}
+
+
+@pytest.mark.parametrize(
+    ("attn", "found"), [(CURVE_ATTN, [False, False]), (CURVE_ATTN_WORSE, [True, True])]
+)
+def test_the_budget_figure_shows_each_equal_budget_difference_with_its_paired_interval(
+    tmp_path, monkeypatch, attn, found
+):
+    from matplotlib.colors import to_rgba
+
+    from loraplace import figures
+
+    kept: list = []
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    root = _sweep(tmp_path / "s", (("all", 100, CURVE_ALL), ("attn", 40, attn)))
+    write_report(root)
+    report = build_report(load_study(root))
+    (fig,) = [f for f in kept if len(f.axes) == 2]
+    top, low = fig.axes
+    assert top.get_title().startswith("Budget curves")
+    compared = [r for r in report.budget.rows if r.status == "compared"]
+    drawn = []
+    for container in low.containers:
+        line, _caps, (bars,) = container
+        (x, y), face = line.get_xydata()[0], to_rgba(line.get_markerfacecolor())
+        (lo, hi) = bars.get_segments()[0][:, 1]
+        drawn.append((x, y, lo, hi, face != to_rgba("white")))
+    # One placement against the reference: no sideways nudge, so x is the budget itself.
+    assert drawn == [
+        pytest.approx((r.budget, r.mean, r.t_low, r.t_high, r.verdict in ("clear", "supported")))
+        for r in compared
+    ]
+    assert [d[-1] for d in drawn] == found and "vs all" in low.get_ylabel()
+    md = (root / "report" / "report.md").read_text()
+    assert "a filled marker is a difference the Holm-corrected test found" in md

@@ -546,27 +546,42 @@ def plot_budget(
     curves: Mapping[str, Sequence[tuple[int, float, float, float | None]]],
     path: str | Path,
     base_eval_loss: float | None = None,
+    differences: Mapping[str, Sequence[tuple[float, float, float, float, bool]]] | None = None,
+    reference: str | None = None,
 ) -> Path:
-    """Eval loss against trainable parameters (log x), one line per placement through its ranks.
+    """Eval loss against trainable parameters (log x), one line per placement through its ranks;
+    with ``differences``, a second panel below: each placement minus the reference at equal
+    budgets, with its paired interval.
 
     Args:
         curves: ``{strategy: [(rank, trainable params, mean eval loss, 95% CI half-width or
             None), ...]}``.
         path: Where to write the PNG.
         base_eval_loss: Eval loss of the base model; drawn as a dashed line.
+        differences: ``{strategy: [(budget, mean difference, 95% low, 95% high, whether the
+            corrected test found a difference), ...]}``, strategy minus ``reference``; a found
+            difference is a filled marker, any other an open one.
+        reference: The placement the differences are taken from.
 
     Returns:
         ``path``.
     """
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    panels = bool(differences) and any(differences.values())
+    if panels:
+        fig, (ax, low) = plt.subplots(
+            2, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5.2))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(curves)}
     xs = []
-    for i, (name, points) in enumerate(curves.items()):
+    for name, points in curves.items():
         pts = sorted(points, key=lambda p: p[1])
         if not pts:
             continue
         ranks, params, means, cis = zip(*pts)
         yerr = [c if c is not None else 0.0 for c in cis]
-        color = f"C{i % 10}"
+        color = colors[name]
         ax.errorbar(params, means, yerr=yerr, fmt="o-", color=color, capsize=4, label=name)
         for rank, x, y in zip(ranks, params, means):
             ax.annotate(f"r{rank}", (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
@@ -579,10 +594,47 @@ def plot_budget(
         ax.grid(True, which="both", alpha=0.3)
     else:
         _empty(ax, "no finished runs")
-    ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("eval loss (mean ± 95% CI over seeds)")
     ax.set_title("Budget curves: each placement through its ranks")
+    if panels:
+        _differences(low, differences, colors, reference)
+        low.set_xlabel("trainable parameters (log scale)")
+    else:
+        ax.set_xlabel("trainable parameters (log scale)")
     return _save(fig, path)
+
+
+def _differences(
+    ax: plt.Axes,
+    differences: Mapping[str, Sequence[tuple[float, float, float, float, bool]]],
+    colors: Mapping[str, str],
+    reference: str | None,
+) -> None:
+    """The lower panel of :func:`plot_budget`: differences at equal budgets, each placement's
+    points nudged sideways a little so that placements compared at one budget stay apart."""
+    shown = [name for name, rows in differences.items() if rows]
+    for i, name in enumerate(shown):
+        nudge = 1.04 ** (i - (len(shown) - 1) / 2)
+        for budget, mean, lo, hi, found in differences[name]:
+            ax.errorbar(
+                budget * nudge,
+                mean,
+                yerr=[[mean - lo], [hi - mean]],
+                fmt="o",
+                color=colors.get(name, "C0"),
+                mfc=colors.get(name, "C0") if found else "white",
+                capsize=3,
+                label=name if budget == differences[name][0][0] else None,
+            )
+    ax.axhline(0.0, color="gray", lw=1)
+    ax.grid(True, which="both", alpha=0.3)
+    against = f"{reference}" if reference else "the reference"
+    ax.set_ylabel(f"Δ eval loss vs {against}\n(paired 95% t CI)")
+    ax.set_title(
+        "At equal budgets: filled = a difference the corrected test found, open = not found",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
 
 
 def plot_eval_curves(curves: Mapping[str, Mapping[int, float]], path: str | Path) -> Path:

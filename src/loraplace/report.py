@@ -39,6 +39,7 @@ from loraplace.report_sweeps import (
 )
 from loraplace.stats import mean
 from loraplace.store import write_text_atomic
+from loraplace.verdicts import CLEAR, SUPPORTED, SUPPORTED_P
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -184,7 +185,14 @@ def _write_figures(report: Report, out: Path) -> list[tuple[str, str]]:
             name: [(p.rank, p.params, p.mean, p.ci95) for p in pts if p.mean is not None]
             for name, pts in report.budget.curves.items()
         }
-        figures.plot_budget(points, out / "budget.png", base)
+        differences: dict[str, list] = {}
+        for r in report.budget.rows:
+            if r.status == "compared" and r.mean is not None and r.t_low is not None:
+                found = r.verdict in (CLEAR, SUPPORTED)
+                differences.setdefault(r.strategy, []).append(
+                    (r.budget, r.mean, r.t_low, r.t_high, found)
+                )
+        figures.plot_budget(points, out / "budget.png", base, differences, study.reference)
         figs.append(
             (
                 "budget.png",
@@ -192,7 +200,15 @@ def _write_figures(report: Report, out: Path) -> list[tuple[str, str]]:
                 "placement through its ranks, mean ± 95% CI over seeds. The bars are unpaired "
                 "intervals; every placement trains on the same batches per seed, so the paired "
                 "equal-budget tests can find a difference where bars overlap: the tests decide, "
-                "not the bars.",
+                "not the bars."
+                + (
+                    " Below: each placement minus the reference at the budgets compared, with "
+                    "the paired 95% t interval over seeds (not corrected); a filled marker is "
+                    f"a difference the Holm-corrected test found ({CLEAR} or {SUPPORTED}, "
+                    f"Holm p < {SUPPORTED_P:g}), an open one any other verdict."
+                    if differences
+                    else ""
+                ),
             )
         )
     if report.checkpoints is not None:
