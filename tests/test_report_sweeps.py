@@ -85,6 +85,15 @@ def test_equal_budget_compares_only_where_the_curves_overlap(sweep_report):
     text = " ".join(plain_text(f) for f in report.findings)
     assert "Holm over 2 compared budget(s)" in text
     assert "would need extrapolation beyond a measured curve: `attn` vs `all` at 80" in text
+    # The interpolation check: each curve's chord gauge, from its mean losses by hand.
+    for name, curve in (("all", CURVE_ALL), ("attn", CURVE_ATTN)):
+        x = [math.log(p) for p in sorted(curve)]
+        v = [np.mean(curve[p]) for p in sorted(curve)]
+        c = ((v[2] - v[1]) / (x[2] - x[1]) - (v[1] - v[0]) / (x[1] - x[0])) / (x[2] - x[0])
+        gauge = max((c * (x[1] - x[0]) ** 2 / 4, c * (x[2] - x[1]) ** 2 / 4), key=abs)
+        assert report.budget.chord[name] == pytest.approx(gauge)
+        assert f"`{name}` {gauge:+.4f}" in text
+    assert "Interpolation check" in text
     assert "`attn` vs `all` at 800" in text
     md = (out / "report.md").read_text()
     assert "## Equal-budget comparison" in md and "| extrapolation |" in md

@@ -13,6 +13,7 @@ from test_stats import holm_by_definition  # tests/ is on sys.path (no __init__.
 from loraplace.curves import (
     COMPARED,
     EXTRAPOLATION,
+    chord_excess,
     comparison_budgets,
     equal_budget_difference,
     interpolate_log,
@@ -30,6 +31,31 @@ def test_interpolate_log_by_hand():
     assert interpolate_log([], [], 5) is None
     with pytest.raises(ValueError):
         interpolate_log([100, 100], [1.0, 0.9], 100)
+
+
+def test_chord_excess_is_the_largest_gap_between_the_chord_and_the_quadratic():
+    # v = x² in x = log(params): the chord between x = 0 and 1 lies 1/4 above the midpoint.
+    e = math.e
+    assert chord_excess([1, e, e**2], [0.0, 1.0, 4.0]) == pytest.approx(0.25)
+    # Found by brute force: the chord's largest excess over the quadratic on a fine grid.
+    x = np.log([2, 8, 32, 128])
+    v = np.array([0.80, 0.76, 0.75, 0.749])
+    worst = 0.0
+    for i in range(len(x) - 2):
+        quadratic = np.polyfit(x[i : i + 3], v[i : i + 3], 2)
+        for j in (i, i + 1):
+            grid = np.linspace(x[j], x[j + 1], 2001)
+            chord = np.interp(grid, x, v)
+            gap = max(chord - np.polyval(quadratic, grid), key=abs)
+            worst = max(worst, gap, key=abs)
+    assert chord_excess([2, 8, 32, 128], v) == pytest.approx(worst, rel=1e-4)
+    assert chord_excess([32, 2, 8], [0.75, 0.80, 0.76]) == pytest.approx(
+        chord_excess([2, 8, 32], [0.80, 0.76, 0.75])
+    )
+    # A curve that bends the other way gives a negative gap; a straight one none.
+    assert chord_excess([2, 8, 32], [0.80, 0.79, 0.70]) < 0
+    assert chord_excess([2, 8, 32], [3.0, 2.0, 1.0]) == pytest.approx(0.0, abs=1e-12)
+    assert chord_excess([2, 8], [0.8, 0.7]) is None
 
 
 CURVE_A = {100: {0: 1.00, 1: 1.02, 2: 1.01}, 10000: {0: 0.80, 1: 0.84, 2: 0.83}}

@@ -21,6 +21,7 @@ __all__ = [
     "EXTRAPOLATION",
     "BudgetDifference",
     "Curve",
+    "chord_excess",
     "comparison_budgets",
     "equal_budget_difference",
     "interpolate_log",
@@ -63,6 +64,39 @@ def interpolate_log(params: Sequence[float], values: Sequence[float], at: float)
 
 Curve = Mapping[float, SeedValues]
 """A budget curve: ``{trainable params: {seed: eval loss}}``, one point per rank."""
+
+
+def chord_excess(params: Sequence[float], values: Sequence[float]) -> float | None:
+    """How far linear interpolation in ``log(params)`` may stray from a curve that bends: the
+    largest gap between the straight line joining two neighbouring points and the quadratic
+    through them and their neighbour, over every interval (positive where the line lies above,
+    as on a curve that flattens; the sign of the largest gap is kept).
+
+    The quadratic through three points has second divided difference ``c``; over an interval of
+    width ``h`` in log parameters its chord lies at most ``c · h² / 4`` above it. An interval
+    between two triples takes the larger of its two gauges.
+
+    Args:
+        params: Positive, distinct parameter counts.
+        values: The value at each point (e.g. mean eval loss).
+
+    Returns:
+        The gap, or ``None`` with fewer than three points.
+    """
+    if len(params) != len(values):
+        raise ValueError(f"params and values differ in length: {len(params)} vs {len(values)}")
+    if len(params) < 3:
+        return None
+    order = np.argsort(params)
+    x = np.log(np.asarray(params, dtype=float)[order])
+    v = np.asarray(values, dtype=float)[order]
+    gaps = []
+    for i in range(len(x) - 2):
+        slope_left = (v[i + 1] - v[i]) / (x[i + 1] - x[i])
+        slope_right = (v[i + 2] - v[i + 1]) / (x[i + 2] - x[i + 1])
+        c = (slope_right - slope_left) / (x[i + 2] - x[i])
+        gaps += [c * (x[j + 1] - x[j]) ** 2 / 4 for j in (i, i + 1)]
+    return float(max(gaps, key=abs))
 
 
 def comparison_budgets(curve_a: Curve, curve_b: Curve) -> list[float]:

@@ -397,6 +397,16 @@ def _budget(budget: BudgetAnalysis | None) -> list[str]:
             + "; ".join(parts)
             + "."
         )
+    if compared and budget.chord:
+        gauges = ", ".join(f"{code(name)} {gap:+.4f}" for name, gap in budget.chord.items())
+        out.append(
+            "Interpolation check (docs/STATISTICS.md): a quadratic in log parameters through "
+            "neighbouring ranks puts the straight line between two ranks at most this far above "
+            f"(+) or below (−) each curve, in nats of mean eval loss: {gauges}. Where a curve "
+            "flattens (+), its interpolated loss is overstated, which favours the side measured "
+            "at that budget (the table's Measured column); a difference of about that size "
+            "rests on the interpolation."
+        )
     outside = [r for r in budget.rows if r.status != "compared"]
     if outside:
         listed = ", ".join(

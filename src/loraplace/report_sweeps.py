@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplace.curves import COMPARED, equal_budget_difference
+from loraplace.curves import COMPARED, chord_excess, equal_budget_difference
 from loraplace.measures import RankStability, ranking_stability
 from loraplace.report_data import Condition, Study, first, num
 from loraplace.stats import ci95, family_size, holm, mean
@@ -91,6 +91,9 @@ class BudgetAnalysis:
     """Every pair of the other placements at equal budgets (``strategy`` minus ``reference``
     there means A minus B), Holm-adjusted in a family of their own."""
     pairs_family_size: int = 0
+    chord: dict[str, float] = field(default_factory=dict)
+    """``{strategy: curves.chord_excess of its mean eval losses}`` for curves of three or more
+    ranks: how far interpolation between neighbouring ranks may stray."""
 
 
 def _curve(study: Study, name: str) -> tuple[dict[int, dict[int, float]], list[BudgetPoint]]:
@@ -134,7 +137,13 @@ def budget_analysis(study: Study) -> BudgetAnalysis | None:
     # The other placements against each other: a family of its own, like the all-pairs table.
     pairs = [(a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
     pair_rows, pair_size = _compared(curves, pairs)
-    return BudgetAnalysis(points, rows, size, skipped, pair_rows, pair_size)
+    chord = {}
+    for name, pts in points.items():
+        finished = [p for p in pts if p.mean is not None]
+        gap = chord_excess([p.params for p in finished], [p.mean for p in finished])
+        if gap is not None:
+            chord[name] = gap
+    return BudgetAnalysis(points, rows, size, skipped, pair_rows, pair_size, chord)
 
 
 def _compared(curves: dict, pairs: list[tuple[str, str]]) -> tuple[list[BudgetRow], int]:
