@@ -61,3 +61,41 @@ def test_export_copies_records_not_weights_and_the_report_regenerates(tmp_path):
     assert not (tmp_path / "dst" / "runs" / "a--seed0" / "adapter").exists()
     assert not (tmp_path / "dst" / ".lock").exists()
     assert not (tmp_path / "dst" / "runs" / "a--seed1").exists()  # in progress: not a record
+
+
+def _results_tables(text: str, title: str) -> dict[str, list[list[str]]]:
+    """Every markdown table in ``text`` whose first header cell starts with ``title``: its
+    header's first cell -> rows of cells."""
+    tables, lines = {}, text.splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].startswith(title):
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip().strip("|").split("|")])
+            tables[cells[0]] = [cells, *rows]
+    return tables
+
+
+def test_the_validation_losses_in_results_are_the_selection_runs():
+    # docs/RESULTS.md quotes the budget-curve study's selection table, one table per learning
+    # rate; each cell must be the validation loss of that selection run, not another column.
+    import json
+
+    study = ROOT / "docs" / "results" / "budget-curves"
+    names = {"all-linear": "all-linear", "FFN-only": "ffn-only", "last-half": "last-half"}
+    names["attention-only"] = "attention-only"
+    tables = _results_tables((ROOT / "docs" / "RESULTS.md").read_text(), "learning rate ")
+    assert tables, "RESULTS.md quotes no validation-loss table"
+    checked = 0
+    for title, (header, *rows) in tables.items():
+        lr = float(title.removeprefix("learning rate "))
+        for row in rows:
+            for rank, cell in zip(header[1:], row[1:]):
+                run = f"{names[row[0]]}--{rank}--lr{lr:.0e}--seed0"
+                record = json.loads((study / "selection" / run / "result.json").read_text())
+                assert cell.split()[0] == f"{record['validation_loss']:.4f}", (title, row[0], rank)
+                checked += 1
+    assert checked == 48
