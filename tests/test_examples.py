@@ -103,3 +103,14 @@ def test_the_auto_placement_studies_train_as_the_budget_curves_do(name):
     assert same == full.training and auto.eval == full.eval
     assert auto.data == full.data and auto.model == full.model
     assert auto.reuse == ["runs/budget-curves"]
+
+
+def test_the_readme_study_yaml_is_the_budget_curve_study():
+    # The README shows examples/budget-curves.yaml with comments; the keys must not drift.
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Study YAML") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```\n", 10)]
+    shown = yaml.safe_load(block)
+    assert shown == yaml.safe_load((ROOT / "examples" / "budget-curves.yaml").read_text())
