@@ -40,6 +40,50 @@ def test_time_left_times_each_run_by_its_own_condition_and_stage():
     assert (left, unknown) == (210.0 + 55.0 + 100.0, 1)
 
 
+def test_time_left_prices_an_adopted_final_run_as_an_evaluation_and_a_resumed_one_by_its_steps(
+    tmp_path,
+):
+    from types import SimpleNamespace
+
+    from loraplace.settings import EvalSettings, TrainingSettings
+
+    config = SimpleNamespace(
+        training=TrainingSettings(steps=10, learning_rates=[1e-3, 3e-3], seeds=[0, 1, 2]),
+        eval=EvalSettings(checkpoints=[0.5, 1.0]),
+    )
+    sel = store.RunKey("a", 0, learning_rate=1e-3, stage="selection")
+    a1, a2, a0 = store.RunKey("a", 1), store.RunKey("a", 2), store.RunKey("a", 0)
+    b0 = store.RunKey("b", 0)
+    trained = {**_result("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:40+00:00")}
+    states = [
+        (sel, "finished", _result("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:20+00:00")),
+        (a1, "finished", {**trained, "eval_time_s": 6.0}),
+        (a2, "in progress", None),
+        (a0, "pending", None),  # seed 0 is the selection seed: these two only evaluate
+        (b0, "pending", None),
+    ]
+    # Without the config every run is a training run of its condition and stage.
+    assert time_left(states)[1:] == (300.0, 0)
+    # Adopted: the trained final run's evaluation of the last checkpoint, times 2 checkpoints;
+    # a2 has no saved training state: it starts over.
+    (a2.run_dir(tmp_path)).mkdir(parents=True)
+    (a2.run_dir(tmp_path) / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4))
+    )
+    assert time_left(states, config, tmp_path)[1:] == (100.0 + 2 * 12.0, 0)
+    # With a saved state it goes on from step 4 of 10: 60% of a run.
+    (a2.run_dir(tmp_path) / store.RESUME_FILE).write_bytes(b"state")
+    assert time_left(states, config, tmp_path)[1] == pytest.approx(60.0 + 2 * 12.0)
+    # Once an adopted run is complete, the others are timed by it, and it does not dilute the
+    # trained runs' times.
+    b0_adopted = {**_result("2026-01-01T00:00:00+00:00", "2026-01-01T00:00:30+00:00")}
+    b0_adopted["adopted_from"] = "selection/b--lr1e-03--seed0"
+    done = [*states[:4], (b0, "finished", b0_adopted), (store.RunKey("b", 1), "pending", None)]
+    spent, left, unknown = time_left(done, config, tmp_path)
+    assert (spent, unknown) == (80.0 + 100.0 + 30.0, 0)
+    assert left == pytest.approx(60.0 + 30.0 + 100.0)  # b seed 1 by the stage's trained run
+
+
 def test_parallelism_is_run_time_over_busy_time():
     def runs(*spans):
         return [

@@ -164,7 +164,7 @@ class _Executor:
 
         states = run_states(self.out, self.config)
         done = sum(state in ("finished", "failed") for _, state, _ in states)
-        _, left, unknown, _ = wall_time_left(states)
+        _, left, unknown, _ = wall_time_left(states, self.config, self.out)
         eta = f"about {format_duration(left)} left" + (
             f", plus {unknown} run(s) not yet timed" if unknown else ""
         )

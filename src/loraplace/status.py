@@ -4,7 +4,9 @@ Nothing is loaded but ``study.yaml`` and the run records: no model, no data. The
 the time left uses the measured wall time of finished runs of the same condition and stage
 (another strategy's or rank's runs can be several times faster or slower), falling back to the
 mean over all finished runs of the stage, divided by how many runs were under way at a time
-(Ray runs several at once; measured from the runs' start and end times).
+(Ray runs several at once; measured from the runs' start and end times). A final run adopted
+from its selection run only evaluates, and is timed as one; a run that goes on from a saved
+training state counts only the steps it has not logged.
 """
 
 from __future__ import annotations
@@ -100,10 +102,11 @@ def run_states(out: Path, config=None) -> list[tuple[store.RunKey, str, dict | N
 
 
 def _timed(states):
-    """``(key, wall time)`` of every run in ``states`` whose record times it."""
+    """``(key, wall time)`` of every run in ``states`` whose record times it, except final runs
+    adopted from their selection run (they only evaluate: :func:`time_left` times them apart)."""
     for key, _state, result in states:
         duration = run_duration(result) if result else None
-        if duration is not None:
+        if duration is not None and not result.get("adopted_from"):
             yield key, duration
 
 
@@ -115,11 +118,56 @@ def condition_times(states) -> dict[tuple, list[float]]:
     return dict(out)
 
 
-def time_left(states) -> tuple[float, float, int]:
+def _adopted(config, key: store.RunKey) -> bool:
+    """Whether the study evaluates ``key``'s selection run instead of training it (a final run
+    of a selection seed, with a learning-rate grid)."""
+    return key.stage == "final" and key.seed in config.training.selection
+
+
+def _evaluation_time(config, states) -> float | None:
+    """The expected wall time of an adopted final run: the adopted runs complete so far, else
+    the trained final runs' evaluation time (which their records give for the last checkpoint
+    alone) times the checkpoints an adopted run evaluates."""
+    adopted, evals = [], []
+    for key, state, result in states:
+        if state != "finished":
+            continue
+        if result.get("adopted_from"):
+            duration = run_duration(result)
+            if duration is not None:
+                adopted.append(duration)
+        elif key.stage == "final" and result.get("eval_time_s") is not None:
+            evals.append(result["eval_time_s"])
+    if adopted:
+        return sum(adopted) / len(adopted)
+    if evals:
+        checkpoints = len(config.eval.checkpoint_steps(config.training.steps))
+        return sum(evals) / len(evals) * checkpoints
+    return None
+
+
+def _share_left(out: Path, key: store.RunKey, steps: int) -> float:
+    """The share of a run in progress still to train: all of it without a saved training state
+    (it starts over), else the steps not yet logged."""
+    run_dir = key.run_dir(out)
+    if not store.can_resume(run_dir):
+        return 1.0
+    logged = _logged_steps(run_dir)
+    return 1.0 - min(max(logged, default=0), steps) / steps
+
+
+def time_left(states, config=None, out: Path | None = None) -> tuple[float, float, int]:
     """``(spent, left, unknown)``: wall time of the complete runs, the estimated time of the
     others, and how many runs have nothing to be timed by yet. Each run is timed by the
     finished runs of its condition and stage; else of its condition in the other stage (a
-    final run trains as its selection runs did); else of its stage."""
+    final run trains as its selection runs did); else of its stage.
+
+    Args:
+        config: the study's config. With it, a final run adopted from its selection run is
+            timed as an evaluation (:func:`_evaluation_time`), not as a training run.
+        out: the study directory. With it (and ``config``), a run in progress that can go on
+            from a saved state counts only the share of its steps it has not logged.
+    """
     times: dict[tuple, list[float]] = defaultdict(list)
     stage_times: dict[str, list[float]] = defaultdict(list)
     by_condition: dict[tuple, list[float]] = defaultdict(list)
@@ -127,26 +175,34 @@ def time_left(states) -> tuple[float, float, int]:
         times[(key.stage, key.condition)].append(duration)
         stage_times[key.stage].append(duration)
         by_condition[key.condition].append(duration)
-    spent = sum(sum(v) for v in stage_times.values())
+    spent = sum(run_duration(r) or 0.0 for _, _, r in states if r)
+    evaluation = _evaluation_time(config, states) if config is not None else None
     left, unknown = 0.0, 0
     for key, state, _ in states:
-        if state in ("pending", "in progress"):
+        if state not in ("pending", "in progress"):
+            continue
+        if config is not None and _adopted(config, key):
+            expected = evaluation
+        else:
             same = (
                 times.get((key.stage, key.condition))
                 or by_condition.get(key.condition)
                 or stage_times.get(key.stage)
             )
-            if same:
-                left += sum(same) / len(same)
-            else:
-                unknown += 1
+            expected = sum(same) / len(same) if same else None
+            if expected is not None and state == "in progress" and config and out:
+                expected *= _share_left(Path(out), key, config.training.steps)
+        if expected is None:
+            unknown += 1
+        else:
+            left += expected
     return spent, left, unknown
 
 
-def wall_time_left(states) -> tuple[float, float, int, float]:
+def wall_time_left(states, config=None, out: Path | None = None) -> tuple[float, float, int, float]:
     """:func:`time_left`, with the time left divided by the runs at a time measured so far
     (:func:`parallelism`): ``(spent, left, unknown, at_once)``."""
-    spent, left, unknown = time_left(states)
+    spent, left, unknown = time_left(states, config, out)
     at_once = parallelism([r for _, _, r in states])
     return spent, left / at_once, unknown, at_once
 
@@ -185,7 +241,7 @@ def study_status(out: Path) -> str:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for key, state, _ in states:
         counts[key.stage][state] += 1
-    spent, left, unknown, at_once = wall_time_left(states)
+    spent, left, unknown, at_once = wall_time_left(states, config, out)
     columns = ("finished", "failed", "in progress", "pending")
     lines = [f"study directory: {out}", f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns)]
     for stage in ("selection", "final"):
@@ -225,8 +281,13 @@ def study_status(out: Path) -> str:
 def _progress(out: Path, key: store.RunKey) -> str:
     """How far an incomplete run got, from its training curve, and whether it can go on."""
     run_dir = key.run_dir(out)
-    steps = [r["step"] for r in store.read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    steps = _logged_steps(run_dir)
     text = f"step {max(steps)} logged" if steps else "no step logged"
     if store.can_resume(run_dir):
         return text + "; goes on from its saved training state"
     return text + "; no saved training state: starts over"
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    """The optimizer steps a run's training curve holds."""
+    return [r["step"] for r in store.read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
