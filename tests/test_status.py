@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -130,7 +131,16 @@ def test_status_of_a_half_finished_study_reads_only_files(tiny_model_dir, tiny_d
     assert "in progress: top seed 1: step 3 logged; no saved training state: starts over" in text
     (out / "runs" / "top--seed1" / store.RESUME_FILE).write_bytes(b"state")
     assert "top seed 1: step 3 logged; goes on from its saved training state" in study_status(out)
-    (out / "runs" / "top--seed1" / store.RESUME_FILE).unlink()
+    assert "study process: not running" in study_status(out)
+    # While a study process holds the directory the run may be under way, not interrupted.
+    with store.StudyLock(out):
+        assert store.lock_holder(out)["pid"] == os.getpid()
+        text = study_status(out)
+        assert f"study process: running: pid {os.getpid()}" in text
+        assert "top seed 1: step 3 logged; training state saved" in text
+        (out / "runs" / "top--seed1" / store.RESUME_FILE).unlink()
+        assert "top seed 1: step 3 logged; no training state saved yet" in study_status(out)
+    assert store.lock_holder(out) is None  # released: nobody holds it
 
     # The same four runs, made two at a time, 100 s each: the 2 left take 100 s, not 200 s.
     for i, path in enumerate(sorted((out / "runs").glob("*/result.json"))):

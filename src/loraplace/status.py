@@ -243,7 +243,18 @@ def study_status(out: Path) -> str:
         counts[key.stage][state] += 1
     spent, left, unknown, at_once = wall_time_left(states, config, out)
     columns = ("finished", "failed", "in progress", "pending")
-    lines = [f"study directory: {out}", f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns)]
+    holder = store.lock_holder(out)
+    running = (
+        f"running: pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+        f"{holder.get('started_at', '?')}"
+        if holder is not None
+        else "not running"
+    )
+    lines = [
+        f"study directory: {out}",
+        f"study process: {running}",
+        f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns),
+    ]
     for stage in ("selection", "final"):
         if stage in counts:
             lines.append(f"{stage:<10} " + " ".join(f"{counts[stage][c]:>11}" for c in columns))
@@ -271,19 +282,28 @@ def study_status(out: Path) -> str:
     lines.append(f"estimated time to finish: {estimate if left or unknown else '0 s (complete)'}")
     for key, state, _ in states:
         if state == "in progress":
-            lines.append(f"  in progress: {key.label()}: {_progress(out, key)}")
+            lines.append(f"  in progress: {key.label()}: {_progress(out, key, holder is not None)}")
     failed = [(k, r) for k, s, r in states if s == "failed"]
     for key, result in failed:
         lines.append(f"  failed: {key.label()}: {result.get('error')}")
     return "\n".join(lines)
 
 
-def _progress(out: Path, key: store.RunKey) -> str:
-    """How far an incomplete run got, from its training curve, and whether it can go on."""
+def _progress(out: Path, key: store.RunKey, running: bool = False) -> str:
+    """How far an incomplete run got, from its training curve, and whether it can go on.
+
+    Args:
+        running: a study process holds the directory, so the run may be under way (it saves
+            its training state every few minutes, so a young run has none yet) rather than
+            interrupted.
+    """
     run_dir = key.run_dir(out)
     steps = _logged_steps(run_dir)
     text = f"step {max(steps)} logged" if steps else "no step logged"
-    if store.can_resume(run_dir):
+    saved = store.can_resume(run_dir)
+    if running:
+        return text + ("; training state saved" if saved else "; no training state saved yet")
+    if saved:
         return text + "; goes on from its saved training state"
     return text + "; no saved training state: starts over"
 

@@ -49,6 +49,7 @@ __all__ = [
     "BASE_EXAMPLES_FILE",
     "IDENTITY_FILE",
     "LOCK_FILE",
+    "lock_holder",
     "RESULT_COLUMNS",
     "DiskFullError",
     "RunKey",
@@ -562,6 +563,29 @@ class StudyLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_holder(out: Path) -> dict | None:
+    """The process holding the study lock on ``out`` (its pid, host and start time, as it
+    recorded them), or ``None`` when none does: no study is running in ``out``.
+
+    It tries a shared ``flock`` without waiting, so it never blocks and never takes the lock
+    from a running study; a lock file left by a dead process is not held.
+    """
+    path = Path(out) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_json(path) or {}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def check_lock_token(out: Path, token: str | None) -> None:
