@@ -396,6 +396,8 @@ def test_gradient_sensitivity_is_zero_where_nothing_was_learned(llama):
     probe = lora_probe(model, arch, layer_with_update=3)
     flags = {name: p.requires_grad for name, p in probe.named_parameters()}
     scores = ap.gradient_sensitivity(probe, arch, [padded_batch(ROWS)])
+    assert set(scores) == {u.module for u in ap.units_of(arch)}
+    assert any(".layers.3." in name for name in scores)
     for name, score in scores.items():
         assert (score > 0) == (".layers.3." in name), name
     assert {name: p.requires_grad for name, p in probe.named_parameters()} == flags

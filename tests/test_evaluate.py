@@ -168,14 +168,25 @@ def test_adapters_merged_for_eval_give_the_unmerged_losses_and_are_restored(
     modules = dict(model.named_modules())
     collator = DynamicPaddingCollator(tokenizer)
     rows = eval_losses(model, features, collator, batch_size=4, device="cpu")
+    assert [r.example for r in rows] == [f["example"] for f in features]
     for row, feature in zip(rows, features):
         with torch.no_grad():  # PEFT's own, unmerged forward on the example alone
             alone = model(**collator([feature])).loss.item()
         assert row.loss_sum == pytest.approx(alone * row.tokens, rel=1e-5)
     assert dict(model.named_modules()) == modules
     assert any(isinstance(m, LoraLinear) for m in modules.values())
-    merged = dict(model.get_base_model().state_dict())
-    assert all(torch.equal(before[n], merged[n]) for n in before if n in merged)
+    # Every base weight is back as it was, the adapted ones under PEFT's `base_layer` names.
+    after = model.get_base_model().state_dict()
+
+    def now(name: str) -> torch.Tensor:
+        if name in after:
+            return after[name]
+        stem, _, leaf = name.rpartition(".")
+        return after[f"{stem}.base_layer.{leaf}"]
+
+    adapted = [n for n in before if n not in after]
+    assert adapted and all(any(t in n for t in targets) for n in adapted)
+    assert all(torch.equal(before[n], now(n)) for n in before)
 
 
 def test_examples_keep_their_split_index_when_one_is_dropped(setup):

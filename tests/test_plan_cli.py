@@ -94,12 +94,13 @@ def test_plan_json_contract(capsys, model_dirs):
             "spec",
             "trainable_params",
             "trainable_pct",
+            "total_params",
             "ranks",
             "targets",
         }
         assert isinstance(entry["trainable_params"], int)
         assert isinstance(entry["ranks"], dict) and entry["ranks"]
-        total = entry.get("total_params", result["total_params"] + entry["trainable_params"])
+        total = entry["total_params"]
         assert total == result["total_params"] + entry["trainable_params"]
         assert entry["trainable_pct"] == pytest.approx(
             100 * entry["trainable_params"] / total, rel=1e-12

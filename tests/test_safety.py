@@ -229,8 +229,10 @@ def test_plain_pickled_weights_still_load(tmp_path):
     model = _to_bin(shutil.copytree(reference, tmp_path / "bin")).parent
     loaded = load_model(resolve_model(str(model)))
     expected = load_model(resolve_model(str(reference)))
-    for (name, a), (_, b) in zip(loaded.state_dict().items(), expected.state_dict().items()):
-        assert torch.equal(a, b), name
+    got, want = loaded.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
 
 
 @pytest.mark.parametrize(
