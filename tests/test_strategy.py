@@ -98,7 +98,15 @@ def test_parse(text, expected, canonical):
 
 
 def test_presets_are_the_documented_ones():
-    assert PRESETS == {"baseline": "all", "attention-only": "attn", "ffn-only": "mlp"}
+    # The README's preset table, read from the README.
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| preset | strategy |") :].split("\n\n")[0].splitlines()[2:]
+    documented = dict(
+        tuple(cell.strip().strip("`") for cell in row.strip("|").split("|")) for row in table
+    )
+    assert documented and PRESETS == documented
 
 
 # (group, the roles it adapts)
