@@ -370,6 +370,23 @@ def test_accuracy_wilson_and_mcnemar_by_hand(tmp_path):
     assert any("higher accuracy" in plain_text(f) for f in report.findings)
 
 
+def test_accuracy_with_two_seeds_makes_no_test_and_says_so(tmp_path):
+    from loraplace.report_tables import accuracy_table
+
+    ref, new = [[1, 0, 0, 1], [0, 0, 1, 1]], [[1, 1, 1, 1], [1, 1, 1, 0]]
+    as_bool = lambda runs: [[bool(x) for x in r] for r in runs]  # noqa: E731
+    strategies = {
+        "baseline": ("all", 1000, _placement(ATTN), list(zip(REF[:2], [1.0, 1.0], as_bool(ref)))),
+        "new": ("attn", 1000, _placement(ATTN), list(zip(ATT[:2], [1.0, 1.0], as_bool(new)))),
+    }
+    report = build_report(load_study(make_study(tmp_path / "s", strategies)))
+    assert report.analysis.accuracy["new"].verdict == "exploratory"
+    text = " ".join(plain_text(f) for f in report.findings)
+    note = accuracy_table(report.study, report.analysis).note
+    for words in (text, note):
+        assert "nothing tested yet" in words.lower() and "Holm over 0" not in words
+
+
 def test_speedups_need_an_interval_above_one(tmp_path):
     ref_t, fast_t, noisy_t = [10.0, 11.0, 12.0], [5.0, 5.4, 6.1], [5.0, 14.0, 9.0]
     strategies = {

@@ -90,3 +90,7 @@ def test_equal_budget_difference_by_hand():
         # so the 95% percentile interval is exactly [min, max] of the per-seed differences.
         assert (o.boot_low, o.boot_high) == (pytest.approx(d.min()), pytest.approx(d.max()))
     assert [o.p_holm for o in out[1:3]] == pytest.approx(holm_by_definition(ps))
+    # Two shared seeds: a p-value to show, but no test to adjust (MIN_SEEDS is 3).
+    two = {p: {s: v for s, v in seeds.items() if s < 2} for p, seeds in CURVE_A.items()}
+    out = equal_budget_difference(two, CURVE_B, [1000, 10000])
+    assert all(o.n == 2 and o.p is not None and o.p_holm is None for o in out)

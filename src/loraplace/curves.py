@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loraplace.stats import Paired, SeedValues, _check_conf, _ok, holm, paired_difference
+from loraplace.verdicts import MIN_SEEDS
 
 __all__ = [
     "COMPARED",
@@ -139,7 +140,8 @@ class BudgetDifference:
     p: float | None
     """Paired t-test p on the per-seed interpolated differences."""
     p_holm: float | None
-    """Holm-adjusted over the budgets compared in one call."""
+    """Holm-adjusted over the budgets compared in one call; ``None`` with fewer than
+    ``MIN_SEEDS`` seeds (no test is made)."""
 
 
 def _seed_curve(curve: Curve, seeds: Sequence[int]) -> tuple[list[float], np.ndarray]:
@@ -199,7 +201,8 @@ def equal_budget_difference(
         at_b = np.array([interpolate_log(pb, lb[:, j], budget) for j in range(len(seeds))])
         pd = paired_difference(dict(zip(seeds, at_a)), dict(zip(seeds, at_b)), conf)
         found.append((pd, at_a - at_b))
-    ps_holm = holm([f[0].p if f else None for f in found])
+    # A test needs MIN_SEEDS seeds, as everywhere in the report: fewer make no test to adjust.
+    ps_holm = holm([f[0].p if f and f[0].n >= MIN_SEEDS else None for f in found])
     out = []
     for budget, f, p_holm in zip(budgets, found, ps_holm):
         if f is None:

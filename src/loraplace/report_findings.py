@@ -209,8 +209,8 @@ def _accuracy(study: Study, a: Analysis) -> list[str]:
                 text += f" ({'higher' if t.direction == BETTER else 'lower'} accuracy)"
             parts.append(text)
         out.append(
-            "Accuracy against the reference, paired by seed and problem (exact McNemar, Holm "
-            f"over {size} test(s); fewer than {MIN_SEEDS} seeds is exploratory): "
+            "Accuracy against the reference, paired by seed and problem (exact McNemar, "
+            f"{holm_over(size, 'test(s)')}; fewer than {MIN_SEEDS} seeds is exploratory): "
             + "; ".join(parts)
             + "."
         )

@@ -199,8 +199,8 @@ def accuracy_table(study: Study, a: Analysis) -> Table | None:
     size = next((t.family_size for t in a.accuracy.values()), 0)
     note = (
         "Problems are paired by seed and problem with the reference's runs; the exact McNemar "
-        f"test uses the discordant pairs. Holm over {size} accuracy test(s); better = higher "
-        "accuracy."
+        f"test uses the discordant pairs. {_sentence(holm_over(size, 'accuracy test(s)'))}; "
+        "better = higher accuracy."
     )
     return Table("Accuracy", headers, rows, note)
 
