@@ -387,6 +387,20 @@ def test_accuracy_with_two_seeds_makes_no_test_and_says_so(tmp_path):
         assert "nothing tested yet" in words.lower() and "Holm over 0" not in words
 
 
+def test_identical_runs_make_no_test_and_are_not_called_exploratory(tmp_path):
+    # One placement under two names: the same loss in every seed, so the paired differences
+    # have no spread and the t-test is undefined, with 3 seeds: unresolved, not exploratory.
+    strategies = {
+        "baseline": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
+        "twin": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
+    }
+    root = make_study(tmp_path / "s", strategies)
+    assert _rows(root)["twin"]["verdict"] == "unresolved"
+    text = " ".join(_findings(root))
+    assert "differ by the same amount in every seed, so the paired t-test is undefined" in text
+    assert "has the 3 paired seeds a test needs" not in text
+
+
 def test_speedups_need_an_interval_above_one(tmp_path):
     ref_t, fast_t, noisy_t = [10.0, 11.0, 12.0], [5.0, 5.4, 6.1], [5.0, 14.0, 9.0]
     strategies = {

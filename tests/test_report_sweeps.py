@@ -346,12 +346,12 @@ def test_a_sweep_with_two_seeds_says_nothing_is_tested_yet(tmp_path):
     write_report(root)
     md = (root / "report" / "report.md").read_text()
     assert "Holm over 0" not in md
-    assert "paired t over seeds, nothing tested yet (fewer than 3 paired seeds: exploratory))" in md
+    assert "paired t over seeds, nothing tested yet (no comparison has 3 paired seeds and a defined p))" in md
     note = md.split("## Equal-budget comparison")[1].split("##")[0]
-    assert "nothing tested yet (fewer than 3 paired seeds: exploratory)." in note
+    assert "nothing tested yet (no comparison has 3 paired seeds and a defined p)." in note
     # The same-rank comparison table and the LaTeX caption say so too, not "over 0 test(s)".
     note = md.split("## Comparison with the reference")[1].split("##")[0]
-    assert "Holm p: nothing tested yet (fewer than 3 paired seeds: exploratory)." in note
+    assert "Holm p: nothing tested yet (no comparison has 3 paired seeds and a defined p)." in note
     tex = (root / "report" / "summary.tex").read_text()
     assert "over 0 test" not in md + tex and "p: nothing tested yet" in tex
 

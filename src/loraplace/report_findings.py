@@ -110,6 +110,15 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:
             f"±{study.margin:g} nats ({code('report.equivalence_margin')}), by TOST."
             + (_SAME_RANK if study.sweep else "")
         )
+    elif any(c.n >= MIN_SEEDS for c in comps):
+        # Enough seeds, but every difference is the same in each seed (identical runs, e.g. one
+        # placement under two names): no spread, so the t-test is undefined.
+        out.append(
+            f"No comparison with the reference {code(study.reference)}{where} gives a test: "
+            f"those with {MIN_SEEDS} or more paired seeds differ by the same amount in every "
+            "seed, so the paired t-test is undefined (their verdict is unresolved), and any "
+            "others are exploratory." + (_SAME_RANK if study.sweep else "")
+        )
     else:
         out.append(
             f"No comparison with the reference {code(study.reference)}{where} has the "

@@ -89,13 +89,14 @@ def p_is(p: float | None) -> str:
 
 
 def holm_over(size: int, tests: str, then: str = "") -> str:
-    """``Holm over 4 compared budget(s)`` followed by ``then``; without a test (every comparison
-    short of the seeds a test needs), says so instead of "Holm over 0"."""
+    """``Holm over 4 compared budget(s)`` followed by ``then``; without a test, says so instead
+    of "Holm over 0": usually every comparison is short of the seeds a test needs, and rarely
+    (identical runs) the differences have no spread and the t-test is undefined."""
     from loraplace.verdicts import MIN_SEEDS
 
     if size:
         return f"Holm over {size} {tests}{then}"
-    return f"nothing tested yet (fewer than {MIN_SEEDS} paired seeds: exploratory)"
+    return f"nothing tested yet (no comparison has {MIN_SEEDS} paired seeds and a defined p)"
 
 
 # --- Escaping -----------------------------------------------------------------------------------
