@@ -346,7 +346,8 @@ def test_a_sweep_with_two_seeds_says_nothing_is_tested_yet(tmp_path):
     write_report(root)
     md = (root / "report" / "report.md").read_text()
     assert "Holm over 0" not in md
-    assert "paired t over seeds, nothing tested yet (no comparison has 3 paired seeds and a defined p))" in md
+    none = "nothing tested yet (no comparison has 3 paired seeds and a defined p)"
+    assert f"paired t over seeds, {none})" in md
     note = md.split("## Equal-budget comparison")[1].split("##")[0]
     assert "nothing tested yet (no comparison has 3 paired seeds and a defined p)." in note
     # The same-rank comparison table and the LaTeX caption say so too, not "over 0 test(s)".
