@@ -44,13 +44,14 @@ def test_time_left_times_each_run_by_its_own_condition_and_stage():
 def test_time_left_prices_an_adopted_final_run_as_an_evaluation_and_a_resumed_one_by_its_steps(
     tmp_path,
 ):
-    from types import SimpleNamespace
-
-    from loraplace.settings import EvalSettings, TrainingSettings
-
-    config = SimpleNamespace(
-        training=TrainingSettings(steps=10, learning_rates=[1e-3, 3e-3], seeds=[0, 1, 2]),
-        eval=EvalSettings(checkpoints=[0.5, 1.0]),
+    config = load_study_config(
+        {
+            "strategies": {"a": "attn", "b": "mlp"},
+            "data": {"validation_examples": 4},
+            "training": {"steps": 10, "learning_rates": [1e-3, 3e-3], "seeds": [0, 1, 2]},
+            "eval": {"checkpoints": [0.5, 1.0]},
+        },
+        check_model=False,
     )
     sel = store.RunKey("a", 0, learning_rate=1e-3, stage="selection")
     a1, a2, a0 = store.RunKey("a", 1), store.RunKey("a", 2), store.RunKey("a", 0)

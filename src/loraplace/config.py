@@ -155,6 +155,11 @@ class StudyConfig:
         ]
         return selection + final
 
+    def adopts(self, key: RunKey) -> bool:
+        """Whether the final run ``key`` is adopted from its selection run (evaluated from that
+        run's checkpoints, not trained again): a final run of a selection seed."""
+        return key.stage == "final" and key.seed in self.training.selection
+
     def plan_for(self, key: RunKey):
         """The compiled plan of a run (requires a config loaded with ``check_model=True``)."""
         if self.plans is None:

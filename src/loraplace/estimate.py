@@ -124,8 +124,7 @@ def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estima
     for key in pending:
         plan = config.plan_for(key) if (key.name, key.rank) in config.plans else None
         depth = _depth(plan, num_layers) if plan is not None else 1.0
-        adopted = key.stage == "final" and key.seed in config.training.selection
-        train = 0.0 if adopted else per_run_train
+        train = 0.0 if config.adopts(key) else per_run_train
         evaluated = val_tokens if key.stage == "selection" else checkpoints * eval_tokens
         train_total += train
         eval_total += evaluated

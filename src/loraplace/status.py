@@ -118,12 +118,6 @@ def condition_times(states) -> dict[tuple, list[float]]:
     return dict(out)
 
 
-def _adopted(config, key: store.RunKey) -> bool:
-    """Whether the study evaluates ``key``'s selection run instead of training it (a final run
-    of a selection seed, with a learning-rate grid)."""
-    return key.stage == "final" and key.seed in config.training.selection
-
-
 def _evaluation_time(config, states) -> float | None:
     """The expected wall time of an adopted final run: the adopted runs complete so far, else
     the trained final runs' evaluation time (which their records give for the last checkpoint
@@ -181,7 +175,7 @@ def time_left(states, config=None, out: Path | None = None) -> tuple[float, floa
     for key, state, _ in states:
         if state not in ("pending", "in progress"):
             continue
-        if config is not None and _adopted(config, key):
+        if config is not None and config.adopts(key):
             expected = evaluation
         else:
             same = (

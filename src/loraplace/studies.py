@@ -377,7 +377,7 @@ def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple
             unresolved.append((key, choice))
             continue
         adopt = None
-        if key.seed in config.training.selection:
+        if config.adopts(key):
             adopt = RunKey(key.name, key.seed, key.rank, "selection", choice.chosen)
         jobs.append(
             Job(
