@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup study smoke lint test bench long-studies clean
+.PHONY: setup study smoke lint test bench long-studies results clean
 
 setup: $(VENV)/.installed
 
@@ -37,11 +37,23 @@ bench: setup
 # hand placements from the budget-curve study, so they come after it. Exit status 1 means a
 # study finished with some runs failed and recorded (a diverged learning rate, say): the next
 # study still runs. Any other failure stops here.
+#
+# On a machine without runs/NAME (a fresh clone), a study goes on from its committed records in
+# docs/results/NAME: finished runs count as done; runs that were in progress are trained again,
+# and so are final runs that would have been adopted from a selection run, whose weights are
+# not committed (docs/STUDIES.md, "Moving a study"). `make results` commits nothing: it copies
+# each study's records (not its weights) to docs/results/NAME and writes its report there.
 LONG := TQDM_DISABLE=1 $(VENV)/bin/loraplace study
+STUDIES := budget-curves auto-placement auto-placement-r2
+restore = { test -d runs/$(1) || test ! -f docs/results/$(1)/study.yaml \
+	|| { mkdir -p runs && cp -a docs/results/$(1) runs/$(1); }; }
 long-studies: setup
-	$(LONG) examples/budget-curves.yaml --executor ray --out runs/budget-curves || test $$? -eq 1
-	$(LONG) examples/auto-placement.yaml --executor ray --out runs/auto-placement || test $$? -eq 1
-	$(LONG) examples/auto-placement-r2.yaml --executor ray --out runs/auto-placement-r2 || test $$? -eq 1
+	$(foreach s,$(STUDIES),$(call restore,$(s)) && \
+	{ $(LONG) examples/$(s).yaml --executor ray --out runs/$(s) || test $$? -eq 1; } && ) true
+
+results: setup
+	$(foreach s,$(STUDIES),{ test ! -d runs/$(s) || { $(VENV)/bin/loraplace export runs/$(s) \
+	docs/results/$(s) && $(VENV)/bin/loraplace report docs/results/$(s); }; } && ) true
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

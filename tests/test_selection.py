@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,8 +65,14 @@ def test_the_run_set_of_a_sweep_with_selection(tiny_model_dir, tiny_data_file):
     assert counts[4] == 2 * counts[2]
 
 
-def _record(out: Path, name: str, rank: int, lr: float, loss, status="finished") -> None:
+def _record(
+    out: Path, name: str, rank: int, lr: float, loss, status="finished", weights=True
+) -> None:
+    """A selection run of seed 0; a finished one kept its checkpoints unless ``weights`` is
+    false (as in a study restored from its export)."""
     key = store.RunKey(name, 0, rank, "selection", lr)
+    if status == "finished" and weights:
+        (key.run_dir(out) / "checkpoints").mkdir(parents=True)
     store.write_result(
         key.run_dir(out),
         {
@@ -246,6 +253,13 @@ def test_a_conditions_final_runs_are_released_once_its_own_selection_is_complete
     # A study resumed after its selection ended releases every such condition at once.
     again = _final_release(config, tmp_path, todo_final, lambda jobs: jobs, Run())
     assert {j.key.dirname for j in again()} == {"all--r2--seed0", "all--r2--seed1"}
+    # Restored from an export, the selection runs have no checkpoints: seed 0 is trained.
+    shutil.rmtree(tmp_path)
+    _record(tmp_path, "all", 2, 1e-3, 2.0, weights=False)
+    _record(tmp_path, "all", 2, 3e-3, 1.5, weights=False)
+    restored = _final_release(config, tmp_path, todo_final, lambda jobs: jobs, Run())()
+    assert [j.key.dirname for j in restored] == ["all--r2--seed0", "all--r2--seed1"]
+    assert [j.adopt_from for j in restored] == [None, None]
 
 
 def test_runs_are_queued_resumed_first_then_longest_first_then_adopted(

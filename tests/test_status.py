@@ -86,6 +86,39 @@ def test_time_left_prices_an_adopted_final_run_as_an_evaluation_and_a_resumed_on
     assert left == pytest.approx(60.0 + 30.0 + 100.0)  # b seed 1 by the stage's trained run
 
 
+def test_an_adopted_final_run_whose_weights_are_gone_is_priced_as_training(tmp_path):
+    # A study restored from `loraplace export` has its selection runs without checkpoints: the
+    # final run of the selection seed cannot be adopted, and will be trained.
+    config = load_study_config(
+        {
+            "strategies": {"a": "attn"},
+            "data": {"validation_examples": 4},
+            "training": {"steps": 10, "learning_rates": [1e-3, 3e-3], "seeds": [0, 1]},
+            "eval": {"checkpoints": [0.5, 1.0]},
+        },
+        check_model=False,
+    )
+    sels = [store.RunKey("a", 0, learning_rate=lr, stage="selection") for lr in (1e-3, 3e-3)]
+    a0, a1 = store.RunKey("a", 0), store.RunKey("a", 1)
+    selected = _result("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:20+00:00")
+    trained = {**_result("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:40+00:00")}
+    states = [*((k, "finished", selected) for k in sels), (a1, "finished", trained)]
+    states.append((a0, "pending", None))
+    # Selection not complete: its runs will keep their weights, so seed 0 is adopted.
+    store.write_result(sels[0].run_dir(tmp_path), selected)
+    assert config.adopts(a0, tmp_path) and config.adopts(a0)
+    # Complete, with checkpoints: adopted (evaluation only, no evaluation timed yet).
+    store.write_result(sels[1].run_dir(tmp_path), selected)
+    (sels[1].run_dir(tmp_path) / "checkpoints").mkdir()
+    assert config.adopts(a0, tmp_path)
+    assert time_left(states, config, tmp_path)[1:] == (0.0, 1)
+    # Complete, without any checkpoints: trained, like seed 1's final run.
+    (sels[1].run_dir(tmp_path) / "checkpoints").rmdir()
+    assert not config.adopts(a0, tmp_path) and config.adopts(a0)
+    assert time_left(states, config, tmp_path)[1:] == (100.0, 0)
+    assert not config.adopts(a1, tmp_path) and not config.adopts(sels[0], tmp_path)
+
+
 def test_parallelism_is_run_time_over_busy_time():
     def runs(*spans):
         return [

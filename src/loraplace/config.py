@@ -27,7 +27,7 @@ from loraplace.settings import (
     is_int,
     is_number,
 )
-from loraplace.store import RunKey, safe_name
+from loraplace.store import RunKey, read_result, safe_name
 from loraplace.strategy import parse_strategy
 
 __all__ = [
@@ -155,10 +155,26 @@ class StudyConfig:
         ]
         return selection + final
 
-    def adopts(self, key: RunKey) -> bool:
+    def adopts(self, key: RunKey, out: Path | None = None) -> bool:
         """Whether the final run ``key`` is adopted from its selection run (evaluated from that
-        run's checkpoints, not trained again): a final run of a selection seed."""
-        return key.stage == "final" and key.seed in self.training.selection
+        run's checkpoints, not trained again): a final run of a selection seed.
+
+        Args:
+            out: the study directory. With it, also whether the weights are still there to
+                adopt: once every selection run of the seed is complete and none kept its
+                checkpoints (a study restored from ``loraplace export``, which leaves weights
+                out), the final run is trained instead.
+        """
+        if key.stage != "final" or key.seed not in self.training.selection:
+            return False
+        if out is None:
+            return True
+        sources = [
+            RunKey(key.name, key.seed, key.rank, "selection", lr).run_dir(Path(out))
+            for lr in self.training.learning_rates or []
+        ]
+        complete = all(read_result(d) is not None for d in sources)
+        return not complete or any((d / "checkpoints").is_dir() for d in sources)
 
     def plan_for(self, key: RunKey):
         """The compiled plan of a run (requires a config loaded with ``check_model=True``)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["Estimate", "estimate_study", "machine_matmul_rate"]
 
@@ -88,7 +89,9 @@ def _calibrate(bench, config) -> float:
     return (tokens_3 - tokens_1) / max(time_3 - time_1, 1e-9)
 
 
-def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estimate:
+def estimate_study(
+    config, pending: list, bench, finished: list[dict], out: Path | None = None
+) -> Estimate:
     """Estimate the wall time of ``pending`` runs.
 
     Args:
@@ -96,6 +99,8 @@ def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estima
         pending: the run keys still to run.
         bench: the loaded workbench (for token counts, and for calibration).
         finished: complete final or selection records of this study (their measured rates).
+        out: the study directory, to see whether an adopted final run's weights are still
+            there (:meth:`~loraplace.config.StudyConfig.adopts`).
     """
     num_layers = bench.arch.num_layers
     mean_length = sum(len(f["input_ids"]) for f in bench.train.features) / len(bench.train.features)
@@ -124,7 +129,7 @@ def estimate_study(config, pending: list, bench, finished: list[dict]) -> Estima
     for key in pending:
         plan = config.plan_for(key) if (key.name, key.rank) in config.plans else None
         depth = _depth(plan, num_layers) if plan is not None else 1.0
-        train = 0.0 if config.adopts(key) else per_run_train
+        train = 0.0 if config.adopts(key, out) else per_run_train
         evaluated = val_tokens if key.stage == "selection" else checkpoints * eval_tokens
         train_total += train
         eval_total += evaluated

@@ -175,7 +175,7 @@ def time_left(states, config=None, out: Path | None = None) -> tuple[float, floa
     for key, state, _ in states:
         if state not in ("pending", "in progress"):
             continue
-        if config is not None and config.adopts(key):
+        if config is not None and config.adopts(key, out):
             expected = evaluation
         else:
             same = (

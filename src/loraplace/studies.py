@@ -357,7 +357,9 @@ def _check_out(out: Path) -> None:
             )
 
 
-def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple[list[Job], list]:
+def _final_jobs(
+    config: StudyConfig, keys: list[RunKey], choices: dict, out: Path
+) -> tuple[list[Job], list]:
     jobs, unresolved = [], []
     for key in keys:
         grid = config.training.learning_rates
@@ -377,7 +379,7 @@ def _final_jobs(config: StudyConfig, keys: list[RunKey], choices: dict) -> tuple
             unresolved.append((key, choice))
             continue
         adopt = None
-        if config.adopts(key):
+        if config.adopts(key, out):
             adopt = RunKey(key.name, key.seed, key.rank, "selection", choice.chosen)
         jobs.append(
             Job(
@@ -420,7 +422,7 @@ def _final_release(config: StudyConfig, out: Path, todo_final: list[RunKey], reu
                     flush=True,
                 )
         keys = [key for key in todo_final if key.condition in ready]
-        jobs, unresolved = _final_jobs(config, keys, choices)
+        jobs, unresolved = _final_jobs(config, keys, choices, out)
         for key, _choice in unresolved:
             run.record_failure(
                 Job(key, config.plan_for(key), None),
@@ -527,7 +529,7 @@ def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) ->
     from loraplace.status import format_duration
 
     finished = collect_results(config, out) if out.is_dir() else []
-    found = estimate_study(config, todo, bench, finished)
+    found = estimate_study(config, todo, bench, finished, out)
     if found.at_once > 1.05:
         when = (
             f"about {format_duration(found.seconds / found.at_once)} at the {found.at_once:.1f} "
