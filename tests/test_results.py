@@ -3,6 +3,7 @@ docs/results/ writes the committed summary.csv again, cell for cell."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -20,14 +21,27 @@ def test_the_committed_studies_are_all_found():
     assert {p.name for p in STUDIES} >= {"budget-curves", "default", "pilot"}
 
 
+@pytest.fixture(scope="module")
+def regenerate(tmp_path_factory):
+    """The report of a committed study, written again from a copy of its raw files (once per
+    study and test module)."""
+    done: dict[str, Path] = {}
+
+    def report_dir(study: Path) -> Path:
+        if study.name not in done:
+            copy = tmp_path_factory.mktemp("regenerated") / study.name
+            export_study(study, copy)
+            shutil.rmtree(copy / "report", ignore_errors=True)
+            done[study.name] = write_report(copy)
+        return done[study.name]
+
+    return report_dir
+
+
 @pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
-def test_the_committed_summary_regenerates_from_the_raw_files(study, tmp_path):
-    copy = tmp_path / study.name
-    export_study(study, copy)
-    shutil.rmtree(copy / "report", ignore_errors=True)
-    write_report(copy)
+def test_the_committed_summary_regenerates_from_the_raw_files(study, regenerate):
     committed = (study / "report" / "summary.csv").read_text()
-    assert (copy / "report" / "summary.csv").read_text() == committed
+    assert (regenerate(study) / "summary.csv").read_text() == committed
 
 
 def test_export_copies_records_not_weights_and_the_report_regenerates(tmp_path):
@@ -104,3 +118,45 @@ def test_the_validation_losses_in_results_are_the_selection_runs():
                 assert cell.split()[0] == f"{record['validation_loss']:.4f}", (title, row[0], rank)
                 checked += 1
     assert checked == 48
+
+
+_QUOTE = re.compile(r"<!-- table from results/([\w.-]+)/report/report.md -->")
+
+
+def _quoted_tables(text: str) -> list[tuple[str, list[str]]]:
+    """``(study, table lines)`` for each table in ``text`` marked as quoted from a study's
+    report by a ``<!-- table from results/NAME/report/report.md -->`` line just above it."""
+    quoted, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        match = _QUOTE.fullmatch(line.strip())
+        if match:
+            table = []
+            for row in lines[i + 1 :]:
+                if not row.startswith("|"):
+                    break
+                table.append(row.strip())
+            quoted.append((match.group(1), table))
+    return quoted
+
+
+def test_the_tables_results_quotes_are_rows_of_the_regenerated_reports(regenerate):
+    # A table in docs/RESULTS.md marked as quoted from a report must be that report's table,
+    # regenerated now from the committed raw files: the same header and every row one of its
+    # rows (a quote may leave rows out, never change one).
+    quoted = _quoted_tables((ROOT / "docs" / "RESULTS.md").read_text())
+    assert any(study == "budget-curves" for study, _ in quoted), "no table quoted from the study"
+    for study, (header, rule, *rows) in quoted:
+        report = (regenerate(ROOT / "docs" / "results" / study) / "report.md").read_text()
+        lines = [line.strip() for line in report.splitlines()]
+        starts = [i for i, line in enumerate(lines) if line == header]
+        assert starts, (study, header)
+        table = []
+        for start in starts:
+            assert lines[start + 1] == rule, (study, header)
+            for row in lines[start + 2 :]:
+                if not row.startswith("|"):
+                    break
+                table.append(row)
+        assert rows, (study, header)
+        for row in rows:
+            assert row in table, (study, row)
