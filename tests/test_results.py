@@ -82,6 +82,16 @@ def test_export_copies_records_not_weights_and_the_report_regenerates(tmp_path):
     assert not (tmp_path / "dst" / "runs" / "a--seed1").exists()  # in progress: not a record
 
 
+def _table_lines(lines: list[str], start: int) -> list[str]:
+    """The lines of a markdown table from ``lines[start]`` on, stripped, up to its end."""
+    table = []
+    for row in lines[start:]:
+        if not row.startswith("|"):
+            break
+        table.append(row.strip())
+    return table
+
+
 def _results_tables(text: str, title: str) -> dict[str, list[list[str]]]:
     """Every markdown table in ``text`` whose first header cell starts with ``title``: its
     header's first cell -> rows of cells."""
@@ -89,11 +99,9 @@ def _results_tables(text: str, title: str) -> dict[str, list[list[str]]]:
     for i, line in enumerate(lines):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0].startswith(title):
-            rows = []
-            for row in lines[i + 2 :]:
-                if not row.startswith("|"):
-                    break
-                rows.append([c.strip() for c in row.strip().strip("|").split("|")])
+            rows = [
+                [c.strip() for c in row.strip("|").split("|")] for row in _table_lines(lines, i + 2)
+            ]
             tables[cells[0]] = [cells, *rows]
     return tables
 
@@ -130,12 +138,7 @@ def _quoted_tables(text: str) -> list[tuple[str, list[str]]]:
     for i, line in enumerate(lines):
         match = _QUOTE.fullmatch(line.strip())
         if match:
-            table = []
-            for row in lines[i + 1 :]:
-                if not row.startswith("|"):
-                    break
-                table.append(row.strip())
-            quoted.append((match.group(1), table))
+            quoted.append((match.group(1), _table_lines(lines, i + 1)))
     return quoted
 
 
@@ -153,10 +156,7 @@ def test_the_tables_results_quotes_are_rows_of_the_regenerated_reports(regenerat
         table = []
         for start in starts:
             assert lines[start + 1] == rule, (study, header)
-            for row in lines[start + 2 :]:
-                if not row.startswith("|"):
-                    break
-                table.append(row)
+            table += _table_lines(lines, start + 2)
         assert rows, (study, header)
         for row in rows:
             assert row in table, (study, row)
