@@ -34,7 +34,8 @@ bench: setup
 
 # The long studies behind docs/RESULTS.md, one after the other on Ray. Each resumes where it
 # stopped, so the same command goes on in every session; the auto-placement studies copy their
-# hand placements from the budget-curve study, so they come after it. Exit status 1 means a
+# hand placements from the budget-curve study, so they come after it, and the longer-training
+# study (the budget-curve placements at rank 8, trained twice as long) comes last. Exit status 1 means a
 # study finished with some runs failed and recorded (a diverged learning rate, say): the next
 # study still runs. Any other failure stops here.
 #
@@ -44,7 +45,7 @@ bench: setup
 # not committed (docs/STUDIES.md, "Moving a study"). `make results` commits nothing: it copies
 # each study's records (not its weights) to docs/results/NAME and writes its report there.
 LONG := TQDM_DISABLE=1 $(VENV)/bin/loraplace study
-STUDIES := budget-curves auto-placement auto-placement-r2
+STUDIES := budget-curves auto-placement auto-placement-r2 longer-training
 restore = { test -d runs/$(1) || test ! -f docs/results/$(1)/study.yaml \
 	|| { mkdir -p runs && cp -a docs/results/$(1) runs/$(1); }; }
 long-studies: setup

@@ -105,6 +105,26 @@ def test_the_auto_placement_studies_train_as_the_budget_curves_do(name):
     assert auto.reuse == ["runs/budget-curves"]
 
 
+def test_longer_training_is_the_budget_curve_design_at_rank_8_trained_twice_as_long():
+    # Same placements, model, LoRA settings, validation and eval splits; one epoch of a larger
+    # pool that contains the budget-curve pool (same split seed); a learning rate chosen again
+    # around 3e-3; and at least two checkpoints after the budget-curve study's length, so the
+    # order between the last two says whether it settles with more training.
+    longer = load_study_config(ROOT / "examples" / "longer-training.yaml")
+    full = load_study_config(ROOT / "examples" / "budget-curves.yaml")
+    assert longer.strategies == full.strategies and longer.reference == full.reference
+    assert longer.ranks is None and longer.lora == full.lora and longer.lora.rank in full.ranks
+    assert longer.model == full.model
+    assert dataclasses.replace(longer.data, train_examples=full.data.train_examples) == full.data
+    assert longer.data.train_examples > full.data.train_examples
+    steps = longer.training.steps
+    assert steps * longer.training.batch_size == longer.data.train_examples  # one epoch
+    assert steps > full.training.steps and longer.training.seeds == full.training.seeds
+    grid = longer.training.learning_rates
+    assert len(grid) >= 3 and min(grid) < 3e-3 < max(grid)
+    assert len([s for s in longer.eval.checkpoint_steps(steps) if s > full.training.steps]) >= 2
+
+
 def test_the_readme_study_yaml_is_the_budget_curve_study():
     # The README shows examples/budget-curves.yaml with comments; the keys must not drift.
     import yaml
