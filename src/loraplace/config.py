@@ -27,7 +27,7 @@ from loraplace.settings import (
     is_int,
     is_number,
 )
-from loraplace.store import RunKey, read_result, safe_name
+from loraplace.store import CHECKPOINTS_DIR, RunKey, read_result, safe_name
 from loraplace.strategy import parse_strategy
 
 __all__ = [
@@ -174,7 +174,7 @@ class StudyConfig:
             for lr in self.training.learning_rates or []
         ]
         complete = all(read_result(d) is not None for d in sources)
-        return not complete or any((d / "checkpoints").is_dir() for d in sources)
+        return not complete or any((d / CHECKPOINTS_DIR).is_dir() for d in sources)
 
     def plan_for(self, key: RunKey):
         """The compiled plan of a run (requires a config loaded with ``check_model=True``)."""

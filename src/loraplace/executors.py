@@ -188,7 +188,7 @@ class _Executor:
             files = [
                 run_dir / name for name in ("result.json", "metrics.jsonl", "generations.jsonl")
             ]
-            adapter = run_dir / "adapter"
+            adapter = run_dir / store.ADAPTER_DIR
             tracked.log_result(
                 result, [f for f in files if f.is_file()], adapter if adapter.is_dir() else None
             )

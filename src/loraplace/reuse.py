@@ -55,7 +55,7 @@ _NOT_RECIPE_TRAINING = ("seeds", "learning_rate", "learning_rates", "selection_s
 #: Versions a copied run must share with this process.
 _VERSIONS = ("loraplace", "torch", "transformers", "peft")
 #: What of a run is not copied: a selection run's checkpoints, kept only for its own study.
-_NOT_COPIED = ("checkpoints",)
+_NOT_COPIED = (store.CHECKPOINTS_DIR,)
 
 
 def recipe(config_dict: dict) -> dict:

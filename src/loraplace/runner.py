@@ -195,7 +195,7 @@ def _fresh_adapter(bench: Workbench, plan: Plan, lora: LoraSettings, seed: int):
 
 
 def _checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step{step}.safetensors"
+    return run_dir / store.CHECKPOINTS_DIR / f"step{step}.safetensors"
 
 
 def _save_state(model, path: Path) -> None:
@@ -257,7 +257,7 @@ def _evaluate_final(
         )
         record["correct"] = [bool(s["correct"]) for s in samples]
     record.update({"accuracy": accuracy, "accuracy_examples": len(samples)})
-    model.save_pretrained(out_dir / "adapter")
+    model.save_pretrained(out_dir / store.ADAPTER_DIR)
     return None
 
 

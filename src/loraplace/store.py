@@ -81,6 +81,10 @@ RESULT_FILE = "result.json"
 #: A run's saved training state while it trains (removed when the run is complete).
 RESUME_FILE = "resume.pt"
 EXAMPLES_FILE = "eval_examples.jsonl"
+#: A final run's trained adapter (PEFT ``save_pretrained``).
+ADAPTER_DIR = "adapter"
+#: The adapter weights a run saves at its eval checkpoints, for a final run that adopts it.
+CHECKPOINTS_DIR = "checkpoints"
 
 RESULT_COLUMNS = [
     "name",
@@ -406,8 +410,8 @@ RUN_FILES = frozenset(
         "metrics.jsonl",
         "generations.jsonl",
         "traceback.txt",
-        "adapter",
-        "checkpoints",
+        ADAPTER_DIR,
+        CHECKPOINTS_DIR,
         RESUME_FILE,
     }
 )
@@ -449,8 +453,8 @@ def is_study_dir(path: Path) -> bool:
 
 #: What :func:`export_study` leaves out: weights, the lock, tracker stores, temporary files.
 _NOT_EXPORTED = (
-    "adapter",
-    "checkpoints",
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
     RESUME_FILE,
     LOCK_FILE,
     "mlflow.db",

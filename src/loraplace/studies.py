@@ -515,7 +515,7 @@ def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
     import shutil
 
     for key in config.run_keys():
-        checkpoints = key.run_dir(out) / "checkpoints"
+        checkpoints = key.run_dir(out) / store.CHECKPOINTS_DIR
         if key.stage != "selection" or not checkpoints.is_dir():
             continue
         final = RunKey(key.name, key.seed, key.rank)
