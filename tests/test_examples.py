@@ -125,6 +125,19 @@ def test_longer_training_is_the_budget_curve_design_at_rank_8_trained_twice_as_l
     assert len([s for s in longer.eval.checkpoint_steps(steps) if s > full.training.steps]) >= 2
 
 
+def test_the_r2_study_resolves_grad_and_random_per_seed():
+    # At r2 a verdict of grad against random compares methods, each seed training its own
+    # placement; snr reads no seed. The r8 study keeps one placement per strategy.
+    r2 = load_study_config(ROOT / "examples" / "auto-placement-r2.yaml").auto_strategies
+    r8 = load_study_config(ROOT / "examples" / "auto-placement.yaml").auto_strategies
+    assert {n: s.probe_per_seed for n, s in r2.items()} == {
+        "auto-grad-r2": True,
+        "auto-snr-r2": False,
+        "random-r2": True,
+    }
+    assert not any(s.probe_per_seed for s in r8.values())
+
+
 def test_the_readme_study_yaml_is_the_budget_curve_study():
     # The README shows examples/budget-curves.yaml with comments; the keys must not drift.
     import yaml

@@ -246,8 +246,9 @@ def speed_table(study: Study, a: Analysis) -> Table:
         "with a 95% t interval on the log scale; faster only when the interval lies above 1."
         + (
             " Placement probe: the wall time an automatic strategy spent choosing its placement "
-            "(scoring, and the grad probe's training), once for all its seeds; it is a cost of "
-            "that strategy beside its training time."
+            "(scoring, and the grad probe's training), once for all its seeds, or once per seed "
+            "(the mean) where it resolved a placement per seed; it is a cost of that strategy "
+            "beside its training time."
             if probes
             else ""
         )
