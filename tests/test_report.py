@@ -647,3 +647,21 @@ def test_placement_categories(roles, available, expected):
 def test_placement_cell_text():
     assert role_label(["v", "q", "k", "o", "down", "gate", "up"]) == "qkvo\ngud"
     assert role_label(["up"]) == "u"
+
+
+def test_a_strategy_whose_size_differs_by_seed_shows_the_range_and_counts_the_mean(tmp_path):
+    # One placement per seed (a per-seed random draw, say): each seed's count is its own.
+    root = make_study(tmp_path / "out", {k: MAIN[k] for k in ("baseline", "attention-only")})
+    for seed, params in enumerate((400, 392, 380)):
+        run = store.RunKey("attention-only", seed).run_dir(root)
+        result = json.loads((run / "result.json").read_text())
+        store.write_result(run, {**result, "trainable_params": params})
+    rows = _rows(root)
+    assert rows["attention-only"]["trainable_params"] == round((400 + 392 + 380) / 3)
+    assert rows["attention-only"]["param_reduction_pct"] == pytest.approx(100 * (1 - 391 / 1000))
+    assert rows["baseline"]["trainable_params"] == 1000
+    summary = (write_report(root) / "report.md").read_text()
+    summary = summary[summary.index("## Summary") :]
+    line = next(x for x in summary.splitlines() if x.startswith("| `attention-only`"))
+    assert "| 380–400 |" in line
+    assert "their mean counts for the reduction" in summary

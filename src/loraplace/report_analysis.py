@@ -90,6 +90,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + (
     "peak_memory_mb_max",
     "total_params",
     "ranks",
+    "trainable_params_min",
+    "trainable_params_max",
 )
 
 
@@ -272,7 +274,15 @@ def _row(study: Study, cond: Condition) -> dict[str, Any]:
     loss = list(study.losses(cond).values())
     acc = [r.get("accuracy") for r in done]
     times = [r.get("train_time_s") for r in done]
-    params = first(done, "trainable_params") or first(every, "trainable_params")
+    # A strategy placed per seed can differ in size from seed to seed (a random draw fills its
+    # budget to within 5%): the mean counts, and the range is kept beside it.
+    counts = sorted(r["trainable_params"] for r in done if num(r.get("trainable_params")))
+    varies = len(set(counts)) > 1
+    params = (
+        round(sum(counts) / len(counts))
+        if varies
+        else first(done, "trainable_params") or first(every, "trainable_params")
+    )
     ranks = first(done, "ranks") or first(every, "ranks") or {}
     mem = [m for m in (num(r.get("peak_memory_mb")) for r in done) if m is not None]
     loss_mean = mean(loss)
@@ -286,6 +296,8 @@ def _row(study: Study, cond: Condition) -> dict[str, Any]:
         "perplexity": math.exp(loss_mean) if loss_mean is not None and loss_mean < 700 else None,
         "accuracy_mean": mean(acc),
         "trainable_params": params,
+        "trainable_params_min": counts[0] if counts else None,
+        "trainable_params_max": counts[-1] if counts else None,
         "trainable_pct": num(first(done, "trainable_pct") or first(every, "trainable_pct")),
         "train_time_s_mean": mean(times),
         "spec": cond.spec,

@@ -76,7 +76,7 @@ def summary_table(study: Study, a: Analysis) -> Table:
             + [
                 code(cond.spec),
                 str(r["n"]),
-                fmt(r["trainable_params"], ","),
+                _params(r),
                 fmt(r["trainable_pct"], ".3f", "%"),
                 fmt(r["param_reduction_pct"], ".1f", "%"),
                 pm(r["eval_loss_mean"], r["eval_loss_ci95"], ".4f"),
@@ -99,6 +99,12 @@ def summary_table(study: Study, a: Analysis) -> Table:
         "95% over all problems of all finished seeds. Verdict: see the comparison table. "
         "Pareto: non-dominated in (trainable params, mean eval loss), counts within 5% being one "
         "budget."
+        + (
+            " A range of trainable params: the strategy placed its adapters per seed and the "
+            "seeds' counts differ; their mean counts for the reduction and the Pareto front."
+            if any(_params(r) != fmt(r["trainable_params"], ",") for r in a.rows)
+            else ""
+        )
     )
     return Table("Summary", headers, rows, note)
 
@@ -530,6 +536,14 @@ def provenance(study: Study) -> list[tuple[str, str]]:
     ]
 
 
+def _params(r: dict) -> str:
+    """A condition's trainable parameters; the range over seeds where they differ."""
+    low, high = r.get("trainable_params_min"), r.get("trainable_params_max")
+    if low is not None and low != high:
+        return f"{low:,}–{high:,}"
+    return fmt(r["trainable_params"], ",")
+
+
 def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list[Table]:
     """The tables of ``summary.tex``: the summary with its comparison, and the equal-budget
     comparison of a rank sweep."""
@@ -542,7 +556,7 @@ def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list
             [
                 name,
                 str(r["n"]),
-                fmt(r["trainable_params"], ","),
+                _params(r),
                 pm(r["eval_loss_mean"], r["eval_loss_ci95"], ".4f"),
                 fmt(r["perplexity"], ".3f"),
                 DASH if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.1f}%",
