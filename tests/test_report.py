@@ -665,3 +665,37 @@ def test_a_strategy_whose_size_differs_by_seed_shows_the_range_and_counts_the_me
     line = next(x for x in summary.splitlines() if x.startswith("| `attention-only`"))
     assert "| 380–400 |" in line
     assert "their mean counts for the reduction" in summary
+
+
+def test_placements_per_seed_are_compared_pairwise(tmp_path):
+    # Three seeds, three placements of 'attention-only' (as with probe_per_seed); grad-style
+    # scores for seeds 0 and 1 only, in the same order.
+    root = make_study(tmp_path / "out", {k: MAIN[k] for k in ("baseline", "attention-only")})
+    placements = [
+        {"0": {"q": 8, "k": 8}},
+        {"0": {"q": 8}, "1": {"k": 8}},
+        {"0": {"q": 8, "k": 8}, "1": {"k": 8}},
+    ]
+    for seed, placement in enumerate(placements):
+        run = store.RunKey("attention-only", seed).run_dir(root)
+        result = json.loads((run / "result.json").read_text())
+        store.write_result(run, {**result, "placement": placement})
+    for seed in (0, 1):
+        stem = root / store.AUTO_DIR / store.auto_stem("attention-only", None, seed)
+        stem.mkdir(parents=True)
+        lines = ["layer,role,module,score,chosen,rank"]
+        lines += [f"{u // 2},{'qk'[u % 2]},m{u},{u + 1},0," for u in range(4)]
+        (stem / "importance.csv").write_text("\n".join(lines) + "\n")
+    report = (write_report(root) / "report.md").read_text()
+    section = report[report.index("## Placements per seed") :].split("\n\n")[1]
+    rows = [x for x in section.splitlines() if x.startswith("| `")]
+    # Jaccard: seeds 0-1 share 1 of 3 units, 0-2 2 of 3, 1-2 2 of 3; the scores of seeds 0
+    # and 1 rank the units alike (tau-b 1); (0, q) is in every placement, 3 units in some.
+    # 'baseline' has one placement for every seed: no row.
+    assert rows == [
+        "| `attention-only` | 2 (seed 0), 2 (seed 1), 3 (seed 2) | 0.33–0.67 | 1.00 | 1 | 3 |"
+    ]
+
+
+def test_one_placement_for_every_seed_has_no_per_seed_table(report_dir):
+    assert "Placements per seed" not in (report_dir / "report.md").read_text()

@@ -160,3 +160,35 @@ def test_the_tables_results_quotes_are_rows_of_the_regenerated_reports(regenerat
         assert rows, (study, header)
         for row in rows:
             assert row in table, (study, row)
+
+
+def test_the_probe_seed_figures_in_results_are_those_of_the_committed_placements():
+    # docs/RESULTS.md quotes how much the grad probe's seed moves the placement; the figures
+    # are computed again from the committed importance.csv files.
+    import csv
+
+    from loraplace.measures import jaccard
+    from loraplace.report_data import importance_scores, placement_spread
+
+    def chosen(path: Path) -> set:
+        with open(path, newline="") as f:
+            return {(int(r["layer"]), r["role"]) for r in csv.DictReader(f) if r["chosen"] == "1"}
+
+    place = ROOT / "docs" / "results" / "placement"
+    files = {s: place / "probe-seeds" / f"seed{s}" / "importance.csv" for s in (0, 1, 2)}
+    spread = placement_spread(
+        {s: chosen(f) for s, f in files.items()},
+        {s: importance_scores(f) for s, f in files.items()},
+    )
+    text = " ".join((ROOT / "docs" / "RESULTS.md").read_text().split())
+    assert f"τ-b {min(spread.tau):.2f} to {max(spread.tau):.2f}" in text
+    assert f"Jaccard index {min(spread.jaccard):.2f} to {max(spread.jaccard):.2f}" in text
+    assert f"{spread.in_all} modules are chosen by all three seeds, {spread.in_any} by" in text
+    study = {  # the study's placement against each standalone one
+        m: jaccard(chosen(files[0]), chosen(place / m / "importance.csv"))
+        for m in ("random", "snr", "grad")
+    }
+    assert (
+        f"`random` placement with Jaccard {study['random']:.2f}, `snr`'s with "
+        f"{study['snr']:.2f}, and the standalone run's (other data) with {study['grad']:.2f}"
+    ) in text

@@ -15,6 +15,7 @@ from scipy.stats import t as student_t
 from loraplace.measures import (
     bootstrap_paired_examples,
     example_array,
+    jaccard,
     kendall_tau,
     mcnemar_exact,
     ranking_stability,
@@ -178,3 +179,9 @@ def test_example_array_sorts_by_index():
 def test_bootstrap_without_tokens_is_undefined():
     empty = {0: np.zeros((4, 2))}
     assert bootstrap_paired_examples(empty, empty) is None
+
+
+def test_jaccard_is_shared_over_either():
+    assert jaccard({(0, "q"), (1, "k")}, [(0, "q"), (2, "v"), (0, "q")]) == pytest.approx(1 / 3)
+    assert jaccard({1}, {1}) == 1.0 and jaccard({1}, {2}) == 0.0
+    assert jaccard([], set()) is None

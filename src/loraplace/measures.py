@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "Ratio",
     "bootstrap_paired_examples",
     "example_array",
+    "jaccard",
     "kendall_tau",
     "mcnemar_exact",
     "ranking_stability",
@@ -246,6 +247,16 @@ def ratio_interval(per_seed_num: SeedValues, per_seed_den: SeedValues, conf: flo
     p = paired_difference(logs, {s: math.log(v) for s, v in pos_den.items()}, conf)
     exp = lambda x: None if x is None else math.exp(x)  # noqa: E731
     return Ratio(p.n, exp(p.mean), exp(p.ci_low), exp(p.ci_high), conf)
+
+
+def jaccard(a: Iterable, b: Iterable) -> float | None:
+    """Jaccard index ``|a ∩ b| / |a ∪ b|`` of two sets (``None`` when both are empty).
+
+    Jaccard, P. (1912), "The distribution of the flora in the alpine zone", New Phytologist
+    11:37–50.
+    """
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else None
 
 
 def kendall_tau(x: Sequence[Number], y: Sequence[Number]) -> float | None:

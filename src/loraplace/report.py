@@ -245,6 +245,7 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
         t.selection_table(study, report.selection),
         *t.checkpoint_tables(study, report.checkpoints),
         t.pairwise_table(study, a),
+        t.placement_seeds_table(study),
     ]
     training = training_lines(study, a, report.training)
     return Document(

@@ -8,8 +8,11 @@ and the report carries on without it.
 
 from __future__ import annotations
 
+import csv
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,16 @@ from loraplace.errors import LoraplaceError, short_repr
 from loraplace.settings import ReportSettings
 from loraplace.store import RunKey
 
-__all__ = ["Condition", "Study", "first", "load_study", "num"]
+__all__ = [
+    "Condition",
+    "PlacementSpread",
+    "Study",
+    "first",
+    "importance_scores",
+    "load_study",
+    "num",
+    "placement_spread",
+]
 
 
 def num(value: Any) -> float | None:
@@ -34,6 +46,61 @@ def num(value: Any) -> float | None:
 def first(records: list[dict[str, Any]], key: str) -> Any:
     """The first non-``None`` value of ``key`` among ``records``, or ``None``."""
     return next((r[key] for r in records if r.get(key) is not None), None)
+
+
+Unit = tuple[int, str]
+"""A (layer, role) placement unit."""
+
+
+def importance_scores(path: Path) -> dict[Unit, float]:
+    """The scores of an ``importance.csv`` by (layer, role); empty for a method without scores
+    (``random``) or a missing file."""
+    if not Path(path).is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {(int(r["layer"]), r["role"]): float(r["score"]) for r in rows if r.get("score")}
+
+
+@dataclass(frozen=True)
+class PlacementSpread:
+    """How far apart the placements of one strategy are, over seeds (or probe seeds)."""
+
+    sizes: dict[int, int]
+    """Chosen (layer, role) units per seed."""
+    jaccard: list[float]
+    """Jaccard index of the chosen sets of every pair of seeds."""
+    tau: list[float]
+    """Kendall's tau-b of the scores of every pair of seeds that has them."""
+    in_all: int
+    """Units chosen at every seed."""
+    in_any: int
+    """Units chosen at some seed."""
+
+
+def placement_spread(
+    chosen: Mapping[int, set[Unit]], scores: Mapping[int, Mapping[Unit, float]] | None = None
+) -> PlacementSpread:
+    """Pairwise agreement of the placements ``chosen`` (by seed) and of their ``scores``."""
+    from loraplace.measures import jaccard, kendall_tau
+
+    seeds = sorted(chosen)
+    pairs = list(combinations(seeds, 2))
+    scores = scores or {}
+    taus = []
+    for a, b in pairs:
+        common = sorted(set(scores.get(a, {})) & set(scores.get(b, {})))
+        tau = kendall_tau([scores[a][u] for u in common], [scores[b][u] for u in common])
+        if tau is not None:
+            taus.append(tau)
+    sets = [set(chosen[s]) for s in seeds]
+    return PlacementSpread(
+        sizes={s: len(chosen[s]) for s in seeds},
+        jaccard=[j for a, b in pairs if (j := jaccard(chosen[a], chosen[b])) is not None],
+        tau=taus,
+        in_all=len(set.intersection(*sets)) if sets else 0,
+        in_any=len(set.union(*sets)) if sets else 0,
+    )
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from loraplace import store
 from loraplace.report_analysis import Analysis
-from loraplace.report_data import Condition, Study, num
+from loraplace.report_data import Condition, Study, importance_scores, num, placement_spread
 from loraplace.report_render import DASH, Table, code, fmt, holm_over, interval, p_text, pm
 from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
 
@@ -22,6 +23,7 @@ __all__ = [
     "comparison_table",
     "failures",
     "pairwise_table",
+    "placement_seeds_table",
     "provenance",
     "run_table",
     "selection_table",
@@ -298,6 +300,64 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
     )
     headers = ["A", "B", "n", "Δ (A − B)", "95% CI", "p (paired)", "Holm p", "Verdict"]
     return Table("All pairs", headers, rows, note)
+
+
+def _span(values: list[float]) -> str:
+    """``min–max`` of ``values`` to 2 decimals (one value alone; a dash for none)."""
+    if not values:
+        return DASH
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}–{high}"
+
+
+def placement_seeds_table(study: Study) -> Table | None:
+    """How far apart the placements of a strategy placed per seed (``probe_per_seed``) are."""
+    rows = []
+    for cond in study.conditions:
+        chosen = {
+            r["seed"]: {
+                (int(layer), role) for layer, roles in r["placement"].items() for role in roles
+            }
+            for r in study.runs(cond)
+            if isinstance(r.get("placement"), dict)
+        }
+        if len({frozenset(units) for units in chosen.values()}) < 2:
+            continue
+        auto = study.root / store.AUTO_DIR
+        scores = {
+            seed: importance_scores(
+                auto / store.auto_stem(cond.name, cond.rank, seed) / "importance.csv"
+            )
+            for seed in chosen
+        }
+        spread = placement_spread(chosen, scores)
+        rows.append(
+            _who(study, cond)
+            + [
+                ", ".join(f"{n} (seed {s})" for s, n in spread.sizes.items()),
+                _span(spread.jaccard),
+                _span(spread.tau),
+                str(spread.in_all),
+                str(spread.in_any),
+            ]
+        )
+    if not rows:
+        return None
+    headers = _who_headers(study) + [
+        "Modules per seed",
+        "Jaccard, pairs of seeds",
+        "Kendall tau-b of scores, pairs of seeds",
+        "In every seed",
+        "In some seed",
+    ]
+    note = (
+        "Strategies that placed their adapters per seed (`probe_per_seed`): each seed trained its "
+        "own placement, so their verdicts compare methods with this spread included. Jaccard: "
+        "(layer, role) units chosen by both seeds of a pair / units chosen by either, min–max "
+        "over the pairs. Kendall tau-b: of the importance scores of every unit, min–max over the "
+        "pairs (a dash where the method has no scores, as random has none)."
+    )
+    return Table("Placements per seed", headers, rows, note)
 
 
 def _holm_adjusted(size: int) -> str:
