@@ -655,10 +655,13 @@ def test_a_strategy_whose_size_differs_by_seed_shows_the_range_and_counts_the_me
     for seed, params in enumerate((400, 392, 380)):
         run = store.RunKey("attention-only", seed).run_dir(root)
         result = json.loads((run / "result.json").read_text())
-        store.write_result(run, {**result, "trainable_params": params})
+        store.write_result(
+            run, {**result, "trainable_params": params, "trainable_pct": params / 1e3}
+        )
     rows = _rows(root)
     assert rows["attention-only"]["trainable_params"] == round((400 + 392 + 380) / 3)
     assert rows["attention-only"]["param_reduction_pct"] == pytest.approx(100 * (1 - 391 / 1000))
+    assert rows["attention-only"]["trainable_pct"] == pytest.approx((0.400 + 0.392 + 0.380) / 3)
     assert rows["baseline"]["trainable_params"] == 1000
     summary = (write_report(root) / "report.md").read_text()
     summary = summary[summary.index("## Summary") :]

@@ -298,7 +298,9 @@ def _row(study: Study, cond: Condition) -> dict[str, Any]:
         "trainable_params": params,
         "trainable_params_min": counts[0] if counts else None,
         "trainable_params_max": counts[-1] if counts else None,
-        "trainable_pct": num(first(done, "trainable_pct") or first(every, "trainable_pct")),
+        "trainable_pct": mean([r.get("trainable_pct") for r in done])
+        if varies
+        else num(first(done, "trainable_pct") or first(every, "trainable_pct")),
         "train_time_s_mean": mean(times),
         "spec": cond.spec,
         "learning_rate": num(first(done, "learning_rate") or first(every, "learning_rate")),

@@ -103,7 +103,8 @@ def summary_table(study: Study, a: Analysis) -> Table:
         "budget."
         + (
             " A range of trainable params: the strategy placed its adapters per seed and the "
-            "seeds' counts differ; their mean counts for the reduction and the Pareto front."
+            "seeds' counts differ; their mean counts for % of model, the reduction and the Pareto "
+            "front."
             if any(_params(r) != fmt(r["trainable_params"], ",") for r in a.rows)
             else ""
         )
