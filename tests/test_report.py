@@ -667,7 +667,7 @@ def test_a_strategy_whose_size_differs_by_seed_shows_the_range_and_counts_the_me
     summary = summary[summary.index("## Summary") :]
     line = next(x for x in summary.splitlines() if x.startswith("| `attention-only`"))
     assert "| 380–400 |" in line
-    assert "their mean counts for the reduction" in summary
+    assert "their mean counts for % of model, the reduction" in summary
 
 
 def test_placements_per_seed_are_compared_pairwise(tmp_path):
