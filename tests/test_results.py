@@ -165,20 +165,17 @@ def test_the_tables_results_quotes_are_rows_of_the_regenerated_reports(regenerat
 def test_the_probe_seed_figures_in_results_are_those_of_the_committed_placements():
     # docs/RESULTS.md quotes how much the grad probe's seed moves the placement; the figures
     # are computed again from the committed importance.csv files.
-    import csv
-
     from loraplace.measures import jaccard
-    from loraplace.report_data import importance_scores, placement_spread
+    from loraplace.report_data import placement_spread, read_importance
 
     def chosen(path: Path) -> set:
-        with open(path, newline="") as f:
-            return {(int(r["layer"]), r["role"]) for r in csv.DictReader(f) if r["chosen"] == "1"}
+        return read_importance(path)[1]
 
     place = ROOT / "docs" / "results" / "placement"
     files = {s: place / "probe-seeds" / f"seed{s}" / "importance.csv" for s in (0, 1, 2)}
     spread = placement_spread(
         {s: chosen(f) for s, f in files.items()},
-        {s: importance_scores(f) for s, f in files.items()},
+        {s: read_importance(f)[0] for s, f in files.items()},
     )
     text = " ".join((ROOT / "docs" / "RESULTS.md").read_text().split())
     assert f"τ-b {min(spread.tau):.2f} to {max(spread.tau):.2f}" in text

@@ -29,10 +29,10 @@ __all__ = [
     "PlacementSpread",
     "Study",
     "first",
-    "importance_scores",
     "load_study",
     "num",
     "placement_spread",
+    "read_importance",
 ]
 
 
@@ -52,14 +52,15 @@ Unit = tuple[int, str]
 """A (layer, role) placement unit."""
 
 
-def importance_scores(path: Path) -> dict[Unit, float]:
-    """The scores of an ``importance.csv`` by (layer, role); empty for a method without scores
-    (``random``) or a missing file."""
+def read_importance(path: Path) -> tuple[dict[Unit, float], set[Unit]]:
+    """An ``importance.csv``: its scores by (layer, role), empty for a method without scores
+    (``random``), and its chosen units; both empty for a missing file."""
     if not Path(path).is_file():
-        return {}
+        return {}, set()
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {(int(r["layer"]), r["role"]): float(r["score"]) for r in rows if r.get("score")}
+    scores = {(int(r["layer"]), r["role"]): float(r["score"]) for r in rows if r.get("score")}
+    return scores, {(int(r["layer"]), r["role"]) for r in rows if r.get("chosen") == "1"}
 
 
 @dataclass(frozen=True)

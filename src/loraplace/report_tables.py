@@ -11,7 +11,7 @@ from typing import Any
 
 from loraplace import store
 from loraplace.report_analysis import Analysis
-from loraplace.report_data import Condition, Study, importance_scores, num, placement_spread
+from loraplace.report_data import Condition, Study, num, placement_spread, read_importance
 from loraplace.report_render import DASH, Table, code, fmt, holm_over, interval, p_text, pm
 from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
 
@@ -326,9 +326,9 @@ def placement_seeds_table(study: Study) -> Table | None:
             continue
         auto = study.root / store.AUTO_DIR
         scores = {
-            seed: importance_scores(
+            seed: read_importance(
                 auto / store.auto_stem(cond.name, cond.rank, seed) / "importance.csv"
-            )
+            )[0]
             for seed in chosen
         }
         spread = placement_spread(chosen, scores)
