@@ -83,7 +83,7 @@ def test_units_cost_what_the_planner_counts(llama):
     assert sum(unit.cost(8) for unit in units) == all_params
 
 
-@pytest.mark.parametrize("fraction", [0.15, 0.2, 0.37, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("fraction", [0.15, 0.2, 0.37, 0.5, 0.8, 0.99])
 @pytest.mark.parametrize("ranks", [None, (2, 4, 8)], ids=["one-rank", "ranks-2-4-8"])
 def test_place_respects_budget_and_counts_match_peft(llama, fraction, ranks):
     model, arch = llama
@@ -107,8 +107,19 @@ def test_budget_that_cannot_be_met(llama):
         ap.place(arch, scores, cheapest - 1, method="t")
     with pytest.raises(StrategyError, match=f"cannot be reached.*{everything:,}"):
         ap.place(arch, scores, 2 * everything, method="t")
-    # Just above everything is still within 5%: take everything.
-    assert ap.place(arch, scores, everything + 100, method="t").strategy == "all"
+    # Everything fits (at it, or just above it, within 5%): ranking would take every module,
+    # so there is no placement to choose, and the random control would be all but a few.
+    for budget in (everything, everything + 100):
+        with pytest.raises(StrategyError, match=f"leaves nothing to choose.*{everything:,}"):
+            ap.place(arch, scores, budget, method="t")
+        with pytest.raises(StrategyError, match="leaves nothing to choose"):
+            ap.random_selection(ap.units_of(arch), budget, seed=0)
+    # One parameter less, and a module must be left out: that is a choice.
+    assert ap.place(arch, scores, everything - 1, method="t").strategy != "all"
+    # Several ranks: everything at the lowest rank fits, but not at the highest, so rank is chosen.
+    low_everything = compile_plan("all", arch, 2, base_params=0).trainable_params
+    mixed = ap.place(arch, scores, low_everything, method="t", rank=2, ranks=(2, 8))
+    assert set(mixed.chosen.values()) == {2, 8}
     with pytest.raises(StrategyError, match="positive integer"):
         ap.place(arch, scores, 0, method="t")
     with pytest.raises(StrategyError, match="no finite score"):
@@ -128,7 +139,13 @@ def test_budget_window_with_no_combination():
 
 
 def brute_force(units, scores, budget, ranks, tolerance=0.05):
-    """Best total value over every assignment (left out or one rank per unit) in the window."""
+    """Best total value over every assignment (left out or one rank per unit) in the window.
+
+    None where no assignment lies in the window, or where everything at the highest rank fits
+    (nothing to choose, which ``select`` refuses).
+    """
+    if sum(u.cost(max(ranks)) for u in units) <= budget:
+        return None
     low = budget - math.floor(budget * tolerance)
     best = None
     for assignment in itertools.product([0, *ranks], repeat=len(units)):
@@ -176,9 +193,14 @@ def test_knapsack_matches_brute_force(ranks):
 
 
 def test_ties_prefer_the_fuller_budget():
-    units = [ap.Unit("a", 0, ("q",), 20, 10), ap.Unit("b", 1, ("q",), 30, 20)]
-    selection = ap.select(units, {"a": 0.0, "b": 0.0}, 100, rank=1, tolerance=0.5)
-    assert selection.chosen == {"a": 1, "b": 1} and selection.cost == 80
+    # Costs 30, 50 and 70; in [50, 100] the fullest is a + c at exactly 100.
+    units = [
+        ap.Unit("a", 0, ("q",), 20, 10),
+        ap.Unit("b", 1, ("q",), 30, 20),
+        ap.Unit("c", 2, ("q",), 40, 30),
+    ]
+    selection = ap.select(units, {"a": 0.0, "b": 0.0, "c": 0.0}, 100, rank=1, tolerance=0.5)
+    assert selection.chosen == {"a": 1, "c": 1} and selection.cost == 100
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -125,6 +125,27 @@ def test_longer_training_is_the_budget_curve_design_at_rank_8_trained_twice_as_l
     assert len([s for s in longer.eval.checkpoint_steps(steps) if s > full.training.steps]) >= 2
 
 
+@pytest.mark.parametrize("name", ["auto-placement", "auto-placement-r2"])
+def test_the_auto_placement_budgets_leave_a_placement_to_choose(name):
+    # Where every module fits the budget at the placing rank, grad and snr take them all and
+    # the comparison is of one placement with itself (the r2 study's first start resolved
+    # auto-grad-r2 to `all` at rank 2). Each budget leaves out at least half of everything at
+    # its rank, so the methods have a substantial choice to differ in.
+    from loraplace.autoplace import units_of
+    from loraplace.placement import ModelPlanner
+    from loraplace.probe import resolve_budget
+
+    config = load_study_config(ROOT / "examples" / f"{name}.yaml")
+    planner = ModelPlanner.for_model(config.model)
+    units = units_of(planner.arch)
+    fixed = {n: s for n, s in config.strategies.items() if isinstance(s, str)}
+    for spec in config.auto_strategies.values():
+        rank = spec.rank or config.lora.rank
+        budget = resolve_budget(spec.budget, planner, rank, fixed)
+        everything = sum(unit.cost(rank) for unit in units)
+        assert budget < 0.5 * everything, (spec, budget, everything)
+
+
 def test_the_r2_study_resolves_grad_and_random_per_seed():
     # At r2 a verdict of grad against random compares methods, each seed training its own
     # placement; snr reads no seed. The r8 study keeps one placement per strategy.

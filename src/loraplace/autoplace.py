@@ -148,7 +148,15 @@ def _window(units, options, step: int, budget: int, tolerance: float) -> tuple[i
     if everything < low_params:
         raise StrategyError(
             f"budget {budget:,} cannot be reached: adapting every module at the highest rank "
-            f"costs {everything:,}; lower the budget to at most {everything:,} or raise the rank"
+            f"costs {everything:,}; lower the budget below {everything:,} or raise the rank"
+        )
+    if everything <= budget:
+        # The methods' scores are never negative, so ranking would take every module: no choice.
+        top_rank = max(r for opts in options for r, _ in opts)
+        raise StrategyError(
+            f"budget {budget:,} leaves nothing to choose: every module at rank {top_rank} costs "
+            f"{everything:,}, which fits, so a placement by score is all of them; lower the "
+            f"budget below {everything:,} or raise the rank"
         )
     high = budget // step
     if (high + 1) * len(units) > _MAX_DP_CELLS:
