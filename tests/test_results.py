@@ -189,3 +189,45 @@ def test_the_probe_seed_figures_in_results_are_those_of_the_committed_placements
         f"`random` placement with Jaccard {study['random']:.2f}, `snr`'s with "
         f"{study['snr']:.2f}, and the standalone run's (other data) with {study['grad']:.2f}"
     ) in text
+
+
+def test_where_the_budget_went_in_results_is_counted_from_the_committed_placements():
+    # docs/RESULTS.md tabulates each placement of the study at attention-only r8 by modules,
+    # layers used, FFN modules and FFN share of its parameters; recount them from the chosen
+    # modules in the committed auto/*.json and from attention-only's plan, at the study's rank.
+    import csv
+    import json
+    import statistics
+
+    from loraplace.autoplace import units_of
+    from loraplace.config import load_study_config
+    from loraplace.placement import ModelPlanner
+
+    study = ROOT / "docs" / "results" / "auto-placement"
+    config = load_study_config(study / "study.yaml")
+    planner = ModelPlanner.for_model(config.model)
+    units = {u.module: u for u in units_of(planner.arch)}
+    rank = config.lora.rank
+    chosen = {
+        f"`{name}`": json.loads((study / "auto" / f"{name}--seed0.json").read_text())["chosen"]
+        for name in ("random", "auto-grad", "auto-snr")
+    }
+    (hand,) = planner.plan({"attention-only": config.strategies["attention-only"]}, rank)
+    chosen["attention-only"] = hand.module_ranks
+    with open(study / "results.csv") as f:
+        finals = [r for r in csv.DictReader(f) if r["stage"] != "selection"]
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    for label, modules in chosen.items():
+        picked = [units[m] for m in modules]
+        ffn = [u for u in picked if set(u.roles) & {"gate", "up", "down"}]
+        share = sum(u.cost(rank) for u in ffn) / sum(u.cost(rank) for u in picked)
+        layers = sorted({u.layer for u in picked})
+        used = (
+            f"all {len(layers)}"
+            if len(layers) == planner.arch.num_layers
+            else f"{len(layers)} ({layers[0]}–{layers[-1]})"
+        )
+        name = label.strip("`")
+        loss = statistics.mean(float(r["eval_loss"]) for r in finals if r["name"] == name)
+        row = f"| {label} | {len(picked)} | {used} | {len(ffn)} | {share:.0%} | {loss:.4f} |"
+        assert row in text, row
