@@ -14,7 +14,7 @@ import yaml
 from test_study import tiny_study
 
 from loraplace.config import load_study_config
-from loraplace.errors import ConfigError
+from loraplace.errors import ConfigError, StrategyError
 from loraplace.strategy import parse_strategy
 from loraplace.studies import run_study
 
@@ -95,6 +95,15 @@ def test_an_unreachable_budget_is_one_line(tiny_model_dir, tiny_data_file):
     assert len(proc.stderr.strip().splitlines()) == 1 and "below the cheapest" in proc.stderr
 
 
+def test_a_budget_with_nothing_to_choose_fails_before_loading_anything(tiny_model_dir, tmp_path):
+    # `all` at the placing rank: every module fits, so there is no placement to choose; the
+    # error comes before the probe's data (which does not exist here) is read.
+    missing = tmp_path / "no-such-data.jsonl"
+    proc = _place(tiny_model_dir, missing, "--budget", "all", "--method", "grad")
+    assert proc.returncode == 2
+    assert "leaves nothing to choose" in proc.stderr and "loading" not in proc.stdout
+
+
 def test_the_probe_never_reads_the_eval_or_validation_split(tiny_model_dir, tiny_data_file):
     from loraplace.probe import AutoSpec, auto_place
     from loraplace.settings import DataConfig
@@ -169,6 +178,24 @@ def test_a_study_resolves_automatic_strategies_once_and_records_them(
     assert run_study(load_study_config(raw), out, show_progress=False, report=True) == 0
     report = (out / "report" / "report.md").read_text()
     assert "auto grad" in report
+
+
+def test_a_study_checks_every_budget_before_the_first_probe(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    # auto-grad's budget is fine and comes first; random's leaves nothing to choose. The study
+    # must fail on random's before it spends a probe on auto-grad.
+    import loraplace.probe as probe
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed before every budget was checked")
+
+    monkeypatch.setattr(probe, "auto_place", no_probe)
+    raw = _auto_study(tiny_model_dir, tiny_data_file)
+    raw["strategies"]["random"] = {"auto": {"method": "random", "budget": "all"}}
+    with pytest.raises(StrategyError, match="leaves nothing to choose"):
+        run_study(load_study_config(raw), tmp_path / "out", show_progress=False, report=False)
+    assert not list((tmp_path / "out").glob("auto/*.json"))
 
 
 def test_probe_per_seed_resolves_a_placement_for_each_seed(

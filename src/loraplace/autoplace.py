@@ -53,6 +53,7 @@ __all__ = [
     "snr_scores",
     "contribution_scores",
     "gradient_sensitivity",
+    "check_budget",
     "select",
     "random_selection",
     "render_strategy",
@@ -448,6 +449,28 @@ def _placement(method: str, selection: Selection, arch: ArchInfo, rank: int) -> 
     return Placement(
         method, text, rank, selection.chosen, trainable, selection.budget, selection.score
     )
+
+
+def check_budget(
+    arch: ArchInfo,
+    budget: int,
+    *,
+    rank: int = 8,
+    ranks: Iterable[int] | None = None,
+    tolerance: float = 0.05,
+) -> None:
+    """Fail early, before any scoring, on a budget that no placement of ``arch`` can meet.
+
+    The same checks that :func:`place` and :func:`place_random` make first, so a probe is never
+    trained for a budget they would refuse (below the cheapest module, above everything, or one
+    that every module fits, leaving nothing to choose).
+
+    Raises:
+        StrategyError: the budget, with the numbers.
+    """
+    units = units_of(arch)
+    options, step = _options(units, rank, ranks)
+    _window(units, options, step, budget, tolerance)
 
 
 def place(

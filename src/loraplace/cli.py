@@ -278,6 +278,7 @@ def _study_mapping(source) -> dict:
 
 
 def cmd_place(args) -> int:
+    from loraplace.autoplace import check_budget
     from loraplace.config import load_study_config
     from loraplace.probe import AutoSpec, ModelOnly, auto_place, resolve_budget
     from loraplace.workbench import Workbench
@@ -307,6 +308,7 @@ def cmd_place(args) -> int:
 
     planner = ModelPlanner.for_model(config.model, trust_remote_code=config.trust_remote_code)
     budget = resolve_budget(spec.budget, planner, rank, fixed)
+    check_budget(planner.arch, budget, rank=rank)  # before loading weights or data
     if spec.method == "grad":  # only the probe reads data
         print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
         bench = Workbench.for_config(config)

@@ -164,10 +164,15 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
         workbench: a callable returning the loaded :class:`~loraplace.workbench.Workbench`
             (called only when something must be probed).
     """
+    from loraplace.autoplace import check_budget
     from loraplace.probe import auto_place, resolve_budget
 
     planner = config_planner(config)
     fixed = {n: s for n, s in config.strategies.items() if isinstance(s, str)}
+    for spec in config.auto_strategies.values():  # every budget, before any probe
+        for rank in config.ranks or [None]:
+            at = spec.rank or rank or config.lora.rank
+            check_budget(planner.arch, resolve_budget(spec.budget, planner, at, fixed), rank=at)
     for name, spec in config.auto_strategies.items():
         for rank in config.ranks or [None]:
             at = spec.rank or rank or config.lora.rank
