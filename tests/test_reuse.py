@@ -122,7 +122,7 @@ def test_an_automatic_placement_study_copies_its_hand_placement_and_trains_the_r
     taker_raw["training"] = {**taker_raw["training"], "seeds": [0]}
     taker_raw["strategies"] = {
         "all-r2": "all:r2",
-        "random-r2": {"auto": {"method": "random", "budget": "all-r2", "rank": 2}},
+        "random-r2": {"auto": {"method": "random", "budget": "all-r2", "rank": 8}},
     }
     config = load_study_config(taker_raw)
     capsys.readouterr()

@@ -169,10 +169,14 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
 
     planner = config_planner(config)
     fixed = {n: s for n, s in config.strategies.items() if isinstance(s, str)}
-    for spec in config.auto_strategies.values():  # every budget, before any probe
+    for name, spec in config.auto_strategies.items():  # every budget to place, before any probe
         for rank in config.ranks or [None]:
             at = spec.rank or rank or config.lora.rank
-            check_budget(planner.arch, resolve_budget(spec.budget, planner, at, fixed), rank=at)
+            seeds = config.training.seeds if spec.probe_per_seed else [spec.seed]
+            stems = (store.auto_stem(name, rank, seed) for seed in seeds)
+            if any(not (out / store.AUTO_DIR / f"{stem}.json").is_file() for stem in stems):
+                budget = resolve_budget(spec.budget, planner, at, fixed)
+                check_budget(planner.arch, budget, rank=at)
     for name, spec in config.auto_strategies.items():
         for rank in config.ranks or [None]:
             at = spec.rank or rank or config.lora.rank
