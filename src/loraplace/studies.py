@@ -169,53 +169,53 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
 
     planner = config_planner(config)
     fixed = {n: s for n, s in config.strategies.items() if isinstance(s, str)}
-    for name, spec in config.auto_strategies.items():  # every budget to place, before any probe
-        for rank in config.ranks or [None]:
-            at = spec.rank or rank or config.lora.rank
-            seeds = config.training.seeds if spec.probe_per_seed else [spec.seed]
-            stems = (store.auto_stem(name, rank, seed) for seed in seeds)
-            if any(not (out / store.AUTO_DIR / f"{stem}.json").is_file() for stem in stems):
-                budget = resolve_budget(spec.budget, planner, at, fixed)
-                check_budget(planner.arch, budget, rank=at)
+    placements = []  # (name, spec, sweep rank, placing rank, seed, record path, record)
     for name, spec in config.auto_strategies.items():
         for rank in config.ranks or [None]:
             at = spec.rank or rank or config.lora.rank
-            seeds = config.training.seeds if spec.probe_per_seed else [spec.seed]
-            for seed in seeds:
-                stem = store.auto_stem(name, rank, seed)
-                path = out / store.AUTO_DIR / f"{stem}.json"
-                record = store.read_json(path)
-                if record is None:
-                    budget = resolve_budget(spec.budget, planner, at, fixed)
-                    label = name + (f" r{rank}" if rank is not None else "")
-                    print(
-                        f"placing {label} automatically ({spec.method}, budget {budget:,}, "
-                        f"seed {seed}) ...",
-                        flush=True,
-                    )
-                    result = auto_place(
-                        workbench(),
-                        spec,
-                        rank=at,
-                        budget=budget,
-                        seed=seed,
-                        batch_size=config.training.batch_size,
-                        out_dir=out / store.AUTO_DIR / stem,
-                    )
-                    record = {"name": name, "rank": rank, **result.to_json()}
-                    store.write_json_atomic(path, record)
-                    print(
-                        f"  {label}: {record['strategy']} ({record['trainable_params']:,} "
-                        f"parameters, probe {record['probe']['time_s']:.1f} s)",
-                        flush=True,
-                    )
-                plan = planner.plan({name: record["strategy"]}, at)[0]
-                key = (name, rank, seed) if spec.probe_per_seed else (name, rank)
-                config.plans[key] = plan
-                config.autos[key] = {
-                    k: record[k]
-                    for k in ("method", "strategy", "budget", "trainable_params", "seed", "probe")
-                }
+            for seed in config.training.seeds if spec.probe_per_seed else [spec.seed]:
+                path = out / store.AUTO_DIR / f"{store.auto_stem(name, rank, seed)}.json"
+                placements.append((name, spec, rank, at, seed, path, store.read_json(path)))
+    budgets = {  # every budget still to place, checked before any probe
+        (name, rank): resolve_budget(spec.budget, planner, at, fixed)
+        for name, spec, rank, at, _, _, record in placements
+        if record is None
+    }
+    placing_rank = {(name, rank): at for name, _, rank, at, *_ in placements}
+    for key, budget in budgets.items():
+        check_budget(planner.arch, budget, rank=placing_rank[key])
+    for name, spec, rank, at, seed, path, record in placements:
+        if record is None:
+            budget = budgets[name, rank]
+            label = name + (f" r{rank}" if rank is not None else "")
+            print(
+                f"placing {label} automatically ({spec.method}, budget {budget:,}, "
+                f"seed {seed}) ...",
+                flush=True,
+            )
+            result = auto_place(
+                workbench(),
+                spec,
+                rank=at,
+                budget=budget,
+                seed=seed,
+                batch_size=config.training.batch_size,
+                out_dir=path.with_suffix(""),
+            )
+            record = {"name": name, "rank": rank, **result.to_json()}
+            store.write_json_atomic(path, record)
+            print(
+                f"  {label}: {record['strategy']} ({record['trainable_params']:,} "
+                f"parameters, probe {record['probe']['time_s']:.1f} s)",
+                flush=True,
+            )
+        plan = planner.plan({name: record["strategy"]}, at)[0]
+        key = (name, rank, seed) if spec.probe_per_seed else (name, rank)
+        config.plans[key] = plan
+        config.autos[key] = {
+            k: record[k]
+            for k in ("method", "strategy", "budget", "trainable_params", "seed", "probe")
+        }
 
 
 def config_planner(config: StudyConfig, planner=None):
