@@ -191,6 +191,37 @@ def test_the_probe_seed_figures_in_results_are_those_of_the_committed_placements
     ) in text
 
 
+def _where_the_budget_went(study: Path):
+    """The study's config, and a function that counts one placement's cells of the tables in
+    docs/RESULTS.md: modules, layers used, FFN modules and the FFN share of its parameters."""
+    from loraplace.autoplace import units_of
+    from loraplace.config import load_study_config
+    from loraplace.placement import ModelPlanner
+
+    config = load_study_config(study / "study.yaml")
+    planner = ModelPlanner.for_model(config.model)
+    units = {u.module: u for u in units_of(planner.arch)}
+
+    def hand(name: str):
+        (plan,) = planner.plan({name: config.strategies[name]}, config.lora.rank)
+        return plan
+
+    def cells(modules, rank: int) -> str:
+        picked = [units[m] for m in modules]
+        ffn = [u for u in picked if set(u.roles) & {"gate", "up", "down"}]
+        share = sum(u.cost(rank) for u in ffn) / sum(u.cost(rank) for u in picked)
+        layers = sorted({u.layer for u in picked})
+        if len(layers) == planner.arch.num_layers:
+            used = f"all {len(layers)}"
+        elif layers[-1] - layers[0] + 1 == len(layers):
+            used = f"{len(layers)} ({layers[0]}–{layers[-1]})"
+        else:
+            used = f"{len(layers)} in {layers[0]}–{layers[-1]}"
+        return f"{len(picked)} | {used} | {len(ffn)} | {share:.0%}"
+
+    return config, hand, cells
+
+
 def test_where_the_budget_went_in_results_is_counted_from_the_committed_placements():
     # docs/RESULTS.md tabulates each placement of the study at attention-only r8 by modules,
     # layers used, FFN modules and FFN share of its parameters; recount them from the chosen
@@ -199,35 +230,43 @@ def test_where_the_budget_went_in_results_is_counted_from_the_committed_placemen
     import json
     import statistics
 
-    from loraplace.autoplace import units_of
-    from loraplace.config import load_study_config
-    from loraplace.placement import ModelPlanner
-
     study = ROOT / "docs" / "results" / "auto-placement"
-    config = load_study_config(study / "study.yaml")
-    planner = ModelPlanner.for_model(config.model)
-    units = {u.module: u for u in units_of(planner.arch)}
-    rank = config.lora.rank
+    config, hand, cells = _where_the_budget_went(study)
     chosen = {
         f"`{name}`": json.loads((study / "auto" / f"{name}--seed0.json").read_text())["chosen"]
         for name in ("random", "auto-grad", "auto-snr")
     }
-    (hand,) = planner.plan({"attention-only": config.strategies["attention-only"]}, rank)
-    chosen["attention-only"] = hand.module_ranks
+    chosen["attention-only"] = hand("attention-only").module_ranks
     with open(study / "results.csv") as f:
         finals = [r for r in csv.DictReader(f) if r["stage"] != "selection"]
     text = (ROOT / "docs" / "RESULTS.md").read_text()
     for label, modules in chosen.items():
-        picked = [units[m] for m in modules]
-        ffn = [u for u in picked if set(u.roles) & {"gate", "up", "down"}]
-        share = sum(u.cost(rank) for u in ffn) / sum(u.cost(rank) for u in picked)
-        layers = sorted({u.layer for u in picked})
-        used = (
-            f"all {len(layers)}"
-            if len(layers) == planner.arch.num_layers
-            else f"{len(layers)} ({layers[0]}–{layers[-1]})"
-        )
         name = label.strip("`")
         loss = statistics.mean(float(r["eval_loss"]) for r in finals if r["name"] == name)
-        row = f"| {label} | {len(picked)} | {used} | {len(ffn)} | {share:.0%} | {loss:.4f} |"
+        row = f"| {label} | {cells(modules, config.lora.rank)} | {loss:.4f} |"
+        assert row in text, row
+
+
+def test_where_the_budget_goes_at_all_linear_r2_is_counted_from_the_committed_placements():
+    # The same count for every placement the study at all-linear r2 resolved (one per probe
+    # seed where it probes per seed), each at the rank it places at, and for all-linear r2.
+    import json
+    from collections import Counter
+
+    study = ROOT / "docs" / "results" / "auto-placement-r2"
+    _, hand, cells = _where_the_budget_went(study)
+    records = [json.loads(f.read_text()) for f in sorted((study / "auto").glob("*.json"))]
+    assert {r["name"] for r in records} == {"auto-grad-r2", "auto-snr-r2", "random-r2"}
+    per_name = Counter(r["name"] for r in records)  # one placement for every seed: "all"
+    rows = [
+        f"| `{r['name']}` | {r['seed'] if per_name[r['name']] > 1 else 'all'} | {r['rank']} | "
+        f"{cells(r['chosen'], r['rank'])} | {r['trainable_params']:,} |"
+        for r in records
+    ]
+    plan = hand("all-r2")
+    (rank,) = set(plan.module_ranks.values())
+    row = f"| {cells(plan.module_ranks, rank)} | {plan.trainable_params:,} |"
+    rows.append(f"| `all-r2` | – | {rank} {row}")
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    for row in rows:
         assert row in text, row
