@@ -229,7 +229,9 @@ class _MlflowRun:
             if Path(path).is_file():
                 self.client.log_artifact(self.run_id, str(path))
         if adapter_dir is not None and Path(adapter_dir).is_dir():
-            self.client.log_artifacts(self.run_id, str(adapter_dir), artifact_path="adapter")
+            self.client.log_artifacts(
+                self.run_id, str(adapter_dir), artifact_path=Path(adapter_dir).name
+            )
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
