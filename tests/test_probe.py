@@ -215,6 +215,41 @@ def test_probe_per_seed_resolves_a_placement_for_each_seed(
         assert record["seed"] == seed and result["auto"]["strategy"] == record["strategy"]
 
 
+def test_the_estimate_of_a_started_study_uses_the_placements_it_resolved(
+    tiny_model_dir, tiny_data_file, tmp_path, capsys, monkeypatch
+):
+    # `study --estimate` runs and probes nothing, but a started study has its placements
+    # recorded: each seed's is compiled for pricing, not priced as all-layer LoRA.
+    import loraplace.probe as probe
+    from loraplace.store import RunKey
+    from loraplace.studies import estimate_only
+
+    raw = _auto_study(tiny_model_dir, tiny_data_file, probe_per_seed=True)
+    raw["strategies"].pop("random")
+    out = tmp_path / "out"
+    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    (out / "runs" / "auto-grad--seed1" / "result.json").unlink()
+    capsys.readouterr()
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the estimate probed")
+
+    monkeypatch.setattr(probe, "auto_place", no_probe)
+    config = load_study_config(raw)
+    assert estimate_only(config, out) == 0
+    printed = capsys.readouterr().out
+    assert "estimate: 1 runs to go" in printed and "not resolved yet" not in printed
+    for seed in (0, 1):
+        record = json.loads((out / "auto" / f"auto-grad--seed{seed}.json").read_text())
+        assert config.plan_for(RunKey("auto-grad", seed, None)).spec == record["strategy"]
+
+    # A new directory has nothing recorded: its automatic runs are priced as all-layer ones.
+    assert estimate_only(load_study_config(raw), tmp_path / "new") == 0
+    assert "2 runs of automatic strategies are priced as all-layer runs" in (
+        capsys.readouterr().out
+    )
+
+
 def test_a_kill_during_the_probe_is_resumed(tiny_model_dir, tiny_data_file, tmp_path):
     raw = _auto_study(tiny_model_dir, tiny_data_file, probe_steps=200)
     raw["strategies"].pop("random")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from test_study import tiny_study
@@ -280,3 +281,85 @@ def test_status_says_which_learning_rates_are_chosen_and_whether_the_grid_can_gr
     ) in text
     store.write_result(store.RunKey("top", 1, None).run_dir(out), {"status": "finished"})
     assert "the grid can no longer grow (a final run is complete)" in study_status(out)
+
+
+def _estimate(config, pending, finished, out, monkeypatch):
+    """The estimate of ``pending`` with a calibration that reports 100 tokens/s."""
+    import loraplace.estimate as estimate
+
+    monkeypatch.setattr(estimate, "_calibrate", lambda bench, config: 100.0)
+    return estimate.estimate_study(config, pending, _StubBench(), finished, out)
+
+
+def test_the_estimate_prices_only_the_steps_a_saved_state_has_left(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    import torch
+
+    raw = tiny_study(tiny_model_dir, tiny_data_file)
+    raw["training"] = {**raw["training"], "steps": 8}
+    config = load_study_config(raw)
+    out = tmp_path / "study"
+    keys = config.run_keys()
+    whole = _estimate(config, keys, [], out, monkeypatch)
+    per_run = 8 * 4 * 100  # steps x batch x the stub's 100 tokens per example
+    assert whole.train_tokens == len(keys) * per_run
+
+    key = keys[-1]
+    key.run_dir(out).mkdir(parents=True)
+    resume = key.run_dir(out) / store.RESUME_FILE
+    torch.save({"state": SimpleNamespace(step=6)}, resume)
+    halfway = _estimate(config, keys, [], out, monkeypatch)
+    assert halfway.train_tokens == whole.train_tokens - 6 * 4 * 100
+    assert halfway.eval_tokens == whole.eval_tokens  # evaluation is still all to do
+    assert halfway.seconds < whole.seconds
+
+    resume.write_bytes(b"not a saved state")  # unreadable: trained again from step 0
+    assert _estimate(config, keys, [], out, monkeypatch).train_tokens == whole.train_tokens
+
+
+def _finished(key, tokens_per_s: float, **extra) -> dict:
+    return {
+        "name": key.name,
+        "seed": key.seed,
+        "rank": key.rank,
+        "status": "finished",
+        "tokens_per_s": tokens_per_s,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:01:00+00:00",
+        **extra,
+    }
+
+
+def test_runs_copied_from_another_study_do_not_time_this_one(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
+    keys = config.run_keys()
+    baseline = [k for k in keys if k.name == "baseline"]
+    copied = [_finished(k, 5.0, reused_from="runs/other/x") for k in baseline]
+    found = _estimate(config, keys[2:], copied, tmp_path / "study", monkeypatch)
+    assert found.source.startswith("3 calibration steps") and found.rate == 100.0
+    assert found.at_once == 1.0  # the copies ran side by side there, not here
+
+    timed = _estimate(
+        config, keys[2:], [*copied, _finished(baseline[0], 50.0)], tmp_path, monkeypatch
+    )
+    assert timed.source == "median of 1 finished runs" and timed.rate == 50.0
+
+
+def test_a_strategy_placed_per_seed_is_timed_and_priced_by_its_seeds_own_plan(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    # As a study resolves an automatic strategy with probe_per_seed: plans keyed by seed.
+    config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
+    top = config.plans[("top", None)]  # mlp@last:1: its layers run from the last one up
+    assert top.lowest_layer == 1
+    config.plans[("baseline", None, 0)] = config.plans.pop(("baseline", None))
+    config.plans[("baseline", None, 1)] = top
+    keys = config.run_keys()
+    seed1 = next(k for k in keys if k.name == "baseline" and k.seed == 1)
+    found = _estimate(config, [seed1], [_finished(seed1, 60.0)], tmp_path, monkeypatch)
+    depth = (2 - 1 + 2) / (2 + 2)  # 2 layers from layer 1 up, the head costing 2 layers
+    assert found.rate == pytest.approx(60.0 / depth)
+    assert found.seconds == pytest.approx(depth * (3 * 4 * 100 + 8 * 100 / 2) / found.rate)

@@ -4,11 +4,14 @@ The estimate counts the tokens every pending run trains on and evaluates, and pr
 rate measured on this machine: the training rate of finished runs of the same strategy and rank
 when there are some, else a short calibration (a few steps of all-layer LoRA on the study's own
 batches). A strategy whose lowest adapted layer is ``L`` runs only the layers from ``L`` up
-(the frozen-prefix cache), so its cost is scaled by its depth. Evaluation runs forward only, at
-about twice the training rate (docs/CONCEPTS.md). It is an estimate: a shared machine's speed
-varies, and the report gives the measured times. Rates measured on finished runs were measured
-as those runs shared the machine (Ray runs several at once, each on fewer threads): the estimate
-then divides the summed time by how many ran at a time (:func:`loraplace.status.parallelism`).
+(the frozen-prefix cache), so its cost is scaled by its depth; a strategy placed per seed has
+its depth per seed. Evaluation runs forward only, at about twice the training rate
+(docs/CONCEPTS.md). A run that saved its training state goes on from there, so only its steps
+left are priced. It is an estimate: a shared machine's speed varies, and the report gives the
+measured times. Rates measured on finished runs were measured as those runs shared the machine
+(Ray runs several at once, each on fewer threads): the estimate then divides the summed time by
+how many ran at a time (:func:`loraplace.status.parallelism`). Runs copied from another study
+(``reused_from``) were timed there, under that study's load, so they set neither.
 """
 
 from __future__ import annotations
@@ -61,6 +64,33 @@ def _depth(plan, num_layers: int) -> float:
     return (num_layers - plan.lowest_layer + HEAD_LAYERS) / (num_layers + HEAD_LAYERS)
 
 
+def _plan(config, name: str, rank: int | None, seed: int):
+    """A run's compiled plan (its seed's own where the strategy placed per seed), or ``None``
+    for an automatic strategy not resolved yet."""
+    from loraplace.store import RunKey
+
+    try:
+        return config.plan_for(RunKey(name, seed, rank))
+    except KeyError:
+        return None
+
+
+def _saved_step(run_dir: Path) -> int:
+    """How many steps a pending run's saved training state has done (0 without a readable one):
+    the run goes on from there."""
+    import torch
+
+    from loraplace.store import RESUME_FILE
+
+    path = Path(run_dir) / RESUME_FILE
+    if not path.is_file():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["state"].step)
+    except Exception:  # noqa: BLE001 - an unreadable state is trained again from step 0
+        return 0
+
+
 def _calibrate(bench, config) -> float:
     """All-layer LoRA training tokens/s on the study's own batches (after one warm-up step)."""
     from peft import get_peft_model
@@ -108,28 +138,31 @@ def estimate_study(
     val_tokens = sum(len(f["input_ids"]) for f in bench.validation.features)
     eval_tokens = sum(len(f["input_ids"]) for f in bench.eval.features)
     checkpoints = len(config.eval.checkpoint_steps(config.training.steps))
-    rates = [
-        r["tokens_per_s"] / _depth(config.plans[(r["name"], r.get("rank"))], num_layers)
-        for r in finished
-        if r.get("status") == "finished"
-        and r.get("tokens_per_s")
-        and not r.get("adopted_from")
-        and (r["name"], r.get("rank")) in config.plans
+    timed_here = [r for r in finished if r.get("status") == "finished" and not r.get("reused_from")]
+    measured = [
+        (r["tokens_per_s"], _plan(config, r["name"], r.get("rank"), r.get("seed", 0)))
+        for r in timed_here
+        if r.get("tokens_per_s") and not r.get("adopted_from")
     ]
+    rates = [tokens_per_s / _depth(plan, num_layers) for tokens_per_s, plan in measured if plan]
     if rates:
         from loraplace.status import parallelism
 
         rate, source = sorted(rates)[len(rates) // 2], f"median of {len(rates)} finished runs"
         # Their rates were measured that many at a time; the runs left will share it likewise.
-        at_once = parallelism([r for r in finished if r.get("status") == "finished"])
+        at_once = parallelism(timed_here)
     else:
         rate, source = _calibrate(bench, config), "3 calibration steps of all-layer LoRA"
         at_once = 1.0
     seconds = train_total = eval_total = 0.0
     for key in pending:
-        plan = config.plan_for(key) if (key.name, key.rank) in config.plans else None
+        plan = _plan(config, key.name, key.rank, key.seed)
         depth = _depth(plan, num_layers) if plan is not None else 1.0
-        train = 0.0 if config.adopts(key, out) else per_run_train
+        if config.adopts(key, out):
+            train = 0.0
+        else:
+            done = _saved_step(key.run_dir(out)) if out is not None else 0
+            train = per_run_train * max(0, config.training.steps - done) / config.training.steps
         evaluated = val_tokens if key.stage == "selection" else checkpoints * eval_tokens
         train_total += train
         eval_total += evaluated

@@ -152,7 +152,7 @@ def study_identity(config: StudyConfig) -> dict:
     return {"model": model_identity(source), "data": data}
 
 
-def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
+def resolve_automatic(config: StudyConfig, out: Path, workbench, *, probe: bool = True) -> None:
     """Resolve every automatic strategy of the study once, before any run, and compile it.
 
     Each resolution (strategy string, budget, probe cost) is kept in ``OUT/auto/<stem>.json``
@@ -163,6 +163,8 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
     Args:
         workbench: a callable returning the loaded :class:`~loraplace.workbench.Workbench`
             (called only when something must be probed).
+        probe: ``False`` compiles only the placements already recorded in ``out`` and leaves
+            the others unresolved, checking and probing nothing (``study --estimate``).
     """
     from loraplace.autoplace import check_budget
     from loraplace.probe import auto_place, resolve_budget
@@ -175,7 +177,9 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench) -> None:
             at = spec.rank or rank or config.lora.rank
             for seed in config.training.seeds if spec.probe_per_seed else [spec.seed]:
                 path = out / store.AUTO_DIR / f"{store.auto_stem(name, rank, seed)}.json"
-                placements.append((name, spec, rank, at, seed, path, store.read_json(path)))
+                record = store.read_json(path)
+                if probe or record is not None:
+                    placements.append((name, spec, rank, at, seed, path, record))
     budgets = {  # every budget still to place, checked before any probe
         (name, rank): resolve_budget(spec.budget, planner, at, fixed)
         for name, spec, rank, at, _, _, record in placements
@@ -562,7 +566,9 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
     out = Path(out)
     keys = config.run_keys()
     todo = [k for k in keys if not (out.is_dir() and store.read_result(k.run_dir(out)))]
-    auto = [k for k in todo if (k.name, k.rank) not in config.plans]
+    if out.is_dir():  # a started study: the placements it has already resolved
+        resolve_automatic(config, out, workbench=None, probe=False)
+    auto = [k for k in todo if not _compiled(config, k)]
     if auto:
         print(
             f"note: {len(auto)} runs of automatic strategies are priced as all-layer runs "
@@ -576,6 +582,15 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
         todo = _without_copies(config, out, todo, _donors(config, identity, bench.device))
     print_estimate(config, out, todo, bench)
     return 0
+
+
+def _compiled(config: StudyConfig, key: RunKey) -> bool:
+    """Whether the run's strategy is compiled (an automatic one only once it is resolved)."""
+    try:
+        config.plan_for(key)
+    except KeyError:
+        return False
+    return True
 
 
 def _without_copies(config: StudyConfig, out: Path, todo: list[RunKey], donors: list) -> list:
