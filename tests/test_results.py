@@ -249,24 +249,43 @@ def test_where_the_budget_went_in_results_is_counted_from_the_committed_placemen
 
 def test_where_the_budget_goes_at_all_linear_r2_is_counted_from_the_committed_placements():
     # The same count for every placement the study at all-linear r2 resolved (one per probe
-    # seed where it probes per seed), each at the rank it places at, and for all-linear r2.
+    # seed where it probes per seed), each at the rank it places at, and for all-linear r2,
+    # beside the eval loss of the final run that trained it (the mean over the seeds where one
+    # placement served all three).
+    import csv
     import json
+    import statistics
     from collections import Counter
 
     study = ROOT / "docs" / "results" / "auto-placement-r2"
     _, hand, cells = _where_the_budget_went(study)
     records = [json.loads(f.read_text()) for f in sorted((study / "auto").glob("*.json"))]
     assert {r["name"] for r in records} == {"auto-grad-r2", "auto-snr-r2", "random-r2"}
+    with open(study / "results.csv") as f:
+        finals = [r for r in csv.DictReader(f) if r["stage"] != "selection"]
+
+    def loss(name: str, seed: int | None) -> float:
+        losses = [
+            float(r["eval_loss"])
+            for r in finals
+            if r["name"] == name and (seed is None or int(r["seed"]) == seed)
+        ]
+        assert len(losses) == (3 if seed is None else 1)
+        return statistics.mean(losses)
+
     per_name = Counter(r["name"] for r in records)  # one placement for every seed: "all"
-    rows = [
-        f"| `{r['name']}` | {r['seed'] if per_name[r['name']] > 1 else 'all'} | {r['rank']} | "
-        f"{cells(r['chosen'], r['rank'])} | {r['trainable_params']:,} |"
-        for r in records
-    ]
+    rows = []
+    for r in records:
+        seed = r["seed"] if per_name[r["name"]] > 1 else None
+        rows.append(
+            f"| `{r['name']}` | {'all' if seed is None else seed} | {r['rank']} | "
+            f"{cells(r['chosen'], r['rank'])} | {r['trainable_params']:,} | "
+            f"{loss(r['name'], seed):.4f} |"
+        )
     plan = hand("all-r2")
     (rank,) = set(plan.module_ranks.values())
     row = f"| {cells(plan.module_ranks, rank)} | {plan.trainable_params:,} |"
-    rows.append(f"| `all-r2` | – | {rank} {row}")
+    rows.append(f"| `all-r2` | all | {rank} {row} {loss('all-r2', None):.4f} |")
     text = (ROOT / "docs" / "RESULTS.md").read_text()
     for row in rows:
         assert row in text, row
