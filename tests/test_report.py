@@ -702,3 +702,45 @@ def test_placements_per_seed_are_compared_pairwise(tmp_path):
 
 def test_one_placement_for_every_seed_has_no_per_seed_table(report_dir):
     assert "Placements per seed" not in (report_dir / "report.md").read_text()
+
+
+def test_the_all_pairs_table_gives_each_pairs_holm_adjusted_equivalence_test(tmp_path):
+    # Recomputed here: TOST within the default ±0.01 nats as two one-sided t-tests on the
+    # per-seed differences, Holm-adjusted over the pairs, as docs/STATISTICS.md defines it.
+    from test_stats import holm_by_definition
+
+    from loraplace.report_render import p_text
+
+    losses = {
+        "baseline": REF,
+        "near": [1.001, 1.0995, 1.2008],  # within ±0.002 of the baseline in every seed
+        "far": [1.02, 1.13, 1.21],
+    }
+    strategies = {
+        name: (spec, 1000, _placement(ATTN), [(x, 5.0) for x in losses[name]])
+        for name, spec in (("baseline", "all"), ("near", "attn"), ("far", "mlp"))
+    }
+    root = make_study(tmp_path / "out", strategies)
+    section = (write_report(root) / "report.md").read_text().split("## All pairs\n\n")[1]
+    header, _, *rows = section.split("\n\n")[0].splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = [dict(zip(columns, (c.strip() for c in r.strip("|").split("|")))) for r in rows]
+    pairs = [(c["A"].strip("`"), c["B"].strip("`")) for c in cells]
+    margin = 0.01
+    tost = []
+    for a, b in pairs:
+        d = np.subtract(losses[a], losses[b])
+        tost.append(
+            max(
+                ttest_1samp(d, -margin, alternative="greater").pvalue,
+                ttest_1samp(d, margin, alternative="less").pvalue,
+            )
+        )
+    expected = holm_by_definition(tost)
+    assert len(cells) == 3
+    for cell, p in zip(cells, expected):
+        assert cell["TOST Holm p"] == p_text(p)
+    verdicts = {pair: cell["Verdict"] for pair, cell in zip(pairs, cells)}
+    near = ("baseline", "near") if ("baseline", "near") in verdicts else ("near", "baseline")
+    assert verdicts[near] == "equivalent"
+    assert "TOST Holm p: equivalence within ±0.01 nats" in section

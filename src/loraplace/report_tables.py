@@ -14,6 +14,7 @@ from loraplace.report_analysis import Analysis
 from loraplace.report_data import Condition, Study, num, placement_spread, read_importance
 from loraplace.report_render import DASH, Table, code, fmt, holm_over, interval, p_text, pm
 from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
+from loraplace.verdicts import EQUIVALENCE_ALPHA
 
 __all__ = [
     "accuracy_table",
@@ -282,6 +283,7 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
             interval(c.ci_low, c.ci_high, "+.4f"),
             p_text(c.p),
             p_text(c.p_holm),
+            p_text(c.tost_p_holm),
             c.verdict + (f", {c.direction}" if c.direction else ""),
         ]
         for c in a.pairwise
@@ -297,9 +299,21 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
     family = ", a family of its own: the findings do not use it"
     note = (
         f"{which}Δ = mean per-seed difference A − B in eval loss over their common seeds; "
-        f"paired t. {_sentence(holm_over(size, 'pair(s)', family))}."
+        f"paired t. {_sentence(holm_over(size, 'pair(s)', family))}. TOST Holm p: equivalence "
+        f"within ±{study.margin:g} nats, Holm-adjusted over the same pairs; equivalent below "
+        f"{EQUIVALENCE_ALPHA:g}."
     )
-    headers = ["A", "B", "n", "Δ (A − B)", "95% CI", "p (paired)", "Holm p", "Verdict"]
+    headers = [
+        "A",
+        "B",
+        "n",
+        "Δ (A − B)",
+        "95% CI",
+        "p (paired)",
+        "Holm p",
+        "TOST Holm p",
+        "Verdict",
+    ]
     return Table("All pairs", headers, rows, note)
 
 
