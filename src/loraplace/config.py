@@ -178,10 +178,17 @@ class StudyConfig:
 
     def plan_for(self, key: RunKey):
         """The compiled plan of a run (requires a config loaded with ``check_model=True``)."""
+        plan = self.compiled_plan(key)
+        if plan is None:
+            raise KeyError(key.condition)
+        return plan
+
+    def compiled_plan(self, key: RunKey):
+        """The compiled plan of a run (its seed's own where the strategy placed per seed), or
+        ``None`` for an automatic strategy not resolved yet."""
         if self.plans is None:
             raise RuntimeError("this config was loaded without compiling its plans")
-        per_seed = (*key.condition, key.seed)
-        return self.plans[per_seed] if per_seed in self.plans else self.plans[key.condition]
+        return self.plans.get((*key.condition, key.seed), self.plans.get(key.condition))
 
     def auto_for(self, key: RunKey) -> dict | None:
         """The resolved automatic strategy behind a run, or ``None`` for a fixed strategy."""

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraplace.store import RESUME_FILE, RunKey
+
 __all__ = ["Estimate", "estimate_study", "machine_matmul_rate"]
 
 #: Forward-only evaluation runs at about this multiple of the training rate (measured).
@@ -64,23 +66,10 @@ def _depth(plan, num_layers: int) -> float:
     return (num_layers - plan.lowest_layer + HEAD_LAYERS) / (num_layers + HEAD_LAYERS)
 
 
-def _plan(config, name: str, rank: int | None, seed: int):
-    """A run's compiled plan (its seed's own where the strategy placed per seed), or ``None``
-    for an automatic strategy not resolved yet."""
-    from loraplace.store import RunKey
-
-    try:
-        return config.plan_for(RunKey(name, seed, rank))
-    except KeyError:
-        return None
-
-
 def _saved_step(run_dir: Path) -> int:
     """How many steps a pending run's saved training state has done (0 without a readable one):
     the run goes on from there."""
     import torch
-
-    from loraplace.store import RESUME_FILE
 
     path = Path(run_dir) / RESUME_FILE
     if not path.is_file():
@@ -140,7 +129,10 @@ def estimate_study(
     checkpoints = len(config.eval.checkpoint_steps(config.training.steps))
     timed_here = [r for r in finished if r.get("status") == "finished" and not r.get("reused_from")]
     measured = [
-        (r["tokens_per_s"], _plan(config, r["name"], r.get("rank"), r.get("seed", 0)))
+        (
+            r["tokens_per_s"],
+            config.compiled_plan(RunKey(r["name"], r.get("seed", 0), r.get("rank"))),
+        )
         for r in timed_here
         if r.get("tokens_per_s") and not r.get("adopted_from")
     ]
@@ -156,7 +148,7 @@ def estimate_study(
         at_once = 1.0
     seconds = train_total = eval_total = 0.0
     for key in pending:
-        plan = _plan(config, key.name, key.rank, key.seed)
+        plan = config.compiled_plan(key)
         depth = _depth(plan, num_layers) if plan is not None else 1.0
         if config.adopts(key, out):
             train = 0.0

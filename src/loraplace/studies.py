@@ -568,7 +568,7 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
     todo = [k for k in keys if not (out.is_dir() and store.read_result(k.run_dir(out)))]
     if out.is_dir():  # a started study: the placements it has already resolved
         resolve_automatic(config, out, workbench=None, probe=False)
-    auto = [k for k in todo if not _compiled(config, k)]
+    auto = [k for k in todo if config.compiled_plan(k) is None]
     if auto:
         print(
             f"note: {len(auto)} runs of automatic strategies are priced as all-layer runs "
@@ -582,15 +582,6 @@ def estimate_only(config: StudyConfig, out: Path) -> int:
         todo = _without_copies(config, out, todo, _donors(config, identity, bench.device))
     print_estimate(config, out, todo, bench)
     return 0
-
-
-def _compiled(config: StudyConfig, key: RunKey) -> bool:
-    """Whether the run's strategy is compiled (an automatic one only once it is resolved)."""
-    try:
-        config.plan_for(key)
-    except KeyError:
-        return False
-    return True
 
 
 def _without_copies(config: StudyConfig, out: Path, todo: list[RunKey], donors: list) -> list:
