@@ -180,14 +180,11 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench, *, probe: bool 
                 record = store.read_json(path)
                 if probe or record is not None:
                     placements.append((name, spec, rank, at, seed, path, record))
-    budgets = {  # every budget still to place, checked before any probe
-        (name, rank): resolve_budget(spec.budget, planner, at, fixed)
-        for name, spec, rank, at, _, _, record in placements
-        if record is None
-    }
-    placing_rank = {(name, rank): at for name, _, rank, at, *_ in placements}
-    for key, budget in budgets.items():
-        check_budget(planner.arch, budget, rank=placing_rank[key])
+    budgets: dict[tuple, int] = {}  # every budget still to place, checked before any probe
+    for name, spec, rank, at, _, _, record in placements:
+        if record is None and (name, rank) not in budgets:
+            budgets[name, rank] = resolve_budget(spec.budget, planner, at, fixed)
+            check_budget(planner.arch, budgets[name, rank], rank=at)
     for name, spec, rank, at, seed, path, record in placements:
         if record is None:
             budget = budgets[name, rank]
