@@ -276,7 +276,9 @@ def test_accuracy_predictions_equal_plain_greedy_generation(setup, adapted):
     assert [s["prediction"] for s in samples] == [extract_final_number(t) for t in reference]
     assert all(ref.startswith(s["generated"]) for s, ref in zip(samples, reference))
     assert [s["answer"] for s in samples] == [e.answer for e in examples]
-    assert accuracy == sum(s["correct"] for s in samples) / len(samples)
+    correct = [s["prediction"] == e.answer for s, e in zip(samples, examples)]
+    assert [s["correct"] for s in samples] == correct
+    assert accuracy == sum(correct) / len(examples)
 
 
 class _Scripted(LlamaForCausalLM):
@@ -307,7 +309,8 @@ def test_each_sequence_stops_at_its_answer_line_or_eos_and_the_batch_when_all_ha
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (answered, short, never)]
     ids[1] = ids[1] + [tokenizer.eos_token_id] + ids[0]  # text after EOS must not count
     prompt = [{"role": "user", "content": "q"}]
-    examples = [Example(prompt, "", "7"), Example(prompt, "", "5"), Example(prompt, "", "8")]
+    # The third reference is wrong on purpose: its prediction is 8, so accuracy is 2 of 3.
+    examples = [Example(prompt, "", "7"), Example(prompt, "", "5"), Example(prompt, "", "9")]
 
     _Scripted.scripts, _Scripted.calls = ids, 0
     accuracy, samples = eval_accuracy(
@@ -318,7 +321,9 @@ def test_each_sequence_stops_at_its_answer_line_or_eos_and_the_batch_when_all_ha
     assert "9 more" not in first["generated"] and first["prediction"] == "7"
     assert second["generated"] == short and second["prediction"] == "5"
     assert len(tokenizer(third["generated"], add_special_tokens=False)["input_ids"]) == 40
-    assert accuracy == 1.0 and _Scripted.calls == 40
+    assert third["prediction"] == "8" and third["answer"] == "9"
+    assert [s["correct"] for s in samples] == [True, True, False]
+    assert accuracy == pytest.approx(2 / 3) and _Scripted.calls == 40
 
     # Without the sequence that never stops, the batch ends with its last answer line.
     _Scripted.scripts, _Scripted.calls = ids[:2], 0

@@ -44,14 +44,19 @@ def plan_json(capsys, *argv) -> dict:
     return json.loads(out)
 
 
+# LLaMA-7B: 32 layers, hidden 4096, intermediate 11008. A rank-r LoRA on a (d_in, d_out)
+# linear has r * (d_in + d_out) parameters: four 4096 x 4096 attention projections and three
+# 4096 <-> 11008 feed-forward ones per layer.
+LLAMA_LAYERS, LLAMA_ATTN, LLAMA_FFN = 32, 4096 + 4096, 4096 + 11008
+
 # (model directory, strategy, rank, trainable parameters)
 COUNT_CASES = [
-    ("gpt2", "qkv", 8, 294_912),
+    ("gpt2", "qkv", 8, 8 * GPT2_LAYERS * (768 + 2304)),  # c_attn: one fused 768 -> 2304
     ("gpt2", "attn", 8, 8 * GPT2_LAYERS * GPT2_UNIT["attn"]),
     ("gpt2", "all@last:4", 2, 2 * 4 * GPT2_UNIT["all"]),
-    ("llama7b", "all", 64, 159_907_840),
-    ("llama7b", "q,v", 8, 4_194_304),
-    ("llama7b", "baseline", 64, 159_907_840),
+    ("llama7b", "all", 64, 64 * LLAMA_LAYERS * (4 * LLAMA_ATTN + 3 * LLAMA_FFN)),  # 159,907,840
+    ("llama7b", "q,v", 8, 8 * LLAMA_LAYERS * 2 * LLAMA_ATTN),  # 4,194,304
+    ("llama7b", "baseline", 64, 64 * LLAMA_LAYERS * (4 * LLAMA_ATTN + 3 * LLAMA_FFN)),
 ]
 
 

@@ -279,7 +279,6 @@ def test_a_kill_during_the_probe_is_resumed(tiny_model_dir, tiny_data_file, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list((out / "auto").glob("*.json"))
-    raw["strategies"]["auto-grad"]["auto"]["probe_steps"] = 200
     finished = subprocess.run(command, capture_output=True, text=True, env=env)
     assert finished.returncode == 0, finished.stderr
     assert (

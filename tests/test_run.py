@@ -175,24 +175,42 @@ def test_non_finite_loss_fails_the_run_with_nan_loss(bench, tmp_path):
     assert json.loads((tmp_path / "nan" / "result.json").read_text())["error"] == "nan_loss"
 
 
-def test_last_k_strategy_computes_no_gradient_below_its_lowest_layer(bench):
-    """The frozen layers below the lowest adapter must not be part of the backward graph."""
-    from peft import get_peft_model
-
+def test_a_last_k_run_never_runs_the_layers_below_its_lowest_adapter(bench, tmp_path):
+    """Through the real run: layers below the lowest adapter are computed once, into the
+    frozen-prefix cache, and never again in training or eval loss. (Accuracy generates new
+    tokens, which need every layer, so it is off here.)"""
     plan = bench.planner.plan({"s": "all@last:1"}, LORA.rank)[0]
-    model = get_peft_model(bench.fresh_model(), plan.lora_config(8, 0.0))
-    seen = {}
-    layers = model.base_model.model.model.layers
-    for index, layer in enumerate(layers):
-        layer.register_forward_hook(
-            lambda m, args, out, i=index: seen.__setitem__(
-                i, out[0] if isinstance(out, tuple) else out
-            )
+    layer = plan.lowest_layer
+    assert layer > 0
+    evaluation = EvalSettings(accuracy_examples=0, batch_size=8)
+    base = bench.base_metrics(evaluation)  # the base model's own pass runs every layer
+    for split in (bench.train, bench.eval):
+        assert bench.prefix(split, layer)[0] is not None  # built before anything is counted
+    calls = [0] * len(bench.model.model.layers)
+    # Hooks on the base model's layers are copied into every run's fresh copy of it.
+    hooks = [
+        module.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, module in enumerate(bench.model.model.layers)
+    ]
+    try:
+        record = train_one(
+            bench,
+            plan,
+            RunKey("s", 0),
+            tmp_path / "s--seed0",
+            lora=LORA,
+            training=TRAINING,
+            evaluation=evaluation,
+            learning_rate=TRAINING.learning_rate,
+            base=base,
+            show_progress=False,
         )
-    batch = bench.collator(bench.train.features[:2])
-    model(**batch).loss.backward()
-    assert not seen[0].requires_grad
-    assert seen[len(layers) - 1].requires_grad
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert record["status"] == "finished" and record["prefix_cache"]["used"]
+    assert calls[:layer] == [0] * layer
+    assert all(n > 0 for n in calls[layer:])
 
 
 def test_run_command_refuses_to_overwrite_a_finished_run(tiny_model_dir, tiny_data_file, attn_run):
