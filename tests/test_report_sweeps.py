@@ -4,6 +4,7 @@ whose answers are worked out in the test."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -264,6 +265,96 @@ def test_ranking_stability_between_checkpoints_shows_a_late_flip(tmp_path):
     md = (out / "report.md").read_text()
     assert "every condition finished (0, 1)" in md and "## Ranking stability" in md
     assert "| 4 | 6 | 3 of 3 | +0.33 |" in md
+
+
+# Per-seed eval loss at steps 2 and 4 (4 seeds). b is well above a at step 2 and well below it
+# at step 4: a swap the seeds resolve at both checkpoints. c swaps with a by less than its
+# seed-to-seed noise: a swap they cannot order. d stays last: it is no change of order.
+ORDER = {
+    "a": {2: [1.00, 1.01, 1.02, 1.03], 4: [0.90, 0.92, 0.91, 0.93]},
+    "b": {2: [1.050, 1.061, 1.069, 1.080], 4: [0.870, 0.889, 0.881, 0.900]},
+    "c": {2: [1.030, 1.000, 1.040, 1.025], 4: [0.880, 0.930, 0.895, 0.935]},
+    "d": {2: [1.20, 1.22, 1.21, 1.25], 4: [1.10, 1.13, 1.12, 1.14]},
+}
+
+
+def _holm_by_definition(ps: list[float]) -> list[float]:
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def test_pairs_that_changed_order_are_tested_at_both_checkpoints(tmp_path):
+    root = tmp_path / "s"
+    strategies = {
+        name: (spec, 500, _placement(ATTN), [(loss, 1.0) for loss in by_step[4]])
+        for (name, by_step), spec in zip(ORDER.items(), ("all", "attn", "mlp", "q,v"))
+    }
+    make_study(root, strategies, reference="a", eval={"checkpoints": [0.5]})
+    for name, by_step in ORDER.items():
+        for seed in range(4):
+            lines = [{"step": s, "eval_loss": by_step[s][seed]} for s in (2, 4)]
+            run = store.RunKey(name, seed).run_dir(root)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = build_report(load_study(root))
+    pairs = list(itertools.combinations(ORDER, 2))
+    expected = {}  # pair -> {step: (mean difference, Holm p)}, from scipy and Holm's definition
+    for step in (2, 4):
+        ps = [ttest_rel(ORDER[x][step], ORDER[y][step]).pvalue for x, y in pairs]
+        for (x, y), p_holm in zip(pairs, _holm_by_definition(ps)):
+            diff = np.mean(np.subtract(ORDER[x][step], ORDER[y][step]))
+            expected.setdefault((x, y), {})[step] = (diff, p_holm)
+    swapped = {k for k, v in expected.items() if v[2][0] * v[4][0] < 0}
+    assert swapped == {("a", "b"), ("a", "c"), ("b", "c")}  # no pair with d changes order
+    changes = report.checkpoints.changes
+    assert {(x.before.strategy, x.before.reference) for x in changes} == swapped
+    for x in changes:
+        want = expected[(x.before.strategy, x.before.reference)]
+        assert (x.from_step, x.to_step) == (2, 4) and x.before.n == 4
+        assert (x.before.mean, x.before.p_holm) == pytest.approx(want[2])
+        assert (x.after.mean, x.after.p_holm) == pytest.approx(want[4])
+    by_pair = {(x.before.strategy, x.before.reference): x for x in changes}
+    ab, ac = by_pair[("a", "b")], by_pair[("a", "c")]
+    assert expected[("a", "b")][2][1] < 0.05 and expected[("a", "b")][4][1] < 0.05
+    assert (ab.before.direction, ab.after.direction) == ("better", "worse")
+    assert ab.before.verdict in ("clear", "supported") and ab.after.verdict in (
+        "clear",
+        "supported",
+    )
+    assert expected[("a", "c")][2][1] > 0.1 and expected[("a", "c")][4][1] > 0.1
+    assert ac.before.verdict == ac.after.verdict == "unresolved"
+    finding = next(plain_text(f) for f in report.findings if f.startswith("Ranking stability"))
+    unordered = sum(
+        1 for x in changes if not {x.before.verdict, x.after.verdict} & {"clear", "supported"}
+    )
+    assert f"The report tests {len(changes)} of them" in finding
+    assert f"{unordered} had no clear or supported difference at either checkpoint" in finding
+    assert "`a` vs `b` (" in finding and "`a` vs `c` (" not in finding
+    md = (write_report(root) / "report.md").read_text()
+    table = md.split("## Pairs that changed order")[1].split("##")[0]
+    assert "| 2 | 4 | `a` | `c` | 4 |" in table and "| unresolved |" in table
+
+
+def test_no_pair_changed_order_no_table(tmp_path):
+    root = tmp_path / "s"
+    steady = {"a": [1.0, 1.1, 1.2], "b": [1.05, 1.16, 1.24]}
+    strategies = {
+        name: (spec, 500, _placement(ATTN), [(v - 0.1, 1.0) for v in values])
+        for (name, values), spec in zip(steady.items(), ("all", "attn"))
+    }
+    make_study(root, strategies, reference="a", eval={"checkpoints": [0.5]})
+    for name, values in steady.items():
+        for seed, v in enumerate(values):
+            lines = [{"step": 2, "eval_loss": v}, {"step": 4, "eval_loss": v - 0.1}]
+            run = store.RunKey(name, seed).run_dir(root)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = build_report(load_study(root))
+    assert report.checkpoints.steps == [2, 4] and report.checkpoints.changes == []
+    md = (write_report(root) / "report.md").read_text()
+    assert "## Ranking stability" in md and "## Pairs that changed order" not in md
 
 
 def test_lowest_is_claimed_only_when_every_rival_is_beaten(tmp_path):

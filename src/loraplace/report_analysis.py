@@ -24,7 +24,6 @@ from loraplace.verdicts import (
     best_vs_others,
     compare_pairs,
     compare_to_reference,
-    pairwise,
     speedup_claim,
     verdict,
 )
@@ -36,7 +35,9 @@ __all__ = [
     "AccuracyTest",
     "Analysis",
     "Speedup",
+    "all_pairs",
     "analyse",
+    "family_pairs",
 ]
 
 #: Trainable-parameter counts within 5% of each other count as one budget on the Pareto front.
@@ -160,18 +161,21 @@ def _losses_and_refs(study: Study) -> tuple[dict[str, dict[int, float]], dict[st
     return losses, refs
 
 
-def _all_pairs(study: Study, losses: dict) -> list[Comparison]:
-    """Every pair of conditions, one Holm family. In a rank sweep, only the pairs that share a
-    rank or a placement: a pair that differs in both holds neither budget nor rank equal (the
-    equal-budget tables compare placements)."""
+def family_pairs(study: Study) -> list[tuple[str, str]]:
+    """The condition pairs of the all-pairs family, as ``(label, label)`` in table order.
+
+    Every pair of conditions; in a rank sweep, only the pairs that share a rank or a
+    placement: a pair that differs in both holds neither budget nor rank equal (the
+    equal-budget tables compare placements). Same rank first (placement against placement),
+    then each placement over its ranks.
+    """
     if not study.sweep:
-        return pairwise(losses, study.margin)
+        return [(a.label, b.label) for a, b in itertools.combinations(study.conditions, 2)]
     kept = [
         (a, b)
         for a, b in itertools.combinations(study.conditions, 2)
         if a.rank == b.rank or a.name == b.name
     ]
-    # Same rank first (placement against placement), then each placement over its ranks.
     names = list(dict.fromkeys(c.name for c in study.conditions))
 
     def order(pair: tuple[Condition, Condition]) -> tuple[int, int]:
@@ -179,8 +183,13 @@ def _all_pairs(study: Study, losses: dict) -> list[Comparison]:
         return (0, 0) if a.rank == b.rank else (1, names.index(a.name))
 
     kept.sort(key=order)
-    pairs = [(a.label, b.label) for a, b in kept]
-    return compare_pairs(losses, pairs, study.margin)
+    return [(a.label, b.label) for a, b in kept]
+
+
+def all_pairs(study: Study, losses: dict[str, dict[int, float]]) -> list[Comparison]:
+    """The all-pairs family (:func:`family_pairs`) on ``{label: {seed: eval loss}}``: paired
+    t over the common seeds, Holm over the family, verdicts as in the all-pairs table."""
+    return compare_pairs(losses, family_pairs(study), study.margin)
 
 
 def _compare(
@@ -394,6 +403,6 @@ def analyse(study: Study) -> Analysis:
     for row, flag in zip(rows.values(), flags):
         row["pareto"] = flag
     losses = {c.label: study.losses(c) for c in study.conditions}
-    pairs = _all_pairs(study, losses) if len(losses) >= 3 else []
+    pairs = all_pairs(study, losses) if len(losses) >= 3 else []
     table = [{col: row.get(col) for col in SUMMARY_COLUMNS} for row in rows.values()]
     return Analysis(table, comparisons, size, best, pairs, accuracy, speedups)

@@ -18,6 +18,7 @@ from loraplace.report_sweeps import (
     BudgetAnalysis,
     BudgetRow,
     CheckpointAnalysis,
+    OrderChange,
     SelectionTable,
     TrainingBudget,
 )
@@ -473,14 +474,40 @@ def _checkpoints(checkpoints: CheckpointAnalysis | None) -> list[str]:
         )
         more = f"; and {len(swapped) - _SWAPS_SHOWN} more" if len(swapped) > _SWAPS_SHOWN else ""
         warning += (
-            f" Pairs whose order changed ({len(swapped)}, step {b:,}'s mean eval-loss gap; a "
-            f"gap far below the seed-to-seed spread is noise): {shown}{more}."
+            f" Pairs whose order changed ({len(swapped)}, step {b:,}'s mean eval-loss gap): "
+            f"{shown}{more}."
         )
+    warning += _tested_changes(
+        [x for x in checkpoints.changes if (x.from_step, x.to_step) == (a, b)]
+    )
     return [
         "Ranking stability between eval checkpoints (Kendall's tau-b of the mean eval losses "
         f"of the {last.n} conditions scored at both; 1 = same order): {steps}. Last pair "
         f"(steps {a:,}→{b:,}): tau {tau(last)}, {change}.{warning}"
     ]
+
+
+def _tested_changes(changes: list[OrderChange]) -> str:
+    """What the all-pairs tests say of the pairs that changed order (one checkpoint pair)."""
+    if not changes:
+        return ""
+
+    def said(c: Comparison) -> str:
+        return c.verdict + (f", {c.direction}" if c.direction else "")
+
+    resolved = [x for x in changes if {x.before.verdict, x.after.verdict} & {CLEAR, SUPPORTED}]
+    text = (
+        f' The report tests {len(changes)} of them (the all-pairs family, table "Pairs that '
+        f'changed order"): {len(changes) - len(resolved)} had no clear or supported difference '
+        "at either checkpoint, so these seeds cannot order them"
+    )
+    if resolved:
+        text += "; with one at either: " + "; ".join(
+            f"{code(x.before.strategy)} vs {code(x.before.reference)} ({said(x.before)} at step "
+            f"{x.from_step:,}, {said(x.after)} at step {x.to_step:,})"
+            for x in resolved
+        )
+    return text + "."
 
 
 def training_lines(study: Study, a: Analysis, t: TrainingBudget) -> list[str]:

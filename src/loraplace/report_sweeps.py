@@ -21,13 +21,14 @@ from loraplace.curves import COMPARED, chord_excess, equal_budget_difference
 from loraplace.measures import RankStability, ranking_stability
 from loraplace.report_data import Condition, Study, first, num
 from loraplace.stats import ci95, family_size, holm, mean
-from loraplace.verdicts import MIN_SEEDS, verdict
+from loraplace.verdicts import MIN_SEEDS, Comparison, verdict
 
 __all__ = [
     "BudgetAnalysis",
     "BudgetPoint",
     "BudgetRow",
     "CheckpointAnalysis",
+    "OrderChange",
     "SelectionRow",
     "SelectionTable",
     "TrainingBudget",
@@ -272,6 +273,21 @@ class CheckpointAnalysis:
     """The seeds averaged (those every condition finished), or ``None`` for all finished."""
     pairs: list[tuple[int, int, RankStability]] = field(default_factory=list)
     """Consecutive checkpoints and the stability of the ranking between them."""
+    changes: list[OrderChange] = field(default_factory=list)
+    """Pairs of the all-pairs family whose order changed between consecutive checkpoints."""
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    """A pair of the all-pairs family whose order of mean eval loss changed between two
+    consecutive checkpoints, with the family's paired test at each (differences ``a - b``)."""
+
+    from_step: int
+    to_step: int
+    before: Comparison
+    """At ``from_step``: paired t over the seeds, Holm over the family at that checkpoint."""
+    after: Comparison
+    """The same pair at ``to_step``, in its own family there."""
 
 
 def _eval_points(records: list[dict[str, Any]]) -> dict[int, float]:
@@ -310,16 +326,17 @@ def checkpoint_analysis(study: Study) -> CheckpointAnalysis | None:
         ``None`` when fewer than two checkpoint steps are measured for every condition.
     """
     seeds = common_seeds(study)
-    means: dict[str, dict[int, float]] = {}
+    per_seed: dict[str, dict[int, dict[int, float]]] = {}  # {label: {step: {seed: loss}}}
     for cond in study.conditions:
-        per_step: dict[int, list[float]] = {}
         for seed in study.losses(cond):
             if seeds is None or seed in seeds:
                 points = _eval_points(study.metrics.get((cond.name, cond.rank, seed), []))
                 for step, loss in points.items():
-                    per_step.setdefault(step, []).append(loss)
-        if per_step:
-            means[cond.label] = {s: sum(v) / len(v) for s, v in sorted(per_step.items())}
+                    per_seed.setdefault(cond.label, {}).setdefault(step, {})[seed] = loss
+    means = {
+        label: {s: sum(v.values()) / len(v) for s, v in sorted(by_step.items())}
+        for label, by_step in per_seed.items()
+    }
     if len(means) < 2:
         return None
     steps = sorted(set.intersection(*(set(m) for m in means.values())))
@@ -327,7 +344,26 @@ def checkpoint_analysis(study: Study) -> CheckpointAnalysis | None:
         return None
     at = lambda step: {label: m[step] for label, m in means.items()}  # noqa: E731
     pairs = [(a, b, ranking_stability(at(a), at(b))) for a, b in zip(steps, steps[1:])]
-    return CheckpointAnalysis(steps, means, seeds, pairs)
+    return CheckpointAnalysis(steps, means, seeds, pairs, _order_changes(study, per_seed, steps))
+
+
+def _order_changes(
+    study: Study, per_seed: dict[str, dict[int, dict[int, float]]], steps: list[int]
+) -> list[OrderChange]:
+    """Each family pair whose mean eval losses change sign between consecutive checkpoints,
+    tested at both: a swap unresolved at both is one the seeds cannot order."""
+    from loraplace.report_analysis import all_pairs
+
+    tested = {
+        step: all_pairs(study, {label: v.get(step, {}) for label, v in per_seed.items()})
+        for step in steps
+    }
+    out = []
+    for a, b in zip(steps, steps[1:]):
+        for before, after in zip(tested[a], tested[b]):
+            if before.mean is not None and after.mean is not None and before.mean * after.mean < 0:
+                out.append(OrderChange(a, b, before, after))
+    return out
 
 
 # --- The training budget ------------------------------------------------------------------------

@@ -508,7 +508,59 @@ def checkpoint_tables(study: Study, cp: CheckpointAnalysis | None) -> list[Table
         "Kendall's tau-b between the conditions' mean eval losses at consecutive checkpoints "
         "(1 = same order, −1 = reversed), over the conditions with an eval loss at both.",
     )
-    return [losses, stability]
+    return [losses, stability] + ([_order_change_table(study, cp)] if cp.changes else [])
+
+
+def _order_change_table(study: Study, cp: CheckpointAnalysis) -> Table:
+    """The family pairs that changed order between checkpoints, tested at both."""
+
+    def verdict(c) -> str:
+        return c.verdict + (f", {c.direction}" if c.direction else "")
+
+    rows = [
+        [
+            f"{x.from_step:,}",
+            f"{x.to_step:,}",
+            code(x.before.strategy),
+            code(x.before.reference),
+            str(x.before.n),
+            _signed(x.before.mean),
+            p_text(x.before.p_holm),
+            verdict(x.before),
+            _signed(x.after.mean),
+            p_text(x.after.p_holm),
+            verdict(x.after),
+        ]
+        for x in cp.changes
+    ]
+    size = max(c.family_size for x in cp.changes for c in (x.before, x.after))
+    which = (
+        "Each pair from the all-pairs table (same rank or same placement)"
+        if study.sweep
+        else "Each pair of conditions"
+    )
+    note = (
+        f"{which} whose order of mean eval loss changed between consecutive checkpoints, with "
+        "the all-pairs test at each checkpoint: Δ = mean per-seed difference A − B in eval "
+        f"loss, paired t; {holm_over(size, 'pair(s)', ' at each checkpoint')}; verdicts as in "
+        "the all-pairs table. A pair with no clear or supported difference at either "
+        "checkpoint is one these seeds cannot order: its change of order is not evidence that "
+        "the ranking moved."
+    )
+    headers = [
+        "From step",
+        "To step",
+        "A",
+        "B",
+        "n",
+        "Δ before",
+        "Holm p before",
+        "Verdict before",
+        "Δ after",
+        "Holm p after",
+        "Verdict after",
+    ]
+    return Table("Pairs that changed order", headers, rows, note)
 
 
 def run_table(study: Study) -> Table:
