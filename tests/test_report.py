@@ -26,8 +26,8 @@ from loraplace import store
 from loraplace.cli import main
 from loraplace.config import load_study_config
 from loraplace.errors import LoraplaceError
-from loraplace.figures import role_category, role_label
 from loraplace.measures import bootstrap_paired_examples
+from loraplace.placement_figure import role_category, role_label
 from loraplace.report import build_report, load_study, summarize, write_report
 from loraplace.report_analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS
 from loraplace.report_render import plain_text, tex_escape

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraplace import figures, report_tables
+from loraplace import figures, report_sweep_tables, report_tables
 from loraplace.errors import LoraplaceError
+from loraplace.placement_figure import PlacementRow, plot_placement
 from loraplace.report_analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS, Analysis, analyse
 from loraplace.report_data import Study, first, load_study
 from loraplace.report_findings import findings, training_lines
@@ -164,13 +165,13 @@ def _write_figures(report: Report, out: Path) -> list[tuple[str, str]]:
             study.runs(c), "placement"
         )
         label = f"{c.label}  ({c.spec})" if c.spec != c.name else c.label
-        placements.append(figures.PlacementRow(label, placement or {}))
+        placements.append(PlacementRow(label, placement or {}))
     layers = max(
         [r["num_layers"] for r in study.records if isinstance(r.get("num_layers"), int)]
         + [int(k) + 1 for p in placements for k in p.placement],
         default=1,
     )
-    figures.plot_placement(placements, layers, out / "placement.png")
+    plot_placement(placements, layers, out / "placement.png")
     figs = [
         (
             "pareto.png",
@@ -234,16 +235,16 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
     note = study.config.report.note if study.config is not None else None
     if note:
         subtitle += f" {note}"
-    t = report_tables
+    t, s = report_tables, report_sweep_tables
     tables = [
         t.summary_table(study, a),
         t.comparison_table(study, a),
         t.accuracy_table(study, a),
         t.speed_table(study, a),
-        t.budget_table(report.budget),
-        t.budget_pairs_table(report.budget),
-        t.selection_table(study, report.selection),
-        *t.checkpoint_tables(study, report.checkpoints),
+        s.budget_table(report.budget),
+        s.budget_pairs_table(report.budget),
+        s.selection_table(study, report.selection),
+        *s.checkpoint_tables(study, report.checkpoints),
         t.pairwise_table(study, a),
         t.placement_seeds_table(study),
     ]

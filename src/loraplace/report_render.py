@@ -15,6 +15,10 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loraplace.report_data import Condition, Study
 
 __all__ = [
     "DASH",
@@ -33,8 +37,12 @@ __all__ = [
     "render_html",
     "render_markdown",
     "render_tex",
+    "sentence",
+    "signed",
     "tex_escape",
     "tex_text",
+    "who",
+    "who_headers",
 ]
 
 DASH = "–"
@@ -86,6 +94,26 @@ def p_is(p: float | None) -> str:
     """A p-value for a sentence: ``= 0.034`` or ``< 0.001``."""
     text = p_text(p)
     return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
+
+
+def signed(value: float | None) -> str:
+    """A difference in nats, signed, to 4 decimals (a dash for none)."""
+    return fmt(value, "+.4f")
+
+
+def sentence(text: str) -> str:
+    """``text`` with its first letter capitalised, to open a sentence."""
+    return text[:1].upper() + text[1:]
+
+
+def who(study: Study, cond: Condition) -> list[str]:
+    """The leading cells naming a condition: its strategy, and its rank in a sweep."""
+    return [code(cond.name)] + ([f"r{cond.rank}"] if study.sweep else [])
+
+
+def who_headers(study: Study) -> list[str]:
+    """The headers of :func:`who`'s cells."""
+    return ["Strategy"] + (["Rank"] if study.sweep else [])
 
 
 def holm_over(size: int, tests: str, then: str = "") -> str:

@@ -1,7 +1,9 @@
 """The report's tables as rich text, one builder per table, shared by every rendering.
 
 Each builder turns computed values into a :class:`~loraplace.report_render.Table`; Markdown,
-HTML and LaTeX then differ only in escaping and layout. Strategy names are code spans.
+HTML and LaTeX then differ only in escaping and layout. Strategy names are code spans. The
+tables of rank sweeps, learning-rate grids and checkpoints are in
+:mod:`loraplace.report_sweep_tables`.
 """
 
 from __future__ import annotations
@@ -11,40 +13,37 @@ from typing import Any
 
 from loraplace import store
 from loraplace.report_analysis import Analysis
-from loraplace.report_data import Condition, Study, num, placement_spread, read_importance
-from loraplace.report_render import DASH, Table, code, fmt, holm_over, interval, p_text, pm
-from loraplace.report_sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
+from loraplace.report_data import Study, num, placement_spread, read_importance
+from loraplace.report_render import (
+    DASH,
+    Table,
+    code,
+    fmt,
+    holm_over,
+    interval,
+    p_text,
+    pm,
+    sentence,
+    signed,
+    who,
+    who_headers,
+)
+from loraplace.report_sweep_tables import budget_table
+from loraplace.report_sweeps import BudgetAnalysis
 from loraplace.verdicts import EQUIVALENCE_ALPHA
 
 __all__ = [
     "accuracy_table",
-    "budget_pairs_table",
-    "budget_table",
-    "checkpoint_tables",
     "comparison_table",
     "failures",
     "pairwise_table",
     "placement_seeds_table",
     "provenance",
     "run_table",
-    "selection_table",
     "speed_table",
     "summary_table",
     "tex_tables",
 ]
-
-
-def _who(study: Study, cond: Condition) -> list[str]:
-    """The leading cells naming a condition: its strategy, and its rank in a sweep."""
-    return [code(cond.name)] + ([f"r{cond.rank}"] if study.sweep else [])
-
-
-def _who_headers(study: Study) -> list[str]:
-    return ["Strategy"] + (["Rank"] if study.sweep else [])
-
-
-def _signed(value: float | None) -> str:
-    return fmt(value, "+.4f")
 
 
 def _acc(row: dict[str, Any]) -> str:
@@ -60,7 +59,7 @@ def _acc(row: dict[str, Any]) -> str:
 def summary_table(study: Study, a: Analysis) -> Table:
     """Costs and quality per condition."""
     accuracy = any(r["accuracy_mean"] is not None for r in a.rows)
-    headers = _who_headers(study) + [
+    headers = who_headers(study) + [
         "Spec",
         "n",
         "Trainable params",
@@ -75,7 +74,7 @@ def summary_table(study: Study, a: Analysis) -> Table:
     rows = []
     for cond, r in zip(study.conditions, a.rows):
         rows.append(
-            _who(study, cond)
+            who(study, cond)
             + [
                 code(cond.spec),
                 str(r["n"]),
@@ -115,7 +114,7 @@ def summary_table(study: Study, a: Analysis) -> Table:
 
 def comparison_table(study: Study, a: Analysis) -> Table:
     """Each condition against the reference at its rank, paired by seed."""
-    headers = _who_headers(study) + [
+    headers = who_headers(study) + [
         "Reference",
         "n",
         "Δ eval loss",
@@ -134,15 +133,15 @@ def comparison_table(study: Study, a: Analysis) -> Table:
             continue
         if c.verdict == "reference":
             rows.append(
-                _who(study, cond) + [code(c.reference), str(c.n)] + [DASH] * 6 + ["reference", DASH]
+                who(study, cond) + [code(c.reference), str(c.n)] + [DASH] * 6 + ["reference", DASH]
             )
             continue
         rows.append(
-            _who(study, cond)
+            who(study, cond)
             + [
                 code(c.reference),
                 str(c.n),
-                _signed(c.mean),
+                signed(c.mean),
                 interval(c.ci_low, c.ci_high, "+.4f"),
                 interval(c.boot_low, c.boot_high, "+.4f"),
                 p_text(c.p),
@@ -176,7 +175,7 @@ def accuracy_table(study: Study, a: Analysis) -> Table | None:
     """Accuracy with Wilson intervals and McNemar tests against the reference."""
     if not a.accuracy:
         return None
-    headers = _who_headers(study) + [
+    headers = who_headers(study) + [
         "Correct / attempted",
         "Accuracy",
         "Wilson 95% CI",
@@ -194,7 +193,7 @@ def accuracy_table(study: Study, a: Analysis) -> Table | None:
         low = None if t.low is None else 100 * t.low
         high = None if t.high is None else 100 * t.high
         rows.append(
-            _who(study, cond)
+            who(study, cond)
             + [
                 f"{t.correct} / {t.attempted}",
                 f"{100 * t.correct / t.attempted:.1f}%" if t.attempted else DASH,
@@ -209,7 +208,7 @@ def accuracy_table(study: Study, a: Analysis) -> Table | None:
     size = next((t.family_size for t in a.accuracy.values()), 0)
     note = (
         "Problems are paired by seed and problem with the reference's runs; the exact McNemar "
-        f"test uses the discordant pairs. {_sentence(holm_over(size, 'accuracy test(s)'))}; "
+        f"test uses the discordant pairs. {sentence(holm_over(size, 'accuracy test(s)'))}; "
         "better = higher accuracy."
     )
     return Table("Accuracy", headers, rows, note)
@@ -226,7 +225,7 @@ def _speedup(row: dict[str, Any]) -> str:
 def speed_table(study: Study, a: Analysis) -> Table:
     """Train time, throughput and the speedup against the reference."""
     probes = any(r["probe_time_s"] is not None for r in a.rows)
-    headers = _who_headers(study) + [
+    headers = who_headers(study) + [
         "n",
         "Train time (s) ± std",
         *(["Placement probe (s)"] if probes else []),
@@ -238,7 +237,7 @@ def speed_table(study: Study, a: Analysis) -> Table:
     rows = []
     for cond, r in zip(study.conditions, a.rows):
         rows.append(
-            _who(study, cond)
+            who(study, cond)
             + [
                 str(r["n"]),
                 pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
@@ -266,10 +265,6 @@ def speed_table(study: Study, a: Analysis) -> Table:
     return Table("Training speed", headers, rows, note)
 
 
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def pairwise_table(study: Study, a: Analysis) -> Table | None:
     """Every pair of conditions (its own Holm family)."""
     if not a.pairwise:
@@ -279,7 +274,7 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
             code(c.strategy),
             code(c.reference),
             str(c.n),
-            _signed(c.mean),
+            signed(c.mean),
             interval(c.ci_low, c.ci_high, "+.4f"),
             p_text(c.p),
             p_text(c.p_holm),
@@ -299,7 +294,7 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
     family = ", a family of its own: the findings do not use it"
     note = (
         f"{which}Δ = mean per-seed difference A − B in eval loss over their common seeds; "
-        f"paired t. {_sentence(holm_over(size, 'pair(s)', family))}. TOST Holm p: equivalence "
+        f"paired t. {sentence(holm_over(size, 'pair(s)', family))}. TOST Holm p: equivalence "
         f"within ±{study.margin:g} nats, Holm-adjusted over the same pairs; equivalent below "
         f"{EQUIVALENCE_ALPHA:g}."
     )
@@ -347,7 +342,7 @@ def placement_seeds_table(study: Study) -> Table | None:
         }
         spread = placement_spread(chosen, scores)
         rows.append(
-            _who(study, cond)
+            who(study, cond)
             + [
                 ", ".join(f"{n} (seed {s})" for s, n in spread.sizes.items()),
                 _span(spread.jaccard),
@@ -358,7 +353,7 @@ def placement_seeds_table(study: Study) -> Table | None:
         )
     if not rows:
         return None
-    headers = _who_headers(study) + [
+    headers = who_headers(study) + [
         "Modules per seed",
         "Jaccard, pairs of seeds",
         "Kendall tau-b of scores, pairs of seeds",
@@ -380,192 +375,9 @@ def _holm_adjusted(size: int) -> str:
     return f"p Holm-adjusted over {size} test(s)" if size else "p: " + holm_over(0, "")
 
 
-def budget_table(budget: BudgetAnalysis | None) -> Table | None:
-    """Each placement against the reference placement at equal trainable parameters."""
-    if budget is None or not budget.rows:
-        return None
-    note = (
-        "Budgets are the measured parameter counts of both curves; the side not measured is "
-        "interpolated linearly in log parameters between its ranks. A budget outside either "
-        "curve's range is an extrapolation and is not compared. Δ = strategy − reference over "
-        "the seeds measured at every rank of both; "
-        f"{holm_over(budget.family_size, 'compared budget(s)')}. The seed bootstrap is "
-        "descriptive (3 seeds give 10 distinct resamples)."
-    )
-    return _budget_rows("Equal-budget comparison", budget.rows, ["Strategy", "Reference"], note)
-
-
-def budget_pairs_table(budget: BudgetAnalysis | None) -> Table | None:
-    """The other placements against each other at equal trainable parameters."""
-    if budget is None or not budget.pairs:
-        return None
-    note = (
-        "As the equal-budget comparison, for every pair of the placements other than the "
-        "reference: Δ = A − B. "
-        + _sentence(
-            holm_over(
-                budget.pairs_family_size,
-                "compared budget(s) of these pairs",
-                ", a family of its own: the findings do not use it",
-            )
-        )
-        + "."
-    )
-    return _budget_rows("Equal budgets, other pairs", budget.pairs, ["A", "B"], note)
-
-
-def _budget_rows(title: str, found: list, names: list[str], note: str) -> Table:
-    rows = [
-        [
-            code(r.strategy),
-            code(r.reference),
-            f"{r.budget:,.0f}",
-            r.status,
-            code(r.measured) if r.measured != "both" else "both",
-            str(r.n),
-            _signed(r.mean),
-            interval(r.t_low, r.t_high, "+.4f"),
-            interval(r.boot_low, r.boot_high, "+.4f"),
-            p_text(r.p),
-            p_text(r.p_holm),
-            (r.verdict or DASH) + (f", {r.direction}" if r.direction else ""),
-        ]
-        for r in found
-    ]
-    headers = [
-        *names,
-        "Budget (params)",
-        "Status",
-        "Measured",
-        "n",
-        "Δ eval loss",
-        "95% t CI",
-        "Seed bootstrap",
-        "p",
-        "Holm p",
-        "Verdict",
-    ]
-    return Table(title, headers, rows, note)
-
-
-def selection_table(study: Study, table: SelectionTable | None) -> Table | None:
-    """Validation loss per condition and learning rate, the chosen one marked."""
-    if table is None:
-        return None
-    rows = []
-    for r in table.rows:
-        cells = []
-        for lr in table.grid:
-            if lr not in r.losses:
-                cells.append(DASH)
-            elif r.losses[lr] is None:
-                cells.append("diverged")
-            else:
-                cells.append(f"{r.losses[lr]:.4f}" + (" (chosen)" if lr == r.chosen else ""))
-        chosen = DASH if r.chosen is None else f"{r.chosen:g}" + (" (edge)" if r.at_edge else "")
-        rows.append(_who(study, r.condition) + cells + [chosen])
-    headers = _who_headers(study) + [f"lr {lr:g}" for lr in table.grid] + ["Chosen"]
-    note = (
-        "Mean validation loss over the selection seeds "
-        f"({', '.join(map(str, table.seeds))}) on the validation split only "
-        f"({table.validation_examples} examples); the eval split is never used for a choice. "
-        "diverged = the runs failed; a dash = not yet run. edge = the smallest or largest "
-        "learning rate of the grid."
-    )
-    return Table("Learning-rate selection", headers, rows, note)
-
-
-def checkpoint_tables(study: Study, cp: CheckpointAnalysis | None) -> list[Table]:
-    """Eval loss at each checkpoint, and the ranking's stability between checkpoints."""
-    if cp is None:
-        return []
-    rows = [
-        _who(study, cond) + [fmt(cp.means[cond.label].get(s), ".4f") for s in cp.steps]
-        for cond in study.conditions
-        if cond.label in cp.means
-    ]
-    seeds = "finished seeds" if cp.seeds is None else f"seeds {', '.join(map(str, cp.seeds))}"
-    losses = Table(
-        "Eval loss at checkpoints",
-        _who_headers(study) + [f"step {s:,}" for s in cp.steps],
-        rows,
-        f"Mean eval loss over {seeds}.",
-    )
-    stability = Table(
-        "Ranking stability",
-        ["From step", "To step", "Conditions", "Kendall tau-b", "Lowest before", "Lowest after"],
-        [
-            [
-                f"{a:,}",
-                f"{b:,}",
-                f"{s.n} of {len(study.conditions)}",
-                fmt(s.tau, "+.2f"),
-                code(s.order_a[0]) if s.order_a else DASH,
-                code(s.order_b[0]) if s.order_b else DASH,
-            ]
-            for a, b, s in cp.pairs
-        ],
-        "Kendall's tau-b between the conditions' mean eval losses at consecutive checkpoints "
-        "(1 = same order, −1 = reversed), over the conditions with an eval loss at both.",
-    )
-    return [losses, stability] + ([_order_change_table(study, cp)] if cp.changes else [])
-
-
-def _order_change_table(study: Study, cp: CheckpointAnalysis) -> Table:
-    """The family pairs that changed order between checkpoints, tested at both."""
-
-    def verdict(c) -> str:
-        return c.verdict + (f", {c.direction}" if c.direction else "")
-
-    rows = [
-        [
-            f"{x.from_step:,}",
-            f"{x.to_step:,}",
-            code(x.before.strategy),
-            code(x.before.reference),
-            str(x.before.n),
-            _signed(x.before.mean),
-            p_text(x.before.p_holm),
-            verdict(x.before),
-            _signed(x.after.mean),
-            p_text(x.after.p_holm),
-            verdict(x.after),
-        ]
-        for x in cp.changes
-    ]
-    size = max(c.family_size for x in cp.changes for c in (x.before, x.after))
-    which = (
-        "Each pair from the all-pairs table (same rank or same placement)"
-        if study.sweep
-        else "Each pair of conditions"
-    )
-    note = (
-        f"{which} whose order of mean eval loss changed between consecutive checkpoints, with "
-        "the all-pairs test at each checkpoint: Δ = mean per-seed difference A − B in eval "
-        f"loss, paired t; {holm_over(size, 'pair(s)', ' at each checkpoint')}; verdicts as in "
-        "the all-pairs table. A pair with no clear or supported difference at either "
-        "checkpoint is one these seeds cannot order: its change of order is not evidence that "
-        "the ranking moved."
-    )
-    headers = [
-        "From step",
-        "To step",
-        "A",
-        "B",
-        "n",
-        "Δ before",
-        "Holm p before",
-        "Verdict before",
-        "Δ after",
-        "Holm p after",
-        "Verdict after",
-    ]
-    return Table("Pairs that changed order", headers, rows, note)
-
-
 def run_table(study: Study) -> Table:
     """Every complete final run."""
-    headers = _who_headers(study) + [
+    headers = who_headers(study) + [
         "Seed",
         "Status",
         "LR",
@@ -577,7 +389,7 @@ def run_table(study: Study) -> Table:
         "Error",
     ]
     rows = [
-        _who(study, cond)
+        who(study, cond)
         + [
             str(r["seed"]),
             str(r["status"]),
@@ -687,7 +499,7 @@ def tex_tables(study: Study, a: Analysis, budget: BudgetAnalysis | None) -> list
                 pm(r["eval_loss_mean"], r["eval_loss_ci95"], ".4f"),
                 fmt(r["perplexity"], ".3f"),
                 DASH if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.1f}%",
-                _signed(c.mean) if c and c.verdict != "reference" else DASH,
+                signed(c.mean) if c and c.verdict != "reference" else DASH,
                 interval(c.ci_low, c.ci_high, "+.4f") if c else DASH,
                 p_text(c.p_holm) if c else DASH,
                 (r["verdict"] or DASH) + (f", {r['direction']}" if r["direction"] else ""),
