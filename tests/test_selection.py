@@ -310,7 +310,7 @@ def test_a_grid_can_grow_until_the_first_final_run(
 ):
     from loraplace.config import read_yaml
     from loraplace.errors import LoraplaceError
-    from loraplace.studies import prepare_study_dir, study_identity
+    from loraplace.study_dir import prepare_study_dir, study_identity
 
     raw = _sweep(tiny_model_dir, tiny_data_file)
 
