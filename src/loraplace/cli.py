@@ -2,9 +2,9 @@
 one domain function.
 
 The options of ``run`` that set hyperparameters are derived from the settings dataclasses
-(:mod:`loraplace.settings`), so each default has one source. User errors
-(:class:`~loraplace.errors.LoraplaceError`) print one line and exit with status 2; nothing else
-is caught, so a real bug still shows its traceback.
+(:mod:`loraplace.settings`) by :mod:`loraplace.cli_options`, so each default has one source.
+User errors (:class:`~loraplace.errors.LoraplaceError`) print one line and exit with status 2;
+nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -14,115 +14,19 @@ import errno
 import json
 import sys
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
+from loraplace.cli_options import (
+    add_model_options,
+    add_settings_options,
+    int_list,
+    positive_int,
+    settings_overrides,
+    word_list,
+)
 from loraplace.errors import LoraplaceError, short_repr
 
 __all__ = ["main", "build_parser"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {short_repr(text)}"
-        ) from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {short_repr(text)}"
-        ) from None
-
-
-def _word_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-# --- options derived from the settings dataclasses --------------------------------------------
-
-#: Settings fields ``run`` does not take as options (a run has one seed and no grid).
-_NOT_RUN_OPTIONS = {
-    ("training", "seeds"),
-    ("training", "learning_rates"),
-    ("training", "selection_seeds"),
-}
-#: Option names that would otherwise collide or read badly.
-_OPTION_NAMES = {("eval", "batch_size"): "eval-batch-size", ("data", "format"): "data-format"}
-
-
-def _settings_sections():
-    from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingSettings
-
-    return (
-        ("data", DataConfig),
-        ("lora", LoraSettings),
-        ("training", TrainingSettings),
-        ("eval", EvalSettings),
-    )
-
-
-def _option_type(default):
-    if isinstance(default, bool):
-        return None
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    return str
-
-
-def add_settings_options(parser: argparse.ArgumentParser, sections=None) -> None:
-    """One option per settings field (``--max-length``, ``--learning-rate``, ...), default unset
-    so that only what the user gives overrides the config (or the dataclass default)."""
-    from loraplace.settings import field_help
-
-    for section, cls in _settings_sections():
-        if sections is not None and section not in sections:
-            continue
-        group = parser.add_argument_group(f"{section} settings (the study YAML's '{section}:')")
-        for f in fields(cls):
-            if (section, f.name) in _NOT_RUN_OPTIONS:
-                continue
-            flag = "--" + _OPTION_NAMES.get((section, f.name), f.name.replace("_", "-"))
-            if f.name == "checkpoints":
-                kind = _float_list
-            elif section == "data" and f.name == "format":
-                kind = str
-            else:
-                kind = _option_type(f.default)
-            group.add_argument(
-                flag,
-                dest=f"{section}.{f.name}",
-                metavar=f.name.upper(),
-                type=kind,
-                default=None,
-                help=field_help(cls, f.name),
-            )
-
-
-def _overrides(args) -> dict:
-    out: dict = {}
-    for dest, value in vars(args).items():
-        if "." in dest and value is not None:
-            section, name = dest.split(".", 1)
-            out.setdefault(section, {})[name] = value
-    return out
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -214,7 +118,7 @@ def cmd_run(args) -> int:
     config = preset_path(args.preset) if args.preset else args.config
     if config is not None and not Path(config).is_file():
         raise LoraplaceError(f"study config '{config}' not found")
-    overrides = _overrides(args)
+    overrides = settings_overrides(args)
     for key, value in (("model", args.model), ("device", args.device)):
         if value is not None:
             overrides[key] = value
@@ -290,7 +194,7 @@ def cmd_place(args) -> int:
             raw[key] = value
     if args.trust_remote_code:
         raw["trust_remote_code"] = True
-    for section, values in _overrides(args).items():
+    for section, values in settings_overrides(args).items():
         raw[section] = {**(raw.get(section) or {}), **values}
     raw.update({"strategies": {"probe": "all"}, "reference": None, "ranks": None})
     raw.pop("match_params", None)
@@ -374,20 +278,6 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _add_model_options(p, *, required: bool) -> None:
-    p.add_argument(
-        "--model",
-        required=required,
-        default=None,
-        help="built-in alias (smollm2-135m), local directory or hub id",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="let the model directory's own Python code run (off by default; see the README)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplace",
@@ -396,21 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="show the roles found in each decoder layer of a model")
-    _add_model_options(p, required=True)
+    add_model_options(p, required=True)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
         "plan", help="compile strategies for a model: targets, ranks, trainable parameters"
     )
-    _add_model_options(p, required=True)
+    add_model_options(p, required=True)
     p.add_argument(
         "--strategy",
         action="append",
         required=True,
         help="strategy string or preset; NAME=SPEC names it (repeatable)",
     )
-    p.add_argument("--rank", type=_positive_int, default=8, help="global LoRA rank (default 8)")
-    p.add_argument("--ranks", type=_int_list, default=None, help="several ranks, e.g. 2,8,32")
+    p.add_argument("--rank", type=positive_int, default=8, help="global LoRA rank (default 8)")
+    p.add_argument("--ranks", type=int_list, default=None, help="several ranks, e.g. 2,8,32")
     p.add_argument(
         "--match-params",
         default=None,
@@ -427,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="take every setting from this study YAML")
     p.add_argument("--preset", default=None, help="take every setting from a built-in study")
-    _add_model_options(p, required=False)
+    add_model_options(p, required=False)
     p.add_argument("--name", default=None, help="run name (default: the strategy's spec)")
     p.add_argument(
         "--seed", type=int, default=0, help="LoRA init, dropout and data order (default 0)"
@@ -453,9 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: runs in this process; ray: one Ray task per run (needs loraplace[ray])",
     )
     p.add_argument(
-        "--seeds", type=_int_list, default=None, help="override training.seeds, e.g. 0,1,2"
+        "--seeds", type=int_list, default=None, help="override training.seeds, e.g. 0,1,2"
     )
-    p.add_argument("--track", type=_word_list, default=None, help="trackers: mlflow,tensorboard")
+    p.add_argument("--track", type=word_list, default=None, help="trackers: mlflow,tensorboard")
     p.add_argument("--trust-remote-code", action="store_true", help="let the model's own code run")
     p.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
     p.add_argument(
@@ -472,12 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--method", choices=["grad", "snr", "random"], default="grad")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe or the random draw")
-    p.add_argument("--rank", type=_positive_int, default=None, help="rank of each chosen module")
+    p.add_argument("--rank", type=positive_int, default=None, help="rank of each chosen module")
     p.add_argument("--out", default=None, help="write importance.csv/.png and placement.json here")
     p.add_argument("--config", default=None, help="take model and data settings from a study YAML")
     p.add_argument("--preset", default=None, help="take model and data settings from a preset")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    _add_model_options(p, required=False)
+    add_model_options(p, required=False)
     for name, kind, text in (
         ("steps", int, "grad probe: optimizer steps (default 16)"),
         ("rank", int, "grad probe: LoRA rank (default 4)"),
