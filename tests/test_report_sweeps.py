@@ -376,6 +376,34 @@ def test_lowest_is_claimed_only_when_every_rival_is_beaten(tmp_path):
     assert "not established" in note and "`best`" in note
 
 
+def test_report_lowest_false_keeps_the_family_to_the_reference_comparisons(tmp_path):
+    ref = [1.0, 1.1, 1.2]
+    losses = {
+        "baseline": ref,
+        "best": [x - d for x, d in zip(ref, (0.03, 0.05, 0.02))],
+        "other": [x + d for x, d in zip(ref, (0.01, 0.04, 0.02))],
+    }
+    specs = {"baseline": ("all", ALL), "best": ("attn", ATTN), "other": ("mlp", MLP)}
+    strategies = {
+        n: (spec, 1000, _placement(units), [(x, 1.0) for x in losses[n]])
+        for n, (spec, units) in specs.items()
+    }
+    joint = build_report(load_study(make_study(tmp_path / "a", strategies))).analysis
+    assert joint.family_size == 3  # best vs other joins the two reference tests
+    root = make_study(tmp_path / "b", strategies, report={"lowest": False})
+    report = build_report(load_study(root))
+    assert report.analysis.family_size == 2 and report.analysis.best is None
+    raw = [ttest_rel(losses[n], losses["baseline"]).pvalue for n in ("best", "other")]
+    for name, p_holm in zip(("best", "other"), _holm_by_definition(raw)):
+        assert report.analysis.comparisons[name].p_holm == pytest.approx(p_holm)
+    text = [plain_text(f) for f in report.findings]
+    assert any(
+        "The lowest mean eval loss is not tested (`report.lowest: false`)" in f for f in text
+    )
+    assert not any("has the lowest mean eval loss" in f for f in text)
+    assert any("Holm-adjusted over the 2 test(s)" in f for f in text)
+
+
 def test_the_training_budget_is_stated(tmp_path):
     strategies = {"baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0)])}
     out = write_report(make_study(tmp_path / "s", strategies))

@@ -45,6 +45,7 @@ def test_every_config_problem_is_reported_at_once(tiny_model_dir, tiny_data_file
     raw = tiny_study(tiny_model_dir, tiny_data_file, reference="basline", stratgies={})
     raw["training"] = {**raw["training"], "seeds": [0, "one"]}
     raw["strategies"] = {**raw["strategies"], "deep": "attn@0-9", "worse": "qq"}
+    raw["report"] = {"lowest": "no"}
     with pytest.raises(ConfigError) as info:
         load_study_config(raw)
     message = str(info.value)
@@ -54,6 +55,7 @@ def test_every_config_problem_is_reported_at_once(tiny_model_dir, tiny_data_file
     assert "reference 'basline'" in message and "did you mean 'baseline'" in message
     assert "strategies.worse: unknown group 'qq'" in message
     assert "strategies.deep: layer 9 in '0-9' is out of range" in message
+    assert "report.lowest" in message and "true or false" in message
 
 
 def test_a_directory_of_other_files_is_refused_and_a_killed_start_is_taken_over(

@@ -183,6 +183,11 @@ def _lowest(study: Study, a: Analysis) -> list[str]:
             "The lowest loss over all ranks is not tested (it is mostly the largest rank): the "
             "equal-budget comparison compares placements at the same number of parameters."
         ]
+    if study.config is not None and not study.config.report.lowest:
+        return [
+            f"The lowest mean eval loss is not tested ({code('report.lowest: false')}): the "
+            "findings' Holm family is the comparisons with the reference alone."
+        ]
     b = a.best
     if b is None or b.best is None:
         return []

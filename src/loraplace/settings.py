@@ -318,6 +318,11 @@ class ReportSettings:
     TOST equivalence test shows it (0.01 nats is a 1% change in perplexity)."""
     note: str | None = None
     """A sentence printed under the report's title, e.g. what the study can and cannot show."""
+    lowest: bool = True
+    """Whether the findings test the condition with the lowest mean eval loss against every
+    other (without a rank sweep); its tests then join the comparisons with the reference in
+    one Holm family. ``false`` keeps that family to the comparisons with the reference alone,
+    as an analysis plan fixed in advance may require."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
@@ -325,6 +330,7 @@ class ReportSettings:
             "report",
             {
                 "equivalence_margin": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "lowest": (lambda v: isinstance(v, bool), "true or false"),
                 "note": (
                     lambda v: v is None or (isinstance(v, str) and len(v) <= 1000),
                     "a string of at most 1000 characters",
