@@ -19,6 +19,7 @@ from typing import Any
 
 from loraplace.curves import COMPARED, chord_excess, equal_budget_difference
 from loraplace.measures import RankStability, ranking_stability
+from loraplace.report_analysis import all_pairs
 from loraplace.report_data import Condition, Study, first, num
 from loraplace.stats import ci95, family_size, holm, mean
 from loraplace.verdicts import MIN_SEEDS, Comparison, verdict
@@ -352,8 +353,6 @@ def _order_changes(
 ) -> list[OrderChange]:
     """Each family pair whose mean eval losses change sign between consecutive checkpoints,
     tested at both: a swap unresolved at both is one the seeds cannot order."""
-    from loraplace.report_analysis import all_pairs
-
     tested = {
         step: all_pairs(study, {label: v.get(step, {}) for label, v in per_seed.items()})
         for step in steps
