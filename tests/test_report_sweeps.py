@@ -338,6 +338,57 @@ def test_pairs_that_changed_order_are_tested_at_both_checkpoints(tmp_path):
     assert "| 2 | 4 | `a` | `c` | 4 |" in table and "| unresolved |" in table
 
 
+def _eval_study(root: Path, evals: dict[str, dict[int, list]], specs=("all", "attn", "mlp")):
+    """A study whose runs logged ``evals[name][step][seed]`` (``None``: no eval at that step);
+    a strategy with no steps has no runs at all."""
+    strategies = {
+        name: (spec, 500, _placement(ATTN), [(loss, 1.0) for loss in by_step.get(4, [])])
+        for (name, by_step), spec in zip(evals.items(), specs)
+    }
+    make_study(root, strategies, reference=next(iter(evals)), eval={"checkpoints": [0.5]})
+    for name, by_step in evals.items():
+        for seed in range(len(by_step.get(4, []))):
+            lines = [
+                {"step": step, "eval_loss": by_step[step][seed]}
+                for step in (2, 4)
+                if by_step[step][seed] is not None
+            ]
+            run = store.RunKey(name, seed).run_dir(root)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def test_a_condition_without_runs_leaves_the_order_changes_to_the_others(tmp_path):
+    evals = {name: ORDER[name] for name in ("a", "b")} | {"none": {}}
+    report = build_report(load_study(_eval_study(tmp_path / "s", evals)))
+    changes = report.checkpoints.changes
+    assert [(x.before.strategy, x.before.reference) for x in changes] == [("a", "b")]
+    assert "## Pairs that changed order" in (write_report(tmp_path / "s") / "report.md").read_text()
+
+
+def test_a_change_of_order_is_read_from_the_means_the_ranking_uses(tmp_path):
+    # Seed 2 of a has no eval at step 2. By the means the ranking uses, a is below b at both
+    # steps (1.05 < 1.10, then 0.90 < 0.95); paired over their common seeds 0 and 1, a is
+    # above b at step 2 (+0.05). That is no change of order in the ranking, so none is listed.
+    evals = {
+        "a": {2: [1.05, 1.05, None], 4: [0.90, 0.90, 0.90]},
+        "b": {2: [1.00, 1.00, 1.30], 4: [0.95, 0.95, 0.95]},
+        "c": {2: [1.40, 1.40, 1.40], 4: [1.30, 1.30, 1.30]},
+    }
+    report = build_report(load_study(_eval_study(tmp_path / "s", evals)))
+    cp = report.checkpoints
+    assert cp.means["a"][2] < cp.means["b"][2] and cp.means["a"][4] < cp.means["b"][4]
+    assert [s.tau for _, _, s in cp.pairs] == [pytest.approx(1.0)]
+    assert cp.changes == []
+    evals["a"][4] = [1.00, 1.00, 1.00]  # now a ends above b: one change, and it is listed
+    report = build_report(load_study(_eval_study(tmp_path / "t", evals)))
+    [change] = report.checkpoints.changes
+    assert (change.before.strategy, change.before.reference) == ("a", "b")
+    assert change.before.n == 2 and change.after.n == 3
+    md = (write_report(tmp_path / "t") / "report.md").read_text()
+    assert "| 2 | 4 | `a` | `b` | 2 → 3 |" in md
+
+
 def test_no_pair_changed_order_no_table(tmp_path):
     root = tmp_path / "s"
     steady = {"a": [1.0, 1.1, 1.2], "b": [1.05, 1.16, 1.24]}
@@ -402,6 +453,9 @@ def test_report_lowest_false_keeps_the_family_to_the_reference_comparisons(tmp_p
     )
     assert not any("has the lowest mean eval loss" in f for f in text)
     assert any("Holm-adjusted over the 2 test(s)" in f for f in text)
+    alone = {"baseline": strategies["baseline"]}  # nothing to compare: nothing to say of it
+    report = build_report(load_study(make_study(tmp_path / "c", alone, report={"lowest": False})))
+    assert not any("lowest" in plain_text(f) for f in report.findings)
 
 
 def test_the_training_budget_is_stated(tmp_path):

@@ -29,10 +29,11 @@ from matplotlib.ticker import (  # noqa: E402
 )
 
 __all__ = [
-    "plot_pareto",
-    "plot_curves",
     "plot_budget",
+    "plot_curves",
     "plot_eval_curves",
+    "plot_pareto",
+    "save_figure",
 ]
 
 
@@ -50,7 +51,8 @@ def _plain_ticks(fig: plt.Figure) -> None:
                     fmt.set_scientific(False)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (plain tick labels, parents created) and close it."""
     _plain_ticks(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +248,7 @@ def plot_pareto(
     over = f"{next(iter(seeds))} seeds" if len(seeds) == 1 else "seeds (n per point)"
     ax.set_ylabel(f"eval loss (mean ± std over {over})")
     ax.set_title("Parameters vs quality: lower-left is better")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _RANKED = re.compile(r"^(?P<name>.+) r(?P<rank>\d+)$")
@@ -348,7 +350,7 @@ def plot_curves(
     _step_axis(ax, drawn, "no training metrics recorded")
     ax.set_ylabel("training loss")
     ax.set_title("Training loss: mean over seeds, band = min–max across seeds")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _log_params_axis(ax: plt.Axes, xs: Sequence[float]) -> None:
@@ -430,7 +432,7 @@ def plot_budget(
         low.set_xlabel("trainable parameters (log scale)")
     else:
         ax.set_xlabel("trainable parameters (log scale)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _differences(
@@ -490,4 +492,4 @@ def plot_eval_curves(curves: Mapping[str, Mapping[int, float]], path: str | Path
     _step_axis(ax, drawn, "no eval checkpoints recorded")
     ax.set_ylabel("eval loss (mean over seeds)")
     ax.set_title("Eval loss at checkpoints: a late crossing means an unstable ranking")
-    return _save(fig, path)
+    return save_figure(fig, path)

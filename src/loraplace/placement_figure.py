@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from loraplace.figures import _save  # noqa: E402
+from loraplace.figures import save_figure  # noqa: E402
 from loraplace.strategy import ATTN_ROLES, MLP_ROLES  # noqa: E402
 
 __all__ = [
@@ -191,4 +191,4 @@ def plot_placement(rows: Sequence[PlacementRow], num_layers: int, path: str | Pa
     ax.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False
     )
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -183,7 +183,10 @@ def _lowest(study: Study, a: Analysis) -> list[str]:
             "The lowest loss over all ranks is not tested (it is mostly the largest rank): the "
             "equal-budget comparison compares placements at the same number of parameters."
         ]
+    with_data = [c for c in study.conditions if study.losses(c)]
     if study.config is not None and not study.config.report.lowest:
+        if not study.reference or len(with_data) < 2:
+            return []
         return [
             f"The lowest mean eval loss is not tested ({code('report.lowest: false')}): the "
             "findings' Holm family is the comparisons with the reference alone."

@@ -195,7 +195,7 @@ def _tested_changes(changes: list[OrderChange]) -> str:
 
     resolved = [x for x in changes if {x.before.verdict, x.after.verdict} & {CLEAR, SUPPORTED}]
     text = (
-        f' The report tests {len(changes)} of them (the all-pairs family, table "Pairs that '
+        f' The report tests {len(changes)} of them at both checkpoints (table "Pairs that '
         f'changed order"): {len(changes) - len(resolved)} had no clear or supported difference '
         "at either checkpoint, so these seeds cannot order them"
     )

@@ -172,7 +172,7 @@ def _order_change_table(study: Study, cp: CheckpointAnalysis) -> Table:
             f"{x.to_step:,}",
             code(x.before.strategy),
             code(x.before.reference),
-            str(x.before.n),
+            str(x.before.n) if x.before.n == x.after.n else f"{x.before.n} → {x.after.n}",
             signed(x.before.mean),
             p_text(x.before.p_holm),
             verdict(x.before),
@@ -182,19 +182,24 @@ def _order_change_table(study: Study, cp: CheckpointAnalysis) -> Table:
         ]
         for x in cp.changes
     ]
-    size = max(c.family_size for x in cp.changes for c in (x.before, x.after))
+    sizes = sorted({c.family_size for x in cp.changes for c in (x.before, x.after)} - {0})
+    if len(sizes) > 1:
+        holm = f"Holm over the pairs tested at that checkpoint ({sizes[0]} to {sizes[-1]})"
+    else:
+        holm = holm_over(sizes[0] if sizes else 0, "pair(s)", " at each checkpoint")
     which = (
-        "Each pair from the all-pairs table (same rank or same placement)"
+        "Each pair of conditions that share a rank or a placement (the pairs the all-pairs "
+        "table compares)"
         if study.sweep
         else "Each pair of conditions"
     )
     note = (
-        f"{which} whose order of mean eval loss changed between consecutive checkpoints, with "
-        "the all-pairs test at each checkpoint: Δ = mean per-seed difference A − B in eval "
-        f"loss, paired t; {holm_over(size, 'pair(s)', ' at each checkpoint')}; verdicts as in "
-        "the all-pairs table. A pair with no clear or supported difference at either "
-        "checkpoint is one these seeds cannot order: its change of order is not evidence that "
-        "the ranking moved."
+        f"{which} whose order of mean eval loss changed between consecutive checkpoints, "
+        "tested at each checkpoint: Δ = mean per-seed difference A − B in eval loss over the "
+        f"pair's common seeds (n; before → after where it differs), paired t; {holm}; the "
+        "verdict rules of docs/STATISTICS.md. A pair with no clear or supported difference at "
+        "either checkpoint is one these seeds cannot order: its change of order is not "
+        "evidence that the ranking moved."
     )
     headers = [
         "From step",

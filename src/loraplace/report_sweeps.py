@@ -345,23 +345,32 @@ def checkpoint_analysis(study: Study) -> CheckpointAnalysis | None:
         return None
     at = lambda step: {label: m[step] for label, m in means.items()}  # noqa: E731
     pairs = [(a, b, ranking_stability(at(a), at(b))) for a, b in zip(steps, steps[1:])]
-    return CheckpointAnalysis(steps, means, seeds, pairs, _order_changes(study, per_seed, steps))
+    changes = _order_changes(study, per_seed, means, steps)
+    return CheckpointAnalysis(steps, means, seeds, pairs, changes)
 
 
 def _order_changes(
-    study: Study, per_seed: dict[str, dict[int, dict[int, float]]], steps: list[int]
+    study: Study,
+    per_seed: dict[str, dict[int, dict[int, float]]],
+    means: dict[str, dict[int, float]],
+    steps: list[int],
 ) -> list[OrderChange]:
-    """Each family pair whose mean eval losses change sign between consecutive checkpoints,
-    tested at both: a swap unresolved at both is one the seeds cannot order."""
-    tested = {
-        step: all_pairs(study, {label: v.get(step, {}) for label, v in per_seed.items()})
+    """Each family pair whose order of mean eval loss (the means the ranking uses) changes
+    between consecutive checkpoints, with its paired test at both: a change the seeds do not
+    resolve at either is one they cannot order."""
+    losses = {
+        step: {c.label: per_seed.get(c.label, {}).get(step, {}) for c in study.conditions}
         for step in steps
     }
+    tested = {step: all_pairs(study, losses[step]) for step in steps}
     out = []
     for a, b in zip(steps, steps[1:]):
         for before, after in zip(tested[a], tested[b]):
-            if before.mean is not None and after.mean is not None and before.mean * after.mean < 0:
-                out.append(OrderChange(a, b, before, after))
+            x, y = before.strategy, before.reference
+            if x in means and y in means:
+                gaps = [means[x][step] - means[y][step] for step in (a, b)]
+                if gaps[0] * gaps[1] < 0:
+                    out.append(OrderChange(a, b, before, after))
     return out
 
 
