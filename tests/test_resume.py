@@ -151,13 +151,13 @@ def _interrupted_after_step_3(config, out, monkeypatch) -> None:
 def test_a_state_saved_by_other_training_code_is_not_used(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.runner as runner
+    import loraplace.resume as resume
 
     config = _config(tiny_model_dir, tiny_data_file)
     out = tmp_path / "out"
     _interrupted_after_step_3(config, out, monkeypatch)
     assert store.can_resume(out / "runs" / "all--seed0")
-    monkeypatch.setattr(runner, "training_code_hash", lambda: "changed since")
+    monkeypatch.setattr(resume, "training_code_hash", lambda: "changed since")
     assert run_study(config, out, show_progress=False, report=False) == 0
     record = json.loads((out / "runs" / "all--seed0" / "result.json").read_text())
     assert "resumed_at" not in record and record["steps"] == 8
@@ -189,13 +189,13 @@ def test_a_study_that_grows_its_seed_list_keeps_its_saved_states(
 
 
 def test_a_run_recipe_ignores_only_what_no_single_run_trains_by():
-    from loraplace.runner import _run_recipe
+    from loraplace.resume import run_recipe
 
     def recipe(**training):
         return {"name": "all", "learning_rate": 1e-3, "training": {"steps": 8, **training}}
 
     grown = recipe(seeds=[0, 1, 2], learning_rates=[1e-3, 3e-3], learning_rate=2e-4)
-    assert _run_recipe(recipe(seeds=[0], learning_rates=[1e-3])) == _run_recipe(grown)
-    assert _run_recipe(recipe(warmup_steps=2)) != _run_recipe(recipe(warmup_steps=3))
-    assert _run_recipe({**recipe(), "learning_rate": 3e-3}) != _run_recipe(recipe())
-    assert _run_recipe(None) is None
+    assert run_recipe(recipe(seeds=[0], learning_rates=[1e-3])) == run_recipe(grown)
+    assert run_recipe(recipe(warmup_steps=2)) != run_recipe(recipe(warmup_steps=3))
+    assert run_recipe({**recipe(), "learning_rate": 3e-3}) != run_recipe(recipe())
+    assert run_recipe(None) is None

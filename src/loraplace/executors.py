@@ -21,13 +21,8 @@ from pathlib import Path
 from loraplace import progress, store
 from loraplace.config import StudyConfig
 from loraplace.errors import LoraplaceError
-from loraplace.runner import (
-    adopt_selection_run,
-    plan_record,
-    run_record,
-    summary_line,
-    train_one,
-)
+from loraplace.run_records import plan_record, run_record, summary_line
+from loraplace.runner import adopt_selection_run, train_one
 from loraplace.workbench import Workbench
 
 __all__ = ["make_executor", "execute_job", "error_reason"]

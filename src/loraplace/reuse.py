@@ -168,9 +168,9 @@ def reuse_runs(out: Path, jobs: list, donors: list[Donor], settings: dict) -> se
     Args:
         jobs: :class:`~loraplace.studies.Job` of runs not yet made.
         settings: this study's ``config`` block of ``result.json``
-            (:func:`~loraplace.runner.settings_record`).
+            (:func:`~loraplace.run_records.settings_record`).
     """
-    from loraplace.runner import plan_record
+    from loraplace.run_records import plan_record
 
     copied, used = set(), set()
     for job in jobs:

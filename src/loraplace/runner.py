@@ -26,20 +26,17 @@ from loraplace import store
 from loraplace.evaluate import eval_accuracy, eval_losses
 from loraplace.planning import Plan
 from loraplace.progress import bar
-from loraplace.provenance import hardware, versions
+from loraplace.resume import keep_metrics, load_resume, pickle_state, resume_recipe
+from loraplace.run_records import start_record, summary_line
 from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey
 from loraplace.train import TrainState, train_adapter
 from loraplace.workbench import Split, Workbench
 
 __all__ = [
-    "plan_record",
-    "run_record",
-    "settings_record",
-    "train_one",
     "adopt_selection_run",
     "run_single",
-    "summary_line",
+    "train_one",
 ]
 
 
@@ -79,55 +76,6 @@ class _PeakMemory:
         return round(self.peak_bytes / 2**20, 1)
 
 
-def plan_record(plan: Plan, key: RunKey) -> dict:
-    """The part of ``result.json`` that the plan and the run key alone decide."""
-    return {
-        **key.to_json(),
-        "spec": plan.spec,
-        "ranks": plan.part_ranks,
-        "targets": plan.targets,
-        "placement": {str(k): v for k, v in plan.placement.items()},
-        "num_layers": plan.num_layers,
-        "matched_to": plan.matched_to,
-        "status": None,
-        "error": None,
-        "trainable_params": plan.trainable_params,
-        "total_params": plan.total_params,
-        "trainable_pct": plan.trainable_pct,
-    }
-
-
-def run_record(
-    plan: Plan,
-    key: RunKey,
-    bench: Workbench,
-    lora: LoraSettings,
-    training: TrainingSettings,
-    evaluation: EvalSettings,
-) -> dict:
-    """The part of ``result.json`` known before training (also the body of a failed result)."""
-    return {
-        **plan_record(plan, key),
-        "available_roles": sorted(bench.arch.roles_present),
-        "model": bench.source.describe(),
-        "dataset": bench.data,
-        "versions": versions(),
-        "hardware": hardware(bench.device),
-        "config": settings_record(lora, training, evaluation),
-    }
-
-
-def settings_record(lora: LoraSettings, training: TrainingSettings, evaluation: EvalSettings):
-    """The ``config`` block of ``result.json``: the settings every run of a study shares."""
-    return {
-        "lora": vars(lora),
-        "training": {
-            k: v for k, v in vars(training).items() if k not in ("seeds", "selection_seeds")
-        },
-        "eval": vars(evaluation),
-    }
-
-
 def _losses(
     model, bench: Workbench, split: Split, evaluation: EvalSettings, prefix_layer: int, show: bool
 ):
@@ -149,31 +97,6 @@ def _mean_loss(rows) -> tuple[float, int]:
     tokens = sum(n for _, n, _ in rows)
     loss = sum(s for _, _, s in rows) / tokens if tokens else float("nan")
     return loss, tokens
-
-
-def _start_record(
-    plan, key, bench, lora, training, evaluation, *, learning_rate, selected_from, base, auto
-) -> dict:
-    record = run_record(plan, key, bench, lora, training, evaluation)
-    record.update(
-        {
-            "learning_rate": learning_rate,
-            "selected_from": selected_from,
-            "auto": auto,
-            "started_at": store.now(),
-        }
-    )
-    if key.stage == "selection":
-        record.update({"eval_loss": None, "perplexity": None, "eval_tokens": None})
-    elif base is not None:
-        record.update(
-            {
-                "base_eval_loss": base["eval_loss"],
-                "base_perplexity": math.exp(base["eval_loss"]) if base["eval_loss"] else None,
-                "base_accuracy": base["accuracy"],
-            }
-        )
-    return record
 
 
 def _fresh_adapter(bench: Workbench, plan: Plan, lora: LoraSettings, seed: int):
@@ -301,7 +224,7 @@ def train_one(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     selection = key.stage == "selection"
-    record = _start_record(
+    record = start_record(
         plan,
         key,
         bench,
@@ -326,16 +249,16 @@ def train_one(
     checkpoints = evaluation.checkpoint_steps(training.steps)
     if selection and not keep_checkpoints:
         checkpoints = []
-    recipe = _resume_recipe(record, training)
-    resume = _load_resume(out_dir, recipe)
+    recipe = resume_recipe(record, training)
+    resume = load_resume(out_dir, recipe)
     if resume is not None:
         record["resumed_at"] = [*resume["resumed_at"], resume["state"].step]
-        _keep_metrics(out_dir / "metrics.jsonl", resume["state"].step)
+        keep_metrics(out_dir / "metrics.jsonl", resume["state"].step)
 
     def on_state(state: TrainState) -> None:
         store.write_bytes_atomic(
             out_dir / store.RESUME_FILE,
-            _pickle(
+            pickle_state(
                 {
                     "recipe": recipe,
                     "state": state,
@@ -469,7 +392,7 @@ def adopt_selection_run(
     if missing:
         raise FileNotFoundError(f"{source} has no checkpoint for steps {missing}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = _start_record(
+    record = start_record(
         plan,
         key,
         bench,
@@ -524,109 +447,6 @@ def _finish_evaluated(out_dir: Path, record: dict, eval_start: float) -> dict:
         }
     )
     return _finish(out_dir, record)
-
-
-# --- resuming an interrupted run ------------------------------------------------------------------
-
-
-#: The modules whose code decides what a training step computes.
-_TRAINING_CODE = ("train.py", "batching.py", "evaluate.py", "prefix.py")
-
-
-def training_code_hash() -> str:
-    """sha256 over the source of :data:`_TRAINING_CODE`: a state saved by other training code
-    is not gone on from, even under the same version number."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in _TRAINING_CODE:
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()
-
-
-#: Study-level training keys that no single run trains by: its seed and learning rate are its
-#: own (in the record), so a study whose seed list or grid grows keeps its saved states.
-_STUDY_ONLY = ("seeds", "learning_rates", "selection_seeds", "learning_rate")
-
-
-def _resume_recipe(record: dict, training: TrainingSettings) -> dict:
-    """What a saved training state must have been made with to go on from it."""
-    return _run_recipe(
-        {key: record.get(key) for key in ("name", "seed", "rank", "stage", "learning_rate")}
-        | {
-            "placement": record.get("placement"),
-            "training": vars(training),
-            "versions": record.get("versions"),
-            "code": training_code_hash(),
-        }
-    )
-
-
-def _run_recipe(recipe) -> dict | None:
-    """``recipe`` as plain JSON without :data:`_STUDY_ONLY` (states saved before this rule
-    recorded them: they compare equal when nothing else differs)."""
-    if not isinstance(recipe, dict):
-        return None
-    plain = json.loads(json.dumps(recipe))
-    training = plain.get("training")
-    if isinstance(training, dict):
-        plain["training"] = {k: v for k, v in training.items() if k not in _STUDY_ONLY}
-    return plain
-
-
-def _pickle(obj) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def _load_resume(out_dir: Path, recipe: dict) -> dict | None:
-    """The run's saved training state, if there is one made by this same run and code."""
-    path = out_dir / store.RESUME_FILE
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - an unreadable state is only a lost shortcut
-        saved = None
-    if not isinstance(saved, dict) or _run_recipe(saved.get("recipe")) != _run_recipe(recipe):
-        path.unlink(missing_ok=True)
-        return None
-    return saved
-
-
-def _keep_metrics(path: Path, step: int) -> None:
-    """Keep the rows of ``metrics.jsonl`` up to ``step``: the ones the saved state has seen."""
-    rows = [r for r in store.read_jsonl(path) if r.get("step", 0) <= step]
-    store.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def summary_line(result: dict) -> str:
-    """One line about a finished or failed run, for the study's progress output."""
-    key = RunKey(
-        result["name"],
-        result.get("seed", 0),
-        result.get("rank"),
-        result.get("stage") or "final",
-        result.get("learning_rate") if result.get("stage") == "selection" else None,
-    )
-    if result["status"] != "finished":
-        return f"{key.label()}: FAILED ({result['error']})"
-    if result.get("stage") == "selection":
-        score = f"validation loss {result['validation_loss']:.4f}"
-    else:
-        score = f"eval loss {result['eval_loss']:.4f}"
-        if result.get("base_eval_loss") is not None:
-            score += f" (base {result['base_eval_loss']:.4f})"
-        if result.get("accuracy") is not None:
-            score += f", accuracy {100 * result['accuracy']:.1f}%"
-    return (
-        f"{key.label()}: {score}, lr {result.get('learning_rate'):.0e}, "
-        f"{result['train_time_s']:.1f} s, {result['tokens_per_s']:.0f} tokens/s, "
-        f"peak {result['peak_memory_mb']:.0f} MB"
-    )
 
 
 def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:

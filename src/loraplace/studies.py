@@ -326,7 +326,7 @@ def _reuser(config: StudyConfig, out: Path, donors: list):
     """A filter of jobs: it copies each job another study already ran (``reuse``) and returns
     the jobs left to run."""
     from loraplace.reuse import reuse_runs
-    from loraplace.runner import settings_record
+    from loraplace.run_records import settings_record
 
     settings = settings_record(config.lora, config.training, config.eval)
 
@@ -563,7 +563,7 @@ def run_study(
         f"this session; results in {out / 'results.csv'}",
         flush=True,
     )
-    from loraplace.runner import summary_line
+    from loraplace.run_records import summary_line
 
     for result in failed:
         print(f"  {summary_line(result)}", flush=True)
