@@ -14,6 +14,7 @@ from loraplace import store
 from loraplace.config import load_study_config
 from loraplace.status import format_duration, parallelism, study_status, time_left
 from loraplace.studies import run_study
+from loraplace.study_lock import StudyLock, lock_holder
 from loraplace.yamlio import dump_yaml
 
 
@@ -168,14 +169,14 @@ def test_status_of_a_half_finished_study_reads_only_files(tiny_model_dir, tiny_d
     assert "top seed 1: step 3 logged; goes on from its saved training state" in study_status(out)
     assert "study process: not running" in study_status(out)
     # While a study process holds the directory the run may be under way, not interrupted.
-    with store.StudyLock(out):
-        assert store.lock_holder(out)["pid"] == os.getpid()
+    with StudyLock(out):
+        assert lock_holder(out)["pid"] == os.getpid()
         text = study_status(out)
         assert f"study process: running: pid {os.getpid()}" in text
         assert "top seed 1: step 3 logged; training state saved" in text
         (out / "runs" / "top--seed1" / store.RESUME_FILE).unlink()
         assert "top seed 1: step 3 logged; no training state saved yet" in study_status(out)
-    assert store.lock_holder(out) is None  # released: nobody holds it
+    assert lock_holder(out) is None  # released: nobody holds it
 
     # The same four runs, made two at a time, 100 s each: the 2 left take 100 s, not 200 s.
     for i, path in enumerate(sorted((out / "runs").glob("*/result.json"))):

@@ -23,6 +23,7 @@ from loraplace.config import StudyConfig
 from loraplace.errors import LoraplaceError
 from loraplace.run_records import plan_record, run_record, summary_line
 from loraplace.runner import adopt_selection_run, train_one
+from loraplace.study_lock import check_lock_token
 from loraplace.workbench import Workbench
 
 __all__ = ["make_executor", "execute_job", "error_reason"]
@@ -35,7 +36,9 @@ def error_reason(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return f"out_of_memory: {first or type(exc).__name__}"
-    if isinstance(exc, store.DiskFullError) or (isinstance(exc, OSError) and store._disk_full(exc)):
+    if isinstance(exc, store.DiskFullError) or (
+        isinstance(exc, OSError) and store.is_disk_full(exc)
+    ):
         return f"disk_full: {first}"
     return f"{type(exc).__name__}: {first}".strip()
 
@@ -73,7 +76,7 @@ def execute_job(
     """
     key = job.key
     run_dir = key.run_dir(out)
-    store.check_lock_token(out, token)
+    check_lock_token(out, token)
     try:
         if job.adopt_from is not None:
             try:
@@ -121,7 +124,7 @@ def execute_job(
             (run_dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
             store.write_result(run_dir, result)
         except OSError as write_error:
-            if not store._disk_full(write_error) and not reason.startswith("disk_full"):
+            if not store.is_disk_full(write_error) and not reason.startswith("disk_full"):
                 raise
             reason = reason if reason.startswith("disk_full") else error_reason(write_error)
         except store.DiskFullError:

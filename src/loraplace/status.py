@@ -17,6 +17,7 @@ from pathlib import Path
 
 from loraplace import store
 from loraplace.errors import LoraplaceError
+from loraplace.study_lock import lock_holder
 
 __all__ = [
     "study_status",
@@ -237,7 +238,7 @@ def study_status(out: Path) -> str:
         counts[key.stage][state] += 1
     spent, left, unknown, at_once = wall_time_left(states, config, out)
     columns = ("finished", "failed", "in progress", "pending")
-    holder = store.lock_holder(out)
+    holder = lock_holder(out)
     running = (
         f"running: pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
         f"{holder.get('started_at', '?')}"

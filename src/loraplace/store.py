@@ -1,4 +1,5 @@
-"""The study directory: its layout, its records, and the lock that keeps it consistent.
+"""The study directory: its layout and its records (the lock that keeps it consistent is
+:mod:`loraplace.study_lock`).
 
 Every writer and reader of a study directory goes through this module: ``loraplace run``,
 the study runner, the executors (Ray workers included), the report and ``loraplace status``.
@@ -27,14 +28,11 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import io
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,14 +47,13 @@ __all__ = [
     "BASE_EXAMPLES_FILE",
     "IDENTITY_FILE",
     "LOCK_FILE",
-    "lock_holder",
     "RESULT_COLUMNS",
     "DiskFullError",
     "RunKey",
-    "StudyLock",
     "safe_name",
     "auto_stem",
     "format_lr",
+    "is_disk_full",
     "now",
     "read_json",
     "write_json_atomic",
@@ -118,7 +115,8 @@ class DiskFullError(LoraplaceError):
     """The disk filled up (ENOSPC/EDQUOT) while the study was writing."""
 
 
-def _disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for want of space (or of quota)."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -263,7 +261,7 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 def _raise_write_error(path: Path, exc: OSError):
     """A full disk or an unwritable directory as a one-line error; anything else as it is."""
-    if _disk_full(exc):
+    if is_disk_full(exc):
         raise DiskFullError(
             f"disk full while writing {path}: free space, then run the same command again "
             "(finished runs are kept)"
@@ -499,111 +497,3 @@ def export_study(src: Path, dst: Path) -> int:
         shutil.copy2(path, target)
         copied += 1
     return copied
-
-
-# --- the lock ---------------------------------------------------------------------------------
-
-
-class StudyLock:
-    """An exclusive lock on a study directory, held for as long as a study process runs.
-
-    It is an ``flock`` on ``OUT/.lock``, so the kernel releases it when the holder exits, even
-    by ``kill -9``: a lock file left behind by a dead process is simply taken over. The file
-    records the holder (pid, host, start time) for the error message a second process gets,
-    and a random token that Ray workers check before writing into the directory. ``flock`` is
-    reliable on local filesystems; on network filesystems see docs/STUDIES.md.
-    """
-
-    def __init__(self, out: Path):
-        self.path = Path(out) / LOCK_FILE
-        self.token = secrets.token_hex(8)
-        self._fd: int | None = None
-
-    def acquire(self) -> StudyLock:
-        """Take the lock or raise a one-line :class:`LoraplaceError` naming its holder."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            if _disk_full(exc):
-                raise DiskFullError(f"disk full: cannot create {self.path}") from None
-            raise LoraplaceError(
-                f"cannot write to study directory '{self.path.parent}': {exc.strerror}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = read_json(self.path) or {}
-            raise LoraplaceError(
-                f"study directory '{self.path.parent}' is in use by pid {holder.get('pid', '?')} "
-                f"on {holder.get('host', '?')} since {holder.get('started_at', '?')}; wait for "
-                "it to finish or stop it (a killed process releases the lock by itself)"
-            ) from None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started_at": now(),
-            "token": self.token,
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> StudyLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def lock_holder(out: Path) -> dict | None:
-    """The process holding the study lock on ``out`` (its pid, host and start time, as it
-    recorded them), or ``None`` when none does: no study is running in ``out``.
-
-    It tries a shared ``flock`` without waiting, so it never blocks and never takes the lock
-    from a running study; a lock file left by a dead process is not held.
-    """
-    path = Path(out) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return read_json(path) or {}
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def check_lock_token(out: Path, token: str | None) -> None:
-    """Refuse to write into ``out`` unless the study lock is still held by ``token``'s owner.
-
-    Ray workers call this before writing a run: a study directory taken over by another
-    process (after the driver died) must not receive results from the old driver's tasks.
-    """
-    if token is None:
-        return
-    holder = read_json(Path(out) / LOCK_FILE) or {}
-    if holder.get("token") != token:
-        raise LoraplaceError(
-            f"study directory '{out}' is no longer held by the process that started this task "
-            f"(now held by pid {holder.get('pid', '?')} on {holder.get('host', '?')}); "
-            "the result is not written"
-        )

@@ -11,7 +11,7 @@ A run is complete exactly when its ``result.json`` exists (written atomically, l
 the runner skips complete runs, clears the leftovers of interrupted ones and runs the rest, so
 killing the process at any moment (``kill -9`` included) and running the same command again
 finishes the study without redoing or duplicating anything. One process at a time holds a
-study directory (:class:`~loraplace.store.StudyLock`).
+study directory (:class:`~loraplace.study_lock.StudyLock`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from loraplace.config import StudyConfig, load_study_config
 from loraplace.errors import LoraplaceError
 from loraplace.store import RunKey
 from loraplace.study_dir import check_out, make_out, prepare_study_dir, study_identity
+from loraplace.study_lock import StudyLock
 
 __all__ = [
     "Job",
@@ -539,7 +540,7 @@ def run_study(
     out = Path(out)
     make_out(out)
     identity = study_identity(config)
-    with store.StudyLock(out) as lock:
+    with StudyLock(out) as lock:
         check_out(out)
         created = not (out / "study.yaml").exists()
         prepare_study_dir(config, out, identity)
