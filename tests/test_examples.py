@@ -123,6 +123,9 @@ def test_longer_training_is_the_budget_curve_design_at_rank_8_trained_twice_as_l
     grid = longer.training.learning_rates
     assert len(grid) >= 3 and min(grid) < 3e-3 < max(grid)
     assert len([s for s in longer.eval.checkpoint_steps(steps) if s > full.training.steps]) >= 2
+    # Its analysis plan tests the three placements against all-linear, Holm over those three:
+    # no test of the lowest placement may join the family.
+    assert longer.report.lowest is False and full.report.lowest is True
 
 
 @pytest.mark.parametrize("name", ["auto-placement", "auto-placement-r2"])
