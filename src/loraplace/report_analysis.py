@@ -200,8 +200,7 @@ def _compare(
         return {}, 0, None
     examples = study.example_arrays() or None
     with_data = [label for label, values in losses.items() if values]
-    lowest = study.config.report.lowest if study.config is not None else True
-    if not study.sweep and lowest and len(with_data) >= 2:
+    if not study.sweep and study.lowest_asked and len(with_data) >= 2:
         # Over ranks the lowest loss is mostly the largest rank: the sweep's question is the
         # equal-budget comparison instead, so "lowest" is a finding only without a sweep.
         best = best_vs_others(losses, study.margin, refs, examples)

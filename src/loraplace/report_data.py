@@ -205,6 +205,12 @@ class Study:
         """Whether the study sweeps ranks."""
         return any(c.rank is not None for c in self.conditions)
 
+    @property
+    def lowest_asked(self) -> bool:
+        """Whether ``report.lowest`` asks for the "lowest mean eval loss" test (the default)."""
+        settings = self.config.report if self.config else ReportSettings()
+        return bool(settings.lowest)
+
     def condition(self, name: str, rank: int | None) -> Condition | None:
         """The condition ``(name, rank)``, or ``None`` when the study has no such row."""
         return next((c for c in self.conditions if c.key == (name, rank)), None)

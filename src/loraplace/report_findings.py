@@ -183,9 +183,8 @@ def _lowest(study: Study, a: Analysis) -> list[str]:
             "The lowest loss over all ranks is not tested (it is mostly the largest rank): the "
             "equal-budget comparison compares placements at the same number of parameters."
         ]
-    with_data = [c for c in study.conditions if study.losses(c)]
-    if study.config is not None and not study.config.report.lowest:
-        if not study.reference or len(with_data) < 2:
+    if not study.lowest_asked:
+        if not study.reference or sum(1 for c in study.conditions if study.losses(c)) < 2:
             return []
         return [
             f"The lowest mean eval loss is not tested ({code('report.lowest: false')}): the "
