@@ -221,8 +221,8 @@ def test_the_estimate_of_a_started_study_uses_the_placements_it_resolved(
     # `study --estimate` runs and probes nothing, but a started study has its placements
     # recorded: each seed's is compiled for pricing, not priced as all-layer LoRA.
     import loraplace.probe as probe
+    from loraplace.estimate import estimate_only
     from loraplace.store import RunKey
-    from loraplace.studies import estimate_only
 
     raw = _auto_study(tiny_model_dir, tiny_data_file, probe_per_seed=True)
     raw["strategies"].pop("random")

@@ -9,7 +9,8 @@ import pytest
 from test_study import tiny_study
 
 from loraplace.config import ConfigError, load_study_config
-from loraplace.studies import estimate_only, run_study
+from loraplace.estimate import estimate_only
+from loraplace.studies import run_study
 from loraplace.study_dir import prepare_study_dir, study_identity
 
 

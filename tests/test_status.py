@@ -208,7 +208,7 @@ def test_the_study_estimate_divides_by_the_runs_at_a_time_it_measured(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch, capsys
 ):
     import loraplace.estimate as estimate
-    from loraplace.studies import print_estimate
+    from loraplace.estimate import print_estimate
 
     monkeypatch.setattr(estimate, "machine_matmul_rate", lambda: 100.0)
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))

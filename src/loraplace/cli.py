@@ -153,7 +153,7 @@ def cmd_study(args) -> int:
     config = load_study_config(raw)
     out = Path(args.out) if args.out else Path("runs") / config.name
     if args.estimate:
-        from loraplace.studies import estimate_only
+        from loraplace.estimate import estimate_only
 
         return estimate_only(config, out)
     return run_study(

@@ -19,10 +19,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from loraplace import store
 from loraplace.store import RESUME_FILE, RunKey
 
-__all__ = ["Estimate", "estimate_study", "machine_matmul_rate"]
+if TYPE_CHECKING:
+    from loraplace.config import StudyConfig
+
+__all__ = [
+    "Estimate",
+    "estimate_only",
+    "estimate_study",
+    "machine_matmul_rate",
+    "print_estimate",
+]
 
 #: Forward-only evaluation runs at about this multiple of the training rate (measured).
 EVAL_SPEEDUP = 2.0
@@ -160,3 +171,54 @@ def estimate_study(
         eval_total += evaluated
         seconds += depth * (train / rate + evaluated / (EVAL_SPEEDUP * rate))
     return Estimate(len(pending), int(train_total), int(eval_total), seconds, at_once, rate, source)
+
+
+def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) -> None:
+    """Print how long ``todo`` will take on this machine (see :mod:`loraplace.estimate`)."""
+    from loraplace.status import format_duration
+    from loraplace.studies import collect_results
+
+    finished = collect_results(config, out) if out.is_dir() else []
+    found = estimate_study(config, todo, bench, finished, out)
+    if found.at_once > 1.05:
+        when = (
+            f"about {format_duration(found.seconds / found.at_once)} at the {found.at_once:.1f} "
+            f"runs at a time they ran ({format_duration(found.seconds)} of run time)"
+        )
+    else:
+        when = f"about {format_duration(found.seconds)} one run at a time"
+    print(
+        f"estimate: {found.runs} runs to go, {found.train_tokens / 1e6:.2f}M training and "
+        f"{found.eval_tokens / 1e6:.2f}M eval tokens; at {found.rate:.0f} tokens/s of "
+        f"all-layer training per run ({found.source}; fp32 matmul "
+        f"{machine_matmul_rate():.0f} GFLOP/s now), {when}",
+        flush=True,
+    )
+
+
+def estimate_only(config: StudyConfig, out: Path) -> int:
+    """``loraplace study --estimate``: print the estimate, run nothing, write nothing."""
+    from loraplace.executors import _load_bench
+    from loraplace.reuse import study_donors, without_copies
+    from loraplace.studies import resolve_automatic
+    from loraplace.study_dir import study_identity
+
+    out = Path(out)
+    keys = config.run_keys()
+    todo = [k for k in keys if not (out.is_dir() and store.read_result(k.run_dir(out)))]
+    if out.is_dir():  # a started study: the placements it has already resolved
+        resolve_automatic(config, out, workbench=None, probe=False)
+    auto = [k for k in todo if config.compiled_plan(k) is None]
+    if auto:
+        print(
+            f"note: {len(auto)} runs of automatic strategies are priced as all-layer runs "
+            "(their placement is not resolved yet)",
+            flush=True,
+        )
+    bench = _load_bench(config)
+    if config.reuse:
+        # A started study knows its identity; hash the model files only for a new one.
+        identity = store.read_json(out / store.IDENTITY_FILE) or study_identity(config)
+        todo = without_copies(config, out, todo, study_donors(config, identity, bench.device))
+    print_estimate(config, out, todo, bench)
+    return 0

@@ -30,13 +30,28 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loraplace import store
 from loraplace.config import read_yaml
 from loraplace.errors import LoraplaceError
 from loraplace.store import RunKey
 
-__all__ = ["Donor", "find_donors", "find_run", "recipe", "reuse_runs"]
+if TYPE_CHECKING:
+    from loraplace.config import StudyConfig
+    from loraplace.studies import Job
+
+__all__ = [
+    "Donor",
+    "find_donors",
+    "find_run",
+    "recipe",
+    "reuse_runs",
+    "reuser",
+    "study_donors",
+    "to_be_copied",
+    "without_copies",
+]
 
 #: Config keys that choose which runs a study makes, or that no run depends on.
 _NOT_RECIPE = (
@@ -212,3 +227,69 @@ def _copy_run(source: Path, target: Path, mine: dict, study: Path) -> None:
         record.get("reused_from") or f"{study}/{source.parent.name}/{source.name}"
     )
     store.write_result(target, record)
+
+
+def study_donors(config: StudyConfig, identity: dict, device: str) -> list[Donor]:
+    """The donors of a study config's ``reuse`` directories (:func:`find_donors`)."""
+    return find_donors(config.to_dict(), identity, config.reuse, device)
+
+
+def reuser(config: StudyConfig, out: Path, donors: list[Donor]):
+    """A filter of jobs: it copies each job another study already ran (``reuse``) and returns
+    the jobs left to run."""
+    from loraplace.run_records import settings_record
+
+    settings = settings_record(config.lora, config.training, config.eval)
+
+    def reuse(jobs: list[Job]) -> list[Job]:
+        copied = reuse_runs(out, jobs, donors, settings) if jobs and donors else set()
+        return [job for job in jobs if job.key not in copied]
+
+    return reuse
+
+
+def to_be_copied(
+    config: StudyConfig, out: Path, todo: list[RunKey], donors: list[Donor]
+) -> set[RunKey]:
+    """The runs of ``todo`` that ``reuse`` will copy rather than train: selection runs a donor
+    made, and final runs a donor made at the learning rate their condition's selection runs
+    (complete here, or to be copied) choose. Runs of automatic strategies are not yet placed."""
+    from loraplace.studies import choose_learning_rates
+
+    def donated(key: RunKey, learning_rate) -> dict | None:
+        if not donors or (key.name, key.rank) not in config.plans:
+            return None
+        placement = config.plan_for(key).placement
+        found = find_run(donors, key.stage, key.seed, learning_rate, placement)
+        return store.read_result(found[1]) if found else None
+
+    def record(key: RunKey) -> dict | None:
+        return store.read_result(key.run_dir(out)) or donated(key, key.learning_rate)
+
+    choices = choose_learning_rates(config, out, record) if config.training.learning_rates else {}
+    copied = set()
+    for key in todo:
+        if key.stage == "selection":
+            rate = key.learning_rate
+        elif config.training.learning_rates:
+            rate = getattr(choices.get(key.condition), "chosen", None)
+        else:
+            rate = config.training.learning_rate
+        if rate is not None and donated(key, rate) is not None:
+            copied.add(key)
+    return copied
+
+
+def without_copies(
+    config: StudyConfig, out: Path, todo: list[RunKey], donors: list[Donor]
+) -> list[RunKey]:
+    """``todo`` without the runs that ``reuse`` will copy, with a note of how many."""
+    copied = to_be_copied(config, out, todo, donors)
+    if copied:
+        finals = sum(key.stage == "final" for key in copied)
+        print(
+            f"note: {len(copied) - finals} selection and {finals} final run(s) will be copied "
+            "from the reuse directories, not trained",
+            flush=True,
+        )
+    return [key for key in todo if key not in copied]

@@ -317,57 +317,6 @@ def _longest_first(out: Path, config: StudyConfig, jobs: list[Job]) -> list[Job]
     return sorted(jobs, key=order)
 
 
-def _donors(config: StudyConfig, identity: dict, device: str) -> list:
-    from loraplace.reuse import find_donors
-
-    return find_donors(config.to_dict(), identity, config.reuse, device)
-
-
-def _reuser(config: StudyConfig, out: Path, donors: list):
-    """A filter of jobs: it copies each job another study already ran (``reuse``) and returns
-    the jobs left to run."""
-    from loraplace.reuse import reuse_runs
-    from loraplace.run_records import settings_record
-
-    settings = settings_record(config.lora, config.training, config.eval)
-
-    def reuse(jobs: list[Job]) -> list[Job]:
-        copied = reuse_runs(out, jobs, donors, settings) if jobs and donors else set()
-        return [job for job in jobs if job.key not in copied]
-
-    return reuse
-
-
-def _to_be_copied(config: StudyConfig, out: Path, todo: list[RunKey], donors: list) -> set:
-    """The runs of ``todo`` that ``reuse`` will copy rather than train: selection runs a donor
-    made, and final runs a donor made at the learning rate their condition's selection runs
-    (complete here, or to be copied) choose. Runs of automatic strategies are not yet placed."""
-    from loraplace.reuse import find_run
-
-    def donated(key: RunKey, learning_rate) -> dict | None:
-        if not donors or (key.name, key.rank) not in config.plans:
-            return None
-        placement = config.plan_for(key).placement
-        found = find_run(donors, key.stage, key.seed, learning_rate, placement)
-        return store.read_result(found[1]) if found else None
-
-    def record(key: RunKey) -> dict | None:
-        return store.read_result(key.run_dir(out)) or donated(key, key.learning_rate)
-
-    choices = choose_learning_rates(config, out, record) if config.training.learning_rates else {}
-    copied = set()
-    for key in todo:
-        if key.stage == "selection":
-            rate = key.learning_rate
-        elif config.training.learning_rates:
-            rate = getattr(choices.get(key.condition), "chosen", None)
-        else:
-            rate = config.training.learning_rate
-        if rate is not None and donated(key, rate) is not None:
-            copied.add(key)
-    return copied
-
-
 def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
     """Selection runs keep their weights only until their seed's final run is complete."""
     import shutil
@@ -381,67 +330,6 @@ def _drop_adopted_checkpoints(config: StudyConfig, out: Path) -> None:
             shutil.rmtree(checkpoints, ignore_errors=True)
 
 
-def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) -> None:
-    """Print how long ``todo`` will take on this machine (see :mod:`loraplace.estimate`)."""
-    from loraplace.estimate import estimate_study, machine_matmul_rate
-    from loraplace.status import format_duration
-
-    finished = collect_results(config, out) if out.is_dir() else []
-    found = estimate_study(config, todo, bench, finished, out)
-    if found.at_once > 1.05:
-        when = (
-            f"about {format_duration(found.seconds / found.at_once)} at the {found.at_once:.1f} "
-            f"runs at a time they ran ({format_duration(found.seconds)} of run time)"
-        )
-    else:
-        when = f"about {format_duration(found.seconds)} one run at a time"
-    print(
-        f"estimate: {found.runs} runs to go, {found.train_tokens / 1e6:.2f}M training and "
-        f"{found.eval_tokens / 1e6:.2f}M eval tokens; at {found.rate:.0f} tokens/s of "
-        f"all-layer training per run ({found.source}; fp32 matmul "
-        f"{machine_matmul_rate():.0f} GFLOP/s now), {when}",
-        flush=True,
-    )
-
-
-def estimate_only(config: StudyConfig, out: Path) -> int:
-    """``loraplace study --estimate``: print the estimate, run nothing, write nothing."""
-    from loraplace.executors import _load_bench
-
-    out = Path(out)
-    keys = config.run_keys()
-    todo = [k for k in keys if not (out.is_dir() and store.read_result(k.run_dir(out)))]
-    if out.is_dir():  # a started study: the placements it has already resolved
-        resolve_automatic(config, out, workbench=None, probe=False)
-    auto = [k for k in todo if config.compiled_plan(k) is None]
-    if auto:
-        print(
-            f"note: {len(auto)} runs of automatic strategies are priced as all-layer runs "
-            "(their placement is not resolved yet)",
-            flush=True,
-        )
-    bench = _load_bench(config)
-    if config.reuse:
-        # A started study knows its identity; hash the model files only for a new one.
-        identity = store.read_json(out / store.IDENTITY_FILE) or study_identity(config)
-        todo = _without_copies(config, out, todo, _donors(config, identity, bench.device))
-    print_estimate(config, out, todo, bench)
-    return 0
-
-
-def _without_copies(config: StudyConfig, out: Path, todo: list[RunKey], donors: list) -> list:
-    """``todo`` without the runs that ``reuse`` will copy, with a note of how many."""
-    copied = _to_be_copied(config, out, todo, donors)
-    if copied:
-        finals = sum(key.stage == "final" for key in copied)
-        print(
-            f"note: {len(copied) - finals} selection and {finals} final run(s) will be copied "
-            "from the reuse directories, not trained",
-            flush=True,
-        )
-    return [key for key in todo if key not in copied]
-
-
 def _execute(
     config: StudyConfig,
     out: Path,
@@ -452,7 +340,9 @@ def _execute(
 ) -> tuple[list[dict], float]:
     """Run the pending runs of a prepared study directory (the lock held); returns its results
     and the start time."""
+    from loraplace.estimate import print_estimate
     from loraplace.executors import make_executor
+    from loraplace.reuse import reuser, study_donors, to_be_copied
 
     keys = config.run_keys()
     selection = [k for k in keys if k.stage == "selection"]
@@ -475,8 +365,8 @@ def _execute(
         donors = []
         if config.reuse:
             identity = store.read_json(out / store.IDENTITY_FILE)
-            donors = _donors(config, identity, run.workbench().device)
-        reuse = _reuser(config, out, donors) if donors else (lambda jobs: jobs)
+            donors = study_donors(config, identity, run.workbench().device)
+        reuse = reuser(config, out, donors) if donors else (lambda jobs: jobs)
         selection_jobs = reuse(
             [
                 Job(
@@ -493,7 +383,7 @@ def _execute(
         if selection_jobs or todo_final:
             todo = [job.key for job in selection_jobs] + todo_final
             if donors:
-                copied = _to_be_copied(config, out, todo_final, donors)
+                copied = to_be_copied(config, out, todo_final, donors)
                 todo = [key for key in todo if key not in copied]
             print_estimate(config, out, todo, run.workbench())
         release = _final_release(config, out, todo_final, reuse, run)
