@@ -82,6 +82,41 @@ def test_export_copies_records_not_weights_and_the_report_regenerates(tmp_path):
     assert not (tmp_path / "dst" / "runs" / "a--seed1").exists()  # in progress: not a record
 
 
+def _finished(study: Path, seed: int) -> None:
+    from loraplace import store
+
+    record = {"name": "a", "seed": seed, "status": "finished", "eval_loss": 1.0, "spec": "all"}
+    store.write_result(store.RunKey("a", seed).run_dir(study), record)
+
+
+def test_export_brings_an_earlier_export_of_the_same_study_up_to_date(tmp_path):
+    # A study that grew a seed and gained a report key in place is the study exported before:
+    # the export is updated. Another config, or other model files or data, is refused.
+    from loraplace.errors import LoraplaceError
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _finished(src, 0)
+    (src / "study.yaml").write_text("name: s\nstrategies: {a: all}\ntraining: {seeds: [0]}\n")
+    (src / "identity.json").write_text('{"model": "m", "data": "d"}')
+    export_study(src, dst)
+    _finished(src, 1)
+    grown = "name: s\nstrategies: {a: all}\ntraining: {seeds: [0, 1]}\nreport: {lowest: false}\n"
+    (src / "study.yaml").write_text(grown)
+    export_study(src, dst)
+    assert (dst / "study.yaml").read_text() == grown
+    assert (dst / "runs" / "a--seed1" / "result.json").is_file()
+
+    other = tmp_path / "other"
+    _finished(other, 0)
+    (other / "study.yaml").write_text("name: s\nstrategies: {a: attn}\ntraining: {seeds: [0]}\n")
+    with pytest.raises(LoraplaceError, match="holds another study"):
+        export_study(other, dst)
+    (src / "identity.json").write_text('{"model": "m2", "data": "d"}')
+    with pytest.raises(LoraplaceError, match="holds another study"):
+        export_study(src, dst)
+    assert (dst / "study.yaml").read_text() == grown  # a refused export changes nothing
+
+
 def _table_lines(lines: list[str], start: int) -> list[str]:
     """The lines of a markdown table from ``lines[start]`` on, stripped, up to its end."""
     table = []

@@ -474,13 +474,22 @@ def export_study(src: Path, dst: Path) -> int:
         The number of files copied.
 
     Raises:
-        LoraplaceError: ``src`` is not a study directory, or ``dst`` holds another study.
+        LoraplaceError: ``src`` is not a study directory, or ``dst`` holds another study: a
+            config that differs beyond what a study may change in place (its seed list, a grown
+            learning-rate grid, keys that change no run), or other model files or data.
     """
+    from loraplace.study_dir import same_study
+
     src, dst = Path(src), Path(dst)
     if not is_study_dir(src):
         raise LoraplaceError(f"'{src}' is not a study directory (no study.yaml or runs/)")
     if dst.exists() and (dst / "study.yaml").is_file():
-        if (dst / "study.yaml").read_bytes() != (src / "study.yaml").read_bytes():
+        # An earlier export of this study, taken before its seeds, grid or report keys changed
+        # in place, is the same study: it is brought up to date.
+        identities = [read_json(d / IDENTITY_FILE) for d in (dst, src)]
+        if not same_study(dst / "study.yaml", src / "study.yaml") or (
+            None not in identities and identities[0] != identities[1]
+        ):
             raise LoraplaceError(f"'{dst}' holds another study; choose another destination")
     copied = 0
     for path in sorted(src.rglob("*")):

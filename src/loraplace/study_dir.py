@@ -15,7 +15,7 @@ from loraplace import store
 from loraplace.config import StudyConfig, read_yaml
 from loraplace.errors import LoraplaceError
 
-__all__ = ["check_out", "make_out", "prepare_study_dir", "study_identity"]
+__all__ = ["check_out", "make_out", "prepare_study_dir", "same_study", "study_identity"]
 
 
 def study_identity(config: StudyConfig) -> dict:
@@ -70,6 +70,20 @@ def _grown_grid(previous: dict, resolved: dict) -> tuple[list, list] | None:
     if old and set(old) < set(new) and rest(previous) == rest(resolved):
         return old, new
     return None
+
+
+def same_study(earlier: Path, later: Path) -> bool:
+    """Whether the config in ``later`` is the study of ``earlier`` as it may have changed in
+    place: the same except for its seed list, a learning-rate grid that grew, or keys that
+    change no run (:data:`_NOT_RUN_KEYS`). An unreadable config is no study."""
+    try:
+        old, new = read_yaml(Path(earlier)), read_yaml(Path(later))
+    except LoraplaceError:
+        return False
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+    unchanged = _normalised(_without_seeds(old)) == _normalised(_without_seeds(new))
+    return unchanged or _grown_grid(old, new) is not None
 
 
 def _check_grid_can_grow(config: StudyConfig, out: Path, grown: tuple[list, list]) -> None:
