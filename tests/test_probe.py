@@ -77,6 +77,59 @@ def test_place_prints_a_strategy_within_the_budget_that_round_trips(
     assert again.stdout.strip().splitlines()[-1] == strategy
 
 
+@pytest.mark.parametrize("method", ["grad", "random"])
+def test_place_over_several_seeds_reports_how_far_they_agree(
+    method, tiny_model_dir, tiny_data_file, tmp_path
+):
+    import itertools
+
+    from scipy.stats import kendalltau
+
+    from loraplace.placement import ModelPlanner
+
+    seeds = [0, 1, 2]
+    proc = _place(
+        tiny_model_dir,
+        tiny_data_file,
+        *("--budget", "attn", "--method", method, "--seeds", "0,1,2", "--out", tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    strategies = lines[-3:]
+    planner = ModelPlanner.for_model(str(tiny_model_dir))
+    chosen, scores = {}, {}
+    for seed, strategy in zip(seeds, strategies):
+        placement = json.loads((tmp_path / f"seed{seed}" / "placement.json").read_text())
+        assert placement["seed"] == seed and placement["strategy"] == strategy
+        assert set(placement["chosen"]) == set(planner.plan({"s": strategy}, 4)[0].targets)
+        chosen[seed] = set(placement["chosen"])
+        rows = (tmp_path / f"seed{seed}" / "importance.csv").read_text().splitlines()[1:]
+        scores[seed] = {r.split(",")[2]: r.split(",")[3] for r in rows}
+    # Each seed's placement is the one a single `--seed` gives.
+    single = _place(
+        tiny_model_dir, tiny_data_file, "--budget", "attn", "--method", method, "--seed", "2"
+    )
+    assert single.stdout.strip().splitlines()[-1] == strategies[2]
+
+    agreement = lines[-4]
+    pairs = list(itertools.combinations(seeds, 2))
+    jaccards = [len(chosen[a] & chosen[b]) / len(chosen[a] | chosen[b]) for a, b in pairs]
+    assert f"{min(jaccards):.2f}" in agreement and "over 3 pairs of seeds" in agreement
+    in_all, in_any = set.intersection(*chosen.values()), set.union(*chosen.values())
+    assert f"; {len(in_all)} modules chosen by every seed, {len(in_any)} by some" in agreement
+    if method == "random":
+        assert "tau" not in agreement  # no scores to rank
+    else:
+        names = sorted(scores[0])
+        taus = [
+            kendalltau([float(scores[a][n]) for n in names], [float(scores[b][n]) for n in names])[
+                0
+            ]
+            for a, b in pairs
+        ]
+        assert f"Kendall tau-b of the module scores {min(taus):.2f}" in agreement
+
+
 @pytest.mark.parametrize("method", ["snr", "random"])
 def test_place_without_a_probe_reads_no_data(method, tiny_model_dir, tiny_data_file, tmp_path):
     missing = tmp_path / "no-such-data.jsonl"

@@ -226,33 +226,72 @@ def cmd_place(args) -> int:
     else:  # the architecture alone
         bench = ModelOnly(None, planner.arch)
     out = Path(args.out) if args.out else None
-    result = auto_place(
-        bench,
-        spec,
-        rank=rank,
-        budget=budget,
-        seed=args.seed,
-        batch_size=config.training.batch_size,
-        out_dir=out,
-    )
-    placement = result.placement
-    print(
-        f"method {spec.method}, seed {args.seed}, rank {rank}: {placement.trainable_params:,} of "
-        f"a {budget:,}-parameter budget ({100 * placement.fill:.1f}%), "
-        f"{len(placement.chosen)} modules; took {result.cost.time_s:.1f} s"
-        + (
-            f" ({result.cost.steps} probe steps, {result.cost.tokens:,} tokens)"
-            if result.cost.steps
-            else ""
+    seeds = list(dict.fromkeys(args.seeds or [args.seed]))
+    results = []
+    for seed in seeds:
+        # Several seeds: each one's files in its own folder, seed<N>.
+        where = out / f"seed{seed}" if out is not None and args.seeds else out
+        result = auto_place(
+            bench,
+            spec,
+            rank=rank,
+            budget=budget,
+            seed=seed,
+            batch_size=config.training.batch_size,
+            out_dir=where,
         )
-    )
-    if out is not None:
-        from loraplace.store import write_json_atomic
+        placement = result.placement
+        print(
+            f"method {spec.method}, seed {seed}, rank {rank}: {placement.trainable_params:,} of "
+            f"a {budget:,}-parameter budget ({100 * placement.fill:.1f}%), "
+            f"{len(placement.chosen)} modules; took {result.cost.time_s:.1f} s"
+            + (
+                f" ({result.cost.steps} probe steps, {result.cost.tokens:,} tokens)"
+                if result.cost.steps
+                else ""
+            ),
+            flush=True,
+        )
+        if where is not None:
+            from loraplace.store import write_json_atomic
 
-        write_json_atomic(out / "placement.json", result.to_json())
-        print(f"importance.csv, importance.png and placement.json written to {out}")
-    print(placement.strategy)
+            write_json_atomic(where / "placement.json", result.to_json())
+            print(f"importance.csv, importance.png and placement.json written to {where}")
+        results.append(result)
+    if len(results) > 1:
+        print(_placement_agreement(results))
+    for result in results:
+        print(result.placement.strategy)
     return 0
+
+
+def _placement_agreement(results) -> str:
+    """How far the placements of several seeds agree, in one line."""
+    from loraplace.report_data import placement_spread
+
+    spread = placement_spread(
+        {r.seed: set(r.placement.chosen) for r in results},
+        {r.seed: r.scores for r in results if r.scores is not None},
+    )
+
+    def span(values: list[float]) -> str:
+        return (
+            f"{min(values):.2f}"
+            if min(values) == max(values)
+            else (f"{min(values):.2f} to {max(values):.2f}")
+        )
+
+    pairs = len(results) * (len(results) - 1) // 2
+    text = (
+        f"agreement over {len(results)} seeds: Jaccard index of the chosen modules "
+        f"{span(spread.jaccard)} over {pairs} pairs of seeds"
+    )
+    if spread.tau:
+        text += f", Kendall tau-b of the module scores {span(spread.tau)}"
+    return text + (
+        f"; {spread.in_all} modules chosen by every seed, {spread.in_any} by some "
+        "(the strategies follow, one a line, in seed order)"
+    )
 
 
 def cmd_report(args) -> int:
@@ -361,9 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="trainable parameters: an integer, or a strategy whose count at --rank is the budget",
     )
     p.add_argument("--method", choices=["grad", "snr", "random"], default="grad")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probe or the random draw")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="seed of the probe or the random draw")
+    seeds.add_argument(
+        "--seeds",
+        type=int_list,
+        default=None,
+        help="place once per seed and print how far the placements agree, e.g. 0,1,2",
+    )
     p.add_argument("--rank", type=positive_int, default=None, help="rank of each chosen module")
-    p.add_argument("--out", default=None, help="write importance.csv/.png and placement.json here")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write importance.csv/.png and placement.json here (with --seeds, in seed<N>/)",
+    )
     p.add_argument("--config", default=None, help="take model and data settings from a study YAML")
     p.add_argument("--preset", default=None, help="take model and data settings from a preset")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -10,7 +10,7 @@ probe cost, so a study can charge an automatic strategy for its probe.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loraplace.autoplace import METHODS, Placement, place, place_random
@@ -117,6 +117,9 @@ class AutoResult:
     placement: Placement
     cost: ProbeCost
     seed: int
+    scores: dict[str, float] | None = field(default=None, repr=False, compare=False)
+    """Module name -> score (``None`` for the random control); not in :meth:`to_json`, as
+    ``importance.csv`` holds them."""
 
     def to_json(self) -> dict:
         return {
@@ -230,4 +233,4 @@ def auto_place(
         write_importance(
             out_dir, bench.arch, scores, placement.chosen, title=f"{spec.method} scores"
         )
-    return AutoResult(placement, cost, seed)
+    return AutoResult(placement, cost, seed, scores)
