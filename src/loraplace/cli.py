@@ -268,18 +268,12 @@ def cmd_place(args) -> int:
 def _placement_agreement(results) -> str:
     """How far the placements of several seeds agree, in one line."""
     from loraplace.report_data import placement_spread
+    from loraplace.report_render import span
 
     spread = placement_spread(
         {r.seed: set(r.placement.chosen) for r in results},
         {r.seed: r.scores for r in results if r.scores is not None},
     )
-
-    def span(values: list[float]) -> str:
-        return (
-            f"{min(values):.2f}"
-            if min(values) == max(values)
-            else (f"{min(values):.2f} to {max(values):.2f}")
-        )
 
     pairs = len(results) * (len(results) - 1) // 2
     text = (

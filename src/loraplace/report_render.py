@@ -96,6 +96,14 @@ def p_is(p: float | None) -> str:
     return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
 
 
+def span(values: list[float]) -> str:
+    """``min–max`` of ``values`` to 2 decimals (one value alone; a dash for none)."""
+    if not values:
+        return DASH
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}–{high}"
+
+
 def signed(value: float | None) -> str:
     """A difference in nats, signed, to 4 decimals (a dash for none)."""
     return fmt(value, "+.4f")

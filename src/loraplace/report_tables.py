@@ -25,6 +25,7 @@ from loraplace.report_render import (
     pm,
     sentence,
     signed,
+    span,
     who,
     who_headers,
 )
@@ -312,14 +313,6 @@ def pairwise_table(study: Study, a: Analysis) -> Table | None:
     return Table("All pairs", headers, rows, note)
 
 
-def _span(values: list[float]) -> str:
-    """``min–max`` of ``values`` to 2 decimals (one value alone; a dash for none)."""
-    if not values:
-        return DASH
-    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
-    return low if low == high else f"{low}–{high}"
-
-
 def placement_seeds_table(study: Study) -> Table | None:
     """How far apart the placements of a strategy placed per seed (``probe_per_seed``) are."""
     rows = []
@@ -345,8 +338,8 @@ def placement_seeds_table(study: Study) -> Table | None:
             who(study, cond)
             + [
                 ", ".join(f"{n} (seed {s})" for s, n in spread.sizes.items()),
-                _span(spread.jaccard),
-                _span(spread.tau),
+                span(spread.jaccard),
+                span(spread.tau),
                 str(spread.in_all),
                 str(spread.in_any),
             ]
