@@ -232,7 +232,7 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
         f"{', '.join(map(str, seeds)) or 'none'}, "
         f"reference {ref}."
     )
-    note = study.config.report.note if study.config is not None else None
+    note = study.report_settings.note
     if note:
         subtitle += f" {note}"
     t, s = report_tables, report_sweep_tables

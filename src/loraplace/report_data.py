@@ -195,10 +195,14 @@ class Study:
         return self.config.name if self.config else self.root.name
 
     @property
+    def report_settings(self) -> ReportSettings:
+        """The config's ``report`` keys (the defaults without a config)."""
+        return self.config.report if self.config else ReportSettings()
+
+    @property
     def margin(self) -> float:
         """The declared equivalence margin in nats (``report.equivalence_margin``)."""
-        settings = self.config.report if self.config else ReportSettings()
-        return float(settings.equivalence_margin)
+        return float(self.report_settings.equivalence_margin)
 
     @property
     def sweep(self) -> bool:
@@ -208,8 +212,7 @@ class Study:
     @property
     def lowest_asked(self) -> bool:
         """Whether ``report.lowest`` asks for the "lowest mean eval loss" test (the default)."""
-        settings = self.config.report if self.config else ReportSettings()
-        return bool(settings.lowest)
+        return bool(self.report_settings.lowest)
 
     def condition(self, name: str, rank: int | None) -> Condition | None:
         """The condition ``(name, rank)``, or ``None`` when the study has no such row."""
