@@ -2,6 +2,7 @@
 #   make study   - set everything up, then run the default placement study
 #   make test    - set everything up, then run the test suite
 VENV ?= .venv
+EXPORT_FLAGS ?=
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
@@ -44,6 +45,8 @@ bench: setup
 # and so are final runs that would have been adopted from a selection run, whose weights are
 # not committed (docs/STUDIES.md, "Moving a study"). `make results` commits nothing: it copies
 # each study's records (not its weights) to docs/results/NAME and writes its report there.
+# `make results EXPORT_FLAGS=--states` also copies the saved training states of runs in
+# progress, so that a fresh machine goes on from them rather than starting those runs over.
 LONG := TQDM_DISABLE=1 $(VENV)/bin/loraplace study
 STUDIES := budget-curves auto-placement auto-placement-r2 longer-training
 restore = { test -d runs/$(1) || test ! -f docs/results/$(1)/study.yaml \
@@ -54,7 +57,7 @@ long-studies: setup
 
 results: setup
 	$(foreach s,$(STUDIES),{ test ! -d runs/$(s) || { $(VENV)/bin/loraplace export runs/$(s) \
-	docs/results/$(s) && $(VENV)/bin/loraplace report docs/results/$(s); }; } && ) true
+	docs/results/$(s) $(EXPORT_FLAGS) && $(VENV)/bin/loraplace report docs/results/$(s); }; } && ) true
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -117,6 +117,38 @@ def test_export_brings_an_earlier_export_of_the_same_study_up_to_date(tmp_path):
     assert (dst / "study.yaml").read_text() == grown  # a refused export changes nothing
 
 
+def test_export_with_states_carries_a_run_in_progress_until_it_is_complete(tmp_path):
+    # A run in progress that saved its training state travels with --states and is kept when
+    # copied back; once the run is complete, or without --states, the export drops the state.
+    from loraplace import store
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _finished(src, 0)
+    (src / "study.yaml").write_text("name: s\nstrategies: {a: all}\n")
+    running = store.RunKey("a", 1).run_dir(src)
+    running.mkdir(parents=True)
+    (running / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (running / store.RESUME_FILE).write_bytes(b"state")
+    (running / "adapter").mkdir()
+    (running / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    moved = store.RunKey("a", 1).run_dir(dst)
+
+    assert export_study(src, dst) == 2  # study.yaml and the finished run's record
+    assert not moved.exists()
+    assert export_study(src, dst, states=True) == 4
+    assert (moved / store.RESUME_FILE).read_bytes() == b"state"
+    assert (moved / "metrics.jsonl").is_file() and not (moved / "adapter").exists()
+    assert store.can_resume(moved)  # a study copied back from here goes on from the state
+
+    export_study(src, dst)  # without --states the carried state goes with its run's files
+    assert not moved.exists()
+    export_study(src, dst, states=True)
+    _finished(src, 1)  # the run completes: its state is gone from the source
+    export_study(src, dst, states=True)
+    assert (moved / store.RESULT_FILE).is_file()
+    assert not (moved / store.RESUME_FILE).exists()
+
+
 def _table_lines(lines: list[str], start: int) -> list[str]:
     """The lines of a markdown table from ``lines[start]`` on, stripped, up to its end."""
     table = []

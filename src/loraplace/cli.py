@@ -299,8 +299,11 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from loraplace.store import export_study
 
-    count = export_study(Path(args.study_dir), Path(args.dest))
-    print(f"{count} files copied to {args.dest} (no adapters, checkpoints or tracker stores)")
+    count = export_study(Path(args.study_dir), Path(args.dest), states=args.states)
+    left = "no adapters, checkpoints or tracker stores"
+    if args.states:
+        left += "; saved training states of runs in progress included"
+    print(f"{count} files copied to {args.dest} ({left})")
     return 0
 
 
@@ -431,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a study's records without its weights (to commit)")
     p.add_argument("study_dir", help="a study directory")
     p.add_argument("dest", help="where to copy it")
+    p.add_argument(
+        "--states",
+        action="store_true",
+        help="also copy the saved training state of each run in progress, so that a copy of "
+        "the study goes on from it (tens of MB a run)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("status", help="finished, failed and pending runs of a study, and an ETA")

@@ -453,7 +453,6 @@ def is_study_dir(path: Path) -> bool:
 _NOT_EXPORTED = (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
-    RESUME_FILE,
     LOCK_FILE,
     "mlflow.db",
     "mlartifacts",
@@ -461,7 +460,7 @@ _NOT_EXPORTED = (
 )
 
 
-def export_study(src: Path, dst: Path) -> int:
+def export_study(src: Path, dst: Path, *, states: bool = False) -> int:
     """Copy a study directory's records, not its weights, e.g. to commit them.
 
     Everything ``loraplace report`` reads is copied (``study.yaml``, ``identity.json``,
@@ -469,6 +468,12 @@ def export_study(src: Path, dst: Path) -> int:
     ``eval_examples.jsonl``, ``generations.jsonl``, ``auto/``) and the report itself; adapters,
     selection checkpoints, the lock, tracker stores and runs without a result (in progress or
     interrupted) are not.
+
+    With ``states``, a run in progress that has saved its training state is copied too: its
+    ``resume.pt`` (adapter weights, optimizer and data order) and ``metrics.jsonl``, so that the
+    study goes on from there once copied back (docs/STUDIES.md, "Moving a study"). A state in
+    ``DEST`` that this export does not bring, because its run is complete or started over, is
+    removed with the rest of that run's files in progress.
 
     Returns:
         The number of files copied.
@@ -499,10 +504,27 @@ def export_study(src: Path, dst: Path) -> int:
         if is_temporary(path.name):
             continue
         if rel.parts[0] in ("runs", "selection") and len(rel.parts) > 2:
-            if read_result(src / rel.parts[0] / rel.parts[1]) is None:
+            run_dir = src / rel.parts[0] / rel.parts[1]
+            if read_result(run_dir) is None and not (states and can_resume(run_dir)):
                 continue  # a run in progress or interrupted: it will be redone
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
         copied += 1
+    _drop_stale_states(src, dst, kept=states)
     return copied
+
+
+def _drop_stale_states(src: Path, dst: Path, *, kept: bool) -> None:
+    """Remove from an export the files of each run in progress whose saved state is no longer
+    the one to go on from: its run is complete, started over, or states are not exported."""
+    for state in sorted(dst.glob(f"*/*/{RESUME_FILE}")):
+        run_dir = state.parent
+        rel = run_dir.relative_to(dst)
+        if rel.parts[0] not in ("runs", "selection"):
+            continue
+        if kept and can_resume(src / rel) and read_result(src / rel) is None:
+            continue
+        state.unlink()
+        if read_result(run_dir) is None:
+            clear_run_dir(run_dir)
