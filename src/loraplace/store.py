@@ -472,8 +472,8 @@ def export_study(src: Path, dst: Path, *, states: bool = False) -> int:
     With ``states``, a run in progress that has saved its training state is copied too: its
     ``resume.pt`` (adapter weights, optimizer and data order) and ``metrics.jsonl``, so that the
     study goes on from there once copied back (docs/STUDIES.md, "Moving a study"). A state in
-    ``DEST`` that this export does not bring, because its run is complete or started over, is
-    removed with the rest of that run's files in progress.
+    ``DEST`` that this export does not bring (its run is complete or started over, or
+    ``states`` is off) is removed with the rest of that run's files in progress.
 
     Returns:
         The number of files copied.
@@ -505,7 +505,7 @@ def export_study(src: Path, dst: Path, *, states: bool = False) -> int:
             continue
         if rel.parts[0] in ("runs", "selection") and len(rel.parts) > 2:
             run_dir = src / rel.parts[0] / rel.parts[1]
-            if read_result(run_dir) is None and not (states and can_resume(run_dir)):
+            if read_result(run_dir) is None and not _carries_state(run_dir, states):
                 continue  # a run in progress or interrupted: it will be redone
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -515,15 +515,19 @@ def export_study(src: Path, dst: Path, *, states: bool = False) -> int:
     return copied
 
 
+def _carries_state(run_dir: Path, states: bool) -> bool:
+    """Whether an export with ``states`` brings ``run_dir``'s saved training state: the run is
+    in progress (no result) and has one."""
+    return states and read_result(run_dir) is None and can_resume(run_dir)
+
+
 def _drop_stale_states(src: Path, dst: Path, *, kept: bool) -> None:
     """Remove from an export the files of each run in progress whose saved state is no longer
     the one to go on from: its run is complete, started over, or states are not exported."""
     for state in sorted(dst.glob(f"*/*/{RESUME_FILE}")):
         run_dir = state.parent
         rel = run_dir.relative_to(dst)
-        if rel.parts[0] not in ("runs", "selection"):
-            continue
-        if kept and can_resume(src / rel) and read_result(src / rel) is None:
+        if rel.parts[0] not in ("runs", "selection") or _carries_state(src / rel, kept):
             continue
         state.unlink()
         if read_result(run_dir) is None:
