@@ -57,7 +57,7 @@ def matmul_rates(size: int = 2048, sustain_s: float = 5.0) -> tuple[float, float
 
 def load_bench(train: int = 64, evaluate: int = 32):
     from loraplace.settings import DataConfig
-    from loraplace.workbench import Workbench
+    from loraplace.training.workbench import Workbench
 
     return Workbench.load(
         "smollm2-135m", DataConfig(train_examples=train, eval_examples=evaluate, max_length=384)
@@ -85,7 +85,7 @@ def train_rate(bench, spec: str, steps: int, batch_size: int = 4) -> float:
     """Training tokens/s of ``spec`` (prefix cache where it applies), after 2 warm-up steps."""
     from peft import get_peft_model
 
-    from loraplace.train import train_adapter
+    from loraplace.training.loop import train_adapter
 
     plan = bench.planner.plan({spec: spec}, 8)[0]
     model = get_peft_model(bench.fresh_model(), plan.lora_config(16.0, 0.0))
@@ -115,7 +115,7 @@ def plain_peft_rate(bench, steps: int) -> float:
     """A plain PEFT loop on the same batches: model(**batch, labels) -> backward -> AdamW."""
     from peft import LoraConfig, get_peft_model
 
-    from loraplace.train import batch_order
+    from loraplace.training.loop import batch_order
 
     modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(
@@ -140,7 +140,7 @@ def plain_peft_rate(bench, steps: int) -> float:
 def eval_rate(bench, spec: str) -> float:
     from peft import get_peft_model
 
-    from loraplace.evaluate import eval_losses
+    from loraplace.training.evaluate import eval_losses
 
     plan = bench.planner.plan({spec: spec}, 8)[0]
     model = get_peft_model(bench.fresh_model(), plan.lora_config(16.0, 0.0))
@@ -239,7 +239,7 @@ def section_study(args) -> None:
 def section_stats(args) -> None:
     import numpy as np
 
-    from loraplace.measures import bootstrap_paired_examples
+    from loraplace.stats.measures import bootstrap_paired_examples
 
     rng = np.random.default_rng(0)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_study import tiny_study
+from helpers import tiny_study
 
 import loraplace
 from loraplace.errors import LoraplaceError

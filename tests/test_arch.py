@@ -1,247 +1,29 @@
 """The architecture classifier and compiled plans, checked against PEFT on tiny random models.
 
-One row of :data:`ARCHS` per decoder family: a tiny config and, written out by hand, the role
-of every linear module in a decoder layer. For every row and every strategy of
+One row of :data:`helpers.ARCHS` per decoder family: a tiny config and, written out by hand,
+the role of every linear module in a decoder layer. For every row and every strategy of
 :data:`STRATEGIES`, the plan's targets, ranks and parameter counts must equal what PEFT builds
-and counts on the real model. A new architecture is a new row.
+and counts on the real model. A new architecture is a new row (in tests/helpers.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
-import torch
+from helpers import ARCHS, VOCAB, ArchCase, H, meta_model
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    BloomConfig,
-    FalconConfig,
-    GemmaConfig,
-    GPT2Config,
-    GPTNeoXConfig,
-    LlamaConfig,
-    MistralConfig,
-    OPTConfig,
-    Phi3Config,
-    Qwen2Config,
-)
 
-from loraplace.arch import classify
 from loraplace.errors import ArchitectureError, StrategyError
 from loraplace.models import count_params
-from loraplace.planning import compile_plan
-from loraplace.strategy import parse_strategy
+from loraplace.placement.arch import classify
+from loraplace.placement.grammar import parse_strategy
+from loraplace.placement.plan import compile_plan
 
-H, INTER, VOCAB = 64, 128, 128
-GQA = dict(
-    hidden_size=H,
-    intermediate_size=INTER,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=VOCAB,
-)
-LLAMA_ROLES = {
-    "self_attn.q_proj": ("q",),
-    "self_attn.k_proj": ("k",),
-    "self_attn.v_proj": ("v",),
-    "self_attn.o_proj": ("o",),
-    "mlp.gate_proj": ("gate",),
-    "mlp.up_proj": ("up",),
-    "mlp.down_proj": ("down",),
-}
-FALCON_BLOOM_ROLES = {
-    "self_attention.query_key_value": ("q", "k", "v"),
-    "self_attention.dense": ("o",),
-    "mlp.dense_h_to_4h": ("up",),
-    "mlp.dense_4h_to_h": ("down",),
-}
-
-
-@dataclass(frozen=True)
-class ArchCase:
-    """One decoder family: how to build it tiny, and what the classifier must find."""
-
-    name: str
-    config_cls: type
-    config: dict
-    layers_path: str
-    num_layers: int
-    roles: dict[str, tuple[str, ...]]
-    """module name inside a decoder layer -> its roles (several when fused)."""
-    fused_qkv: bool = False
-    extra_strategies: tuple[str, ...] = field(default=())
-    """Strategies valid only for this family (besides :data:`STRATEGIES`)."""
-
-    def build(self, device: str) -> nn.Module:
-        torch.manual_seed(0)
-        with torch.device(device):
-            return AutoModelForCausalLM.from_config(self.config_cls(**self.config))
-
-
-ARCHS = [
-    ArchCase(
-        "llama",
-        LlamaConfig,
-        dict(GQA, num_hidden_layers=3),
-        "model.layers",
-        3,
-        LLAMA_ROLES,
-        extra_strategies=("q,v", "q,v@0,2+down@1:r4"),
-    ),
-    ArchCase(
-        "mistral",
-        MistralConfig,
-        dict(GQA, num_hidden_layers=2),
-        "model.layers",
-        2,
-        LLAMA_ROLES,
-        extra_strategies=("q,v",),
-    ),
-    ArchCase(
-        "qwen2",
-        Qwen2Config,
-        dict(GQA, num_hidden_layers=2),
-        "model.layers",
-        2,
-        LLAMA_ROLES,
-        extra_strategies=("k,o@every:2",),
-    ),
-    # Gemma: head_dim * heads (96) differs from the hidden size; multi-query k/v.
-    ArchCase(
-        "gemma",
-        GemmaConfig,
-        dict(GQA, num_hidden_layers=2, num_key_value_heads=1, head_dim=24),
-        "model.layers",
-        2,
-        LLAMA_ROLES,
-        extra_strategies=("q,v",),
-    ),
-    ArchCase(
-        "gpt2",
-        GPT2Config,
-        dict(n_embd=H, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64),
-        "transformer.h",
-        2,
-        {
-            "attn.c_attn": ("q", "k", "v"),
-            "attn.c_proj": ("o",),
-            "mlp.c_fc": ("up",),
-            "mlp.c_proj": ("down",),
-        },
-        fused_qkv=True,
-        extra_strategies=("qkv@0:r4+up,down@1", "o,down@0"),
-    ),
-    ArchCase(
-        "gpt_neox",
-        GPTNeoXConfig,
-        dict(
-            hidden_size=H,
-            intermediate_size=INTER,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=VOCAB,
-        ),
-        "gpt_neox.layers",
-        2,
-        {
-            "attention.query_key_value": ("q", "k", "v"),
-            "attention.dense": ("o",),
-            "mlp.dense_h_to_4h": ("up",),
-            "mlp.dense_4h_to_h": ("down",),
-        },
-        fused_qkv=True,
-    ),
-    ArchCase(
-        "opt",
-        OPTConfig,
-        dict(
-            hidden_size=H,
-            ffn_dim=INTER,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=VOCAB,
-            word_embed_proj_dim=H,
-            max_position_embeddings=64,
-        ),
-        "model.decoder.layers",
-        2,
-        {
-            "self_attn.q_proj": ("q",),
-            "self_attn.k_proj": ("k",),
-            "self_attn.v_proj": ("v",),
-            "self_attn.out_proj": ("o",),
-            "fc1": ("up",),
-            "fc2": ("down",),
-        },
-        extra_strategies=("q,v",),
-    ),
-    ArchCase(
-        "phi3",
-        Phi3Config,
-        dict(GQA, num_hidden_layers=2, pad_token_id=0),
-        "model.layers",
-        2,
-        {
-            "self_attn.qkv_proj": ("q", "k", "v"),
-            "self_attn.o_proj": ("o",),
-            "mlp.gate_up_proj": ("gate", "up"),
-            "mlp.down_proj": ("down",),
-        },
-        fused_qkv=True,
-        extra_strategies=("gate,up@0+o", "o,down@0"),
-    ),
-    # Falcon (7B-style): multi-query attention, fused query_key_value of width
-    # hidden + 2 * head_dim.
-    ArchCase(
-        "falcon",
-        FalconConfig,
-        dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB),
-        "transformer.h",
-        2,
-        FALCON_BLOOM_ROLES,
-        fused_qkv=True,
-    ),
-    # Falcon (40B-style): grouped key/value heads.
-    ArchCase(
-        "falcon_new",
-        FalconConfig,
-        dict(
-            hidden_size=H,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_kv_heads=2,
-            new_decoder_architecture=True,
-            vocab_size=VOCAB,
-        ),
-        "transformer.h",
-        2,
-        FALCON_BLOOM_ROLES,
-        fused_qkv=True,
-    ),
-    ArchCase(
-        "bloom",
-        BloomConfig,
-        dict(hidden_size=H, n_layer=2, n_head=4, vocab_size=VOCAB),
-        "transformer.h",
-        2,
-        FALCON_BLOOM_ROLES,
-        fused_qkv=True,
-    ),
-]
 ARCH_BY_NAME = {case.name: case for case in ARCHS}
 
 #: Strategies valid for every family.
 STRATEGIES = ["all", "attn", "mlp", "all@last:1", "attn:r4+mlp@1:r8"]
-
-_META: dict[str, nn.Module] = {}
-
-
-def meta_model(case: ArchCase) -> nn.Module:
-    if case.name not in _META:
-        _META[case.name] = case.build("meta")
-    return _META[case.name]
 
 
 @pytest.mark.parametrize("case", ARCHS, ids=[c.name for c in ARCHS])

@@ -17,16 +17,16 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import ARCHS, meta_model
 from scipy import stats
-from test_arch import ARCHS, meta_model
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from loraplace import autoplace as ap
-from loraplace.arch import classify
+from loraplace.autoplace import choose as ap
 from loraplace.errors import StrategyError
 from loraplace.models import count_params
-from loraplace.planning import compile_plan
-from loraplace.strategy import parse_strategy
+from loraplace.placement.arch import classify
+from loraplace.placement.grammar import parse_strategy
+from loraplace.placement.plan import compile_plan
 
 LAYERS = 4
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import make_tiny_tokenizer
 
-from loraplace.data import (
+from loraplace.data.sources import (
     DataConfig,
     DynamicPaddingCollator,
     Example,

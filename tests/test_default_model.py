@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from loraplace.cli import main
+from loraplace.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,10 @@ from conftest import make_tiny_tokenizer
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from loraplace.batching import DynamicPaddingCollator, encode_prompt, tokenize_examples
-from loraplace.data import DataConfig, load_dataset_split
-from loraplace.evaluate import (
+from loraplace.data.batching import DynamicPaddingCollator, encode_prompt, tokenize_examples
+from loraplace.data.formats import Example, extract_final_number
+from loraplace.data.sources import DataConfig, load_dataset_split
+from loraplace.training.evaluate import (
     accepts_logits_mask,
     answer_complete,
     completion_loss,
@@ -21,7 +22,6 @@ from loraplace.evaluate import (
     eval_loss,
     eval_losses,
 )
-from loraplace.formats import Example, extract_final_number
 
 
 @pytest.fixture(scope="module", autouse=True)

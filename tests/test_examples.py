@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplace.config import load_study_config, preset_names, preset_path
+from loraplace.config.study import load_study_config, preset_names, preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -51,7 +51,7 @@ def test_default_example_is_the_default_preset():
 
 
 def test_parameter_matched_example_matches_counts():
-    from loraplace.placement import ModelPlanner
+    from loraplace.placement.planner import ModelPlanner
 
     config = load_study_config(ROOT / "examples" / "param-matched.yaml")
     plans = ModelPlanner.for_model(config.model).plan(
@@ -134,9 +134,9 @@ def test_the_auto_placement_budgets_leave_a_placement_to_choose(name):
     # the comparison is of one placement with itself (the r2 study's first start resolved
     # auto-grad-r2 to `all` at rank 2). Each budget leaves out at least half of everything at
     # its rank, so the methods have a substantial choice to differ in.
-    from loraplace.autoplace import units_of
-    from loraplace.placement import ModelPlanner
-    from loraplace.probe import resolve_budget
+    from loraplace.autoplace.choose import units_of
+    from loraplace.autoplace.probe import resolve_budget
+    from loraplace.placement.planner import ModelPlanner
 
     config = load_study_config(ROOT / "examples" / f"{name}.yaml")
     planner = ModelPlanner.for_model(config.model)

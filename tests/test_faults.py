@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_study import tiny_study
+from helpers import tiny_study
 
-from loraplace.config import load_study_config
+from loraplace.config.study import load_study_config
 from loraplace.errors import ConfigError, LoraplaceError
-from loraplace.studies import run_study
+from loraplace.studies.runner import run_study
 
 
 def _small(model_dir, data_file, **overrides) -> dict:
@@ -160,13 +160,13 @@ def test_resume_after_the_data_changed_is_refused(tiny_model_dir, tiny_data_file
     data.write_text(tiny_data_file.read_text())
     raw = _small(tiny_model_dir, data, strategies={"top": "mlp@last:1"})
     out = tmp_path / "out"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     with open(data, "a") as handle:
         handle.write(json.dumps({"instruction": "1 + 1?", "input": "", "output": "#### 2"}) + "\n")
     raw["training"] = {**raw["training"], "seeds": [0, 1]}
     before = _files(out)
     with pytest.raises(LoraplaceError, match="different data.*changed"):
-        run_study(load_study_config(raw), out, show_progress=False, report=False)
+        run_study(load_study_config(raw), out, show_progress=False)
     assert _files(out) == before
 
 
@@ -176,10 +176,10 @@ def test_resume_after_the_model_changed_is_refused(tiny_data_file, tmp_path):
     model = make_tiny_model_dir(tmp_path / "model", seed=0)
     raw = _small(model, tiny_data_file, strategies={"top": "mlp@last:1"})
     out = tmp_path / "out"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     make_tiny_model_dir(tmp_path / "model", seed=1)  # same config, other weights
     with pytest.raises(LoraplaceError, match="different model"):
-        run_study(load_study_config(raw), out, show_progress=False, report=False)
+        run_study(load_study_config(raw), out, show_progress=False)
 
 
 # --- 4. an interrupted run --force --------------------------------------------------------------
@@ -211,8 +211,8 @@ def _run_args(model_dir, data_file, out, *extra) -> list[str]:
 def test_an_interrupted_forced_run_leaves_no_stale_result(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.runner as run
-    from loraplace.cli import main
+    import loraplace.training.run as run
+    from loraplace.cli.main import main
 
     out = tmp_path / "single"
     args = _run_args(tiny_model_dir, tiny_data_file, out)
@@ -281,14 +281,14 @@ def test_a_full_disk_stops_the_study_with_one_line_and_resume_finishes_it(
 
     monkeypatch.setattr(store, "write_eval_examples", full)
     with pytest.raises(store.DiskFullError, match="disk full"):
-        run_study(config, out, show_progress=False, report=False)
+        run_study(config, out, show_progress=False)
     assert not list(out.rglob("*.tmp")), "a temporary file was left behind"
     first = json.loads((out / "runs" / "baseline--seed0" / "result.json").read_text())
     assert first["status"] == "failed" and first["error"].startswith("disk_full")
     assert not (out / "runs" / "top--seed0").exists(), "the study went on after a full disk"
 
     monkeypatch.setattr(store, "write_eval_examples", real)
-    assert run_study(config, out, show_progress=False, report=False) == 0
+    assert run_study(config, out, show_progress=False) == 0
     for name in ("baseline", "top"):
         result = json.loads((out / "runs" / f"{name}--seed0" / "result.json").read_text())
         assert result["status"] == "finished"
@@ -438,7 +438,7 @@ def test_tqdm_disable_turns_the_bars_off(monkeypatch):
 
 def test_dropping_many_long_examples_warns(tiny_model_dir, tiny_data_file):
     from loraplace.settings import DataConfig
-    from loraplace.workbench import Workbench
+    from loraplace.training.workbench import Workbench
 
     with pytest.warns(UserWarning, match="dropped"):
         Workbench.load(

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from loraplace.config import StudyConfig, load_study_config
+from loraplace.config.study import StudyConfig, load_study_config
+from loraplace.config.yamlio import dump_yaml, load_yaml
 from loraplace.errors import ConfigError, LoraplaceError, StrategyError
-from loraplace.strategy import GROUPS, PRESETS, parse_strategy
-from loraplace.yamlio import dump_yaml, load_yaml
+from loraplace.placement.grammar import GROUPS, PRESETS, parse_strategy
 
 _EXPLORE = os.environ.get("LORAPLACE_FUZZ_EXAMPLES")
 FUZZ = settings(

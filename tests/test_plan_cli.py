@@ -13,7 +13,7 @@ import json
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from loraplace.cli import main
+from loraplace.cli.main import main
 
 # Per-layer LoRA parameters at rank 1, r * (in + out) summed over a group's modules, worked out
 # by hand from the published shapes (GPT-2 small: 768 wide, fused c_attn 768->2304, MLP 3072).

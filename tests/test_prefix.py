@@ -9,18 +9,18 @@ import torch
 from conftest import make_tiny_tokenizer, write_alpaca_jsonl
 from peft import LoraConfig, get_peft_model
 
-from loraplace.arch import classify
-from loraplace.batching import DynamicPaddingCollator, tokenize_examples
-from loraplace.data import DataConfig, load_dataset_split
-from loraplace.evaluate import eval_losses
-from loraplace.prefix import (
+from loraplace.data.batching import DynamicPaddingCollator, tokenize_examples
+from loraplace.data.sources import DataConfig, load_dataset_split
+from loraplace.placement.arch import classify
+from loraplace.training.evaluate import eval_losses
+from loraplace.training.loop import train_adapter
+from loraplace.training.prefix import (
     PrefixCache,
     decoder_layers,
     find_layers_path,
     lowest_trainable_layer,
     prefix_supported,
 )
-from loraplace.train import train_adapter
 
 LAYERS = 4
 

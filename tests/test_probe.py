@@ -11,12 +11,13 @@ import time
 
 import pytest
 import yaml
-from test_study import tiny_study
+from helpers import tiny_study
 
-from loraplace.config import load_study_config
+import loraplace
+from loraplace.config.study import load_study_config
 from loraplace.errors import ConfigError, StrategyError
-from loraplace.strategy import parse_strategy
-from loraplace.studies import run_study
+from loraplace.placement.grammar import parse_strategy
+from loraplace.studies.runner import run_study
 
 
 def _place(model_dir, data_file, *extra) -> subprocess.CompletedProcess:
@@ -52,7 +53,7 @@ def _place(model_dir, data_file, *extra) -> subprocess.CompletedProcess:
 def test_place_prints_a_strategy_within_the_budget_that_round_trips(
     method, tiny_model_dir, tiny_data_file, tmp_path
 ):
-    from loraplace.placement import ModelPlanner
+    from loraplace.placement.planner import ModelPlanner
 
     proc = _place(
         tiny_model_dir, tiny_data_file, "--budget", "attn", "--method", method, "--out", tmp_path
@@ -85,7 +86,7 @@ def test_place_over_several_seeds_reports_how_far_they_agree(
 
     from scipy.stats import kendalltau
 
-    from loraplace.placement import ModelPlanner
+    from loraplace.placement.planner import ModelPlanner
 
     seeds = [0, 1, 2]
     proc = _place(
@@ -158,9 +159,9 @@ def test_a_budget_with_nothing_to_choose_fails_before_loading_anything(tiny_mode
 
 
 def test_the_probe_never_reads_the_eval_or_validation_split(tiny_model_dir, tiny_data_file):
-    from loraplace.probe import AutoSpec, auto_place
-    from loraplace.settings import DataConfig
-    from loraplace.workbench import Workbench
+    from loraplace.autoplace.probe import auto_place
+    from loraplace.settings import AutoSpec, DataConfig
+    from loraplace.training.workbench import Workbench
 
     bench = Workbench.load(
         str(tiny_model_dir),
@@ -200,11 +201,11 @@ def _auto_study(model_dir, data_file, **auto) -> dict:
 def test_a_study_resolves_automatic_strategies_once_and_records_them(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.probe as probe
+    import loraplace.autoplace.probe as probe
 
     raw = _auto_study(tiny_model_dir, tiny_data_file)
     out = tmp_path / "out"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     resolved = {p.stem: json.loads(p.read_text()) for p in (out / "auto").glob("*.json")}
     assert sorted(resolved) == ["auto-grad--seed0", "random--seed0"]
     budget = load_study_config(raw).plans[("attention-only", None)].trainable_params
@@ -228,7 +229,7 @@ def test_a_study_resolves_automatic_strategies_once_and_records_them(
 
     monkeypatch.setattr(probe, "auto_place", no_probe)
     raw["training"] = {**raw["training"], "seeds": [0, 1, 2]}
-    assert run_study(load_study_config(raw), out, show_progress=False, report=True) == 0
+    assert loraplace.study(load_study_config(raw), out=out, show_progress=False) == 0
     report = (out / "report" / "report.md").read_text()
     assert "auto grad" in report
 
@@ -238,7 +239,7 @@ def test_a_study_checks_every_budget_before_the_first_probe(
 ):
     # auto-grad's budget is fine and comes first; random's leaves nothing to choose. The study
     # must fail on random's before it spends a probe on auto-grad.
-    import loraplace.probe as probe
+    import loraplace.autoplace.probe as probe
 
     def no_probe(*args, **kwargs):
         raise AssertionError("probed before every budget was checked")
@@ -247,7 +248,7 @@ def test_a_study_checks_every_budget_before_the_first_probe(
     raw = _auto_study(tiny_model_dir, tiny_data_file)
     raw["strategies"]["random"] = {"auto": {"method": "random", "budget": "all"}}
     with pytest.raises(StrategyError, match="leaves nothing to choose"):
-        run_study(load_study_config(raw), tmp_path / "out", show_progress=False, report=False)
+        run_study(load_study_config(raw), tmp_path / "out", show_progress=False)
     assert not list((tmp_path / "out").glob("auto/*.json"))
 
 
@@ -257,7 +258,7 @@ def test_probe_per_seed_resolves_a_placement_for_each_seed(
     raw = _auto_study(tiny_model_dir, tiny_data_file, probe_per_seed=True)
     raw["strategies"].pop("random")
     out = tmp_path / "out"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     assert sorted(p.stem for p in (out / "auto").glob("*.json")) == [
         "auto-grad--seed0",
         "auto-grad--seed1",
@@ -273,14 +274,14 @@ def test_the_estimate_of_a_started_study_uses_the_placements_it_resolved(
 ):
     # `study --estimate` runs and probes nothing, but a started study has its placements
     # recorded: each seed's is compiled for pricing, not priced as all-layer LoRA.
-    import loraplace.probe as probe
-    from loraplace.estimate import estimate_only
+    import loraplace.autoplace.probe as probe
     from loraplace.store import RunKey
+    from loraplace.studies.estimate import estimate_only
 
     raw = _auto_study(tiny_model_dir, tiny_data_file, probe_per_seed=True)
     raw["strategies"].pop("random")
     out = tmp_path / "out"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     (out / "runs" / "auto-grad--seed1" / "result.json").unlink()
     capsys.readouterr()
 

@@ -7,15 +7,15 @@ import shutil
 
 import pytest
 
-from loraplace.config import load_study_config
-from loraplace.studies import run_study
+from loraplace.config.study import load_study_config
+from loraplace.studies.runner import run_study
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
 def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_data_file, tmp_path):
-    from test_study import tiny_study
+    from helpers import tiny_study
 
     raw = tiny_study(
         tiny_model_dir, tiny_data_file, strategies={"baseline": "all", "top": "mlp@last:1"}
@@ -27,7 +27,7 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
     out = tmp_path / "ray-study"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
+        assert run_study(config, out, executor="ray", show_progress=False) == 0
         results = {
             p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")
         }
@@ -45,7 +45,7 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
             n: (out / "runs" / n / "result.json").read_text() for n in results if n != "top--seed0"
         }
         shutil.rmtree(out / "runs" / "top--seed0")
-        assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
+        assert run_study(config, out, executor="ray", show_progress=False) == 0
         assert all(
             (out / "runs" / n / "result.json").read_text() == text for n, text in kept.items()
         )
@@ -58,7 +58,7 @@ def test_ray_executor_writes_the_study_layout_and_resumes(tiny_model_dir, tiny_d
 
     # Ray and local runs of the same (strategy, seed) agree: the executor changes nothing.
     local_out = tmp_path / "local-study"
-    assert run_study(config, local_out, show_progress=False, report=False) == 0
+    assert run_study(config, local_out, show_progress=False) == 0
     for name in results:
         ray_loss = json.loads((out / "runs" / name / "result.json").read_text())["eval_loss"]
         local_loss = json.loads((local_out / "runs" / name / "result.json").read_text())[
@@ -72,18 +72,18 @@ def test_ray_runs_a_learning_rate_grid_with_overlapping_stages(
 ):
     # Final runs are submitted while other selection runs may still be running; each condition
     # still gets its own chosen rate, every run exactly once.
-    from test_selection import _sweep
+    from helpers import tiny_sweep
 
-    from loraplace.studies import choose_learning_rates
+    from loraplace.studies.selection import choose_learning_rates
 
-    raw = _sweep(tiny_model_dir, tiny_data_file)
+    raw = tiny_sweep(tiny_model_dir, tiny_data_file)
     raw["ranks"] = [2]
     raw["ray"] = {"cpus_per_run": 1}
     config = load_study_config(raw)
     out = tmp_path / "ray-grid"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert run_study(config, out, executor="ray", show_progress=False, report=False) == 0
+        assert run_study(config, out, executor="ray", show_progress=False) == 0
     finally:
         ray.shutdown()
     choices = choose_learning_rates(config, out)

@@ -19,138 +19,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import ATTN, MAIN, MLP, PNG_SIGNATURE, example_rows, make_study, placement_of
 from scipy.stats import binomtest, ttest_1samp, ttest_ind, ttest_rel
 from scipy.stats import t as student_t
 
 from loraplace import store
-from loraplace.cli import main
-from loraplace.config import load_study_config
+from loraplace.cli.main import main
 from loraplace.errors import LoraplaceError
-from loraplace.measures import bootstrap_paired_examples
-from loraplace.placement_figure import role_category, role_label
-from loraplace.report import build_report, load_study, summarize, write_report
-from loraplace.report_analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS
-from loraplace.report_render import plain_text, tex_escape
+from loraplace.report.analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS
+from loraplace.report.build import build_report, load_study, summarize, write_report
+from loraplace.report.placement_map import role_category, role_label
+from loraplace.report.render import plain_text, tex_escape
+from loraplace.stats.measures import bootstrap_paired_examples
 
-ATTN = {"q": 8, "k": 8, "v": 8, "o": 8}
-MLP = {"gate": 8, "up": 8, "down": 8}
-LAYERS = 4
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIRECTIONAL = re.compile(r"\b(better|worse|lower|higher|faster|slower|significant\w*)\b", re.I)
 
 
-def _placement(roles: dict[str, int], layers: range = range(LAYERS)) -> dict[str, dict[str, int]]:
-    return {str(i): dict(roles) for i in layers}
-
-
-def record(name, spec, seed, params, placement, loss, time_s, accuracy=None, **extra):
-    """A ``result.json`` as a run writes it; ``accuracy`` is a fraction or a per-problem list."""
-    failed = loss is None
-    correct = accuracy if isinstance(accuracy, list) else None
-    if correct is not None:
-        accuracy = sum(correct) / len(correct)
-    return {
-        "name": name,
-        "spec": spec,
-        "seed": seed,
-        "rank": None,
-        "stage": "final",
-        "learning_rate": 2e-4,
-        "ranks": {spec.split("@")[0]: 8},
-        "targets": [],
-        "placement": placement,
-        "num_layers": LAYERS,
-        "status": "failed" if failed else "finished",
-        "error": "nan_loss" if failed else None,
-        "trainable_params": params,
-        "total_params": 100_000 + params,
-        "trainable_pct": 100.0 * params / (100_000 + params),
-        "eval_loss": loss,
-        "perplexity": None if failed else math.exp(loss),
-        "base_eval_loss": 2.5,
-        "eval_tokens": 1000,
-        "accuracy": accuracy,
-        "correct": correct,
-        "base_accuracy": 0.1,
-        "accuracy_examples": len(correct) if correct else 4,
-        "train_time_s": time_s,
-        "train_tokens": 4000,
-        "tokens_per_s": 4000 / time_s,
-        "steps": 4,
-        "peak_memory_mb": 500.0 + seed,
-        "model": {"id": "tiny-llama", "source": "test"},
-        "dataset": {"dataset": "toy", "train_tokens": {"examples": 8, "dropped": 0}},
-        "versions": {"torch": "2.x", "loraplace": "0.1.0"},
-        "hardware": {"device": "cpu", "name": "test-cpu", "cpus": 2},
-        "started_at": f"2025-01-01T00:0{seed}:00",
-        "finished_at": f"2025-01-01T00:0{seed}:30",
-        **extra,
-    }
-
-
-def write_config(root: Path, strategies: dict[str, str], **raw) -> None:
-    """``study.yaml`` as a study writes it: the validated config's ``to_dict()``."""
-    config = load_study_config(
-        {"name": "toy_study", "model": "tiny", "strategies": strategies, **raw}, check_model=False
-    )
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "study.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def example_rows(loss: float, seed: int, n: int = 6) -> list[tuple[int, int, float]]:
-    """Per-example ``(index, tokens, loss_sum)`` whose token-weighted mean is exactly ``loss``."""
-    noise = np.random.default_rng(seed).normal(0, 0.3, n)
-    noise -= noise.mean()
-    return [(i, 10, 10 * (loss + e)) for i, e in enumerate(noise)]
-
-
-def make_study(
-    root: Path,
-    strategies: dict,
-    reference: str = "baseline",
-    extra_dirs: tuple = (),
-    seeds: list[int] | None = None,
-    examples: bool = False,
-    **raw,
-) -> Path:
-    """``strategies``: name -> (spec, trainable params, placement, [(loss or None, time[,
-    accuracy]), ...] by seed)."""
-    n_seeds = max(len(s[3]) for s in strategies.values())
-    training = {"steps": 4, "seeds": seeds or list(range(n_seeds)), **raw.pop("training", {})}
-    specs = {n: s[0] for n, s in strategies.items()}
-    write_config(root, specs, reference=reference, training=training, **raw)
-    for name, (spec, params, placement, runs) in strategies.items():
-        for seed, (loss, time_s, *acc) in enumerate(runs):
-            run = store.RunKey(name, seed).run_dir(root)
-            rec = record(name, spec, seed, params, placement, loss, time_s, *(acc or [None]))
-            store.write_result(run, rec)
-            curve = [{"step": s, "loss": 3.0 - 0.3 * s + 0.05 * seed} for s in range(1, 5)]
-            lines = "".join(json.dumps(c) + "\n" for c in curve)
-            (run / "metrics.jsonl").write_text(lines + '{"step": 5, "lo')  # cut by a kill
-            if examples and loss is not None:
-                store.write_eval_examples(run / "eval_examples.jsonl", example_rows(loss, seed))
-    for d in extra_dirs:  # a run still in progress: metrics but no result.json
-        (root / "runs" / d).mkdir(parents=True)
-        (root / "runs" / d / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
-    return root
-
-
-MAIN = {
-    "baseline": (
-        "all",
-        1000,
-        _placement({**ATTN, **MLP}),
-        [(1.0, 10.0, 0.5), (1.1, 10.0, 0.25), (1.2, 10.0, 0.5)],
-    ),
-    "attention-only": ("attn", 400, _placement(ATTN), [(1.02, 5.0), (1.13, 5.0), (1.21, 5.0)]),
-    "ffn-only": ("mlp", 600, _placement(MLP), [(2.0, 8.0), (2.1, 8.0), (2.2, 8.0)]),
-    "last_half": (
-        "all@last:2",
-        500,
-        _placement({**ATTN, **MLP}, range(2, 4)),
-        [(0.9, 4.0), (None, 4.0)],
-    ),
-}
 REF = [1.0, 1.1, 1.2]
 ATT = [1.02, 1.13, 1.21]
 
@@ -265,8 +149,8 @@ def test_summary_csv(report_dir):
 
 def test_two_constant_samples_give_empty_p_cells(tmp_path):
     strategies = {
-        "baseline": ("all", 1000, _placement(ATTN), [(1.0, 1.0)] * 3),
-        "other": ("attn", 1000, _placement(ATTN), [(2.0, 1.0)] * 3),
+        "baseline": ("all", 1000, placement_of(ATTN), [(1.0, 1.0)] * 3),
+        "other": ("attn", 1000, placement_of(ATTN), [(2.0, 1.0)] * 3),
     }
     row = _rows(make_study(tmp_path / "s", strategies))["other"]
     assert row["p_value_vs_reference"] is None and row["p_paired_vs_reference"] is None
@@ -280,8 +164,8 @@ def _findings(root: Path) -> list[str]:
 def test_two_seeds_give_no_directional_sentence(tmp_path):
     # A large, consistent difference on two seeds: the numbers are shown, no direction is.
     strategies = {
-        "baseline": ("all", 1000, _placement(ATTN), [(1.0, 10.0), (1.1, 10.0)]),
-        "mlp": ("mlp", 1000, _placement(MLP), [(1.5, 1.0), (1.61, 1.0)]),
+        "baseline": ("all", 1000, placement_of(ATTN), [(1.0, 10.0), (1.1, 10.0)]),
+        "mlp": ("mlp", 1000, placement_of(MLP), [(1.5, 1.0), (1.61, 1.0)]),
     }
     root = make_study(tmp_path / "s", strategies)
     row = _rows(root)["mlp"]
@@ -302,9 +186,14 @@ def _study_0497(root: Path) -> tuple[Path, list[float]]:
     sd = 0.01
     d_a = [t * sd / math.sqrt(3) + sd * k for k in (-1, 0, 1)]  # mean t·sd/√3, sd 0.01
     diffs = {"a": d_a, "b": [0.01, -0.005, 0.02], "c": [0.02, -0.01, 0.03]}
-    strategies = {"ref": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF])}
+    strategies = {"ref": ("all", 1000, placement_of(ATTN), [(x, 1.0) for x in REF])}
     for name, d in diffs.items():
-        strategies[name] = ("attn", 1000, _placement(ATTN), [(x + y, 1.0) for x, y in zip(REF, d)])
+        strategies[name] = (
+            "attn",
+            1000,
+            placement_of(ATTN),
+            [(x + y, 1.0) for x, y in zip(REF, d)],
+        )
     make_study(root, strategies, reference="ref")
     return root, [ttest_rel(np.add(REF, d), REF).pvalue for d in diffs.values()]
 
@@ -331,13 +220,18 @@ def test_the_family_size_printed_equals_the_tests_run(tmp_path, study_dir):
         assert f"Holm-adjusted over the {tests} test(s)" in " ".join(_findings(directory))
     # When the lowest-mean strategy is not the reference, its tests join the family: here the
     # reference tests (a, b, c vs ref) and best-vs-others (best vs ref, a, b, c) share one.
-    strategies = {"ref": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF])}
+    strategies = {"ref": ("all", 1000, placement_of(ATTN), [(x, 1.0) for x in REF])}
     for name, d in {
         "a": [0.01, 0.03, 0.02],
         "b": [0.02, 0.0, 0.03],
         "best": [-0.2, -0.21, -0.23],
     }.items():
-        strategies[name] = ("attn", 1000, _placement(ATTN), [(x + y, 1.0) for x, y in zip(REF, d)])
+        strategies[name] = (
+            "attn",
+            1000,
+            placement_of(ATTN),
+            [(x + y, 1.0) for x, y in zip(REF, d)],
+        )
     rows = summarize(make_study(tmp_path / "t", strategies, reference="ref"))
     assert {r["holm_family_size"] for r in rows} == {5}  # {a,b,best}×ref ∪ best×{a,b}
 
@@ -350,10 +244,10 @@ def test_accuracy_wilson_and_mcnemar_by_hand(tmp_path):
         "baseline": (
             "all",
             1000,
-            _placement(ATTN),
+            placement_of(ATTN),
             [(x, 1.0, c) for x, c in zip(REF, as_bool(ref))],
         ),
-        "new": ("attn", 1000, _placement(ATTN), [(x, 1.0, c) for x, c in zip(ATT, as_bool(new))]),
+        "new": ("attn", 1000, placement_of(ATTN), [(x, 1.0, c) for x, c in zip(ATT, as_bool(new))]),
     }
     report = build_report(load_study(make_study(tmp_path / "s", strategies)))
     t = report.analysis.accuracy["new"]
@@ -371,13 +265,13 @@ def test_accuracy_wilson_and_mcnemar_by_hand(tmp_path):
 
 
 def test_accuracy_with_two_seeds_makes_no_test_and_says_so(tmp_path):
-    from loraplace.report_tables import accuracy_table
+    from loraplace.report.tables import accuracy_table
 
     ref, new = [[1, 0, 0, 1], [0, 0, 1, 1]], [[1, 1, 1, 1], [1, 1, 1, 0]]
     as_bool = lambda runs: [[bool(x) for x in r] for r in runs]  # noqa: E731
     strategies = {
-        "baseline": ("all", 1000, _placement(ATTN), list(zip(REF[:2], [1.0, 1.0], as_bool(ref)))),
-        "new": ("attn", 1000, _placement(ATTN), list(zip(ATT[:2], [1.0, 1.0], as_bool(new)))),
+        "baseline": ("all", 1000, placement_of(ATTN), list(zip(REF[:2], [1.0, 1.0], as_bool(ref)))),
+        "new": ("attn", 1000, placement_of(ATTN), list(zip(ATT[:2], [1.0, 1.0], as_bool(new)))),
     }
     report = build_report(load_study(make_study(tmp_path / "s", strategies)))
     assert report.analysis.accuracy["new"].verdict == "exploratory"
@@ -391,8 +285,8 @@ def test_identical_runs_make_no_test_and_are_not_called_exploratory(tmp_path):
     # One placement under two names: the same loss in every seed, so the paired differences
     # have no spread and the t-test is undefined, with 3 seeds: unresolved, not exploratory.
     strategies = {
-        "baseline": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
-        "twin": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
+        "baseline": ("all", 1000, placement_of(ATTN), [(x, 1.0) for x in REF]),
+        "twin": ("all", 1000, placement_of(ATTN), [(x, 1.0) for x in REF]),
     }
     root = make_study(tmp_path / "s", strategies)
     assert _rows(root)["twin"]["verdict"] == "unresolved"
@@ -404,9 +298,9 @@ def test_identical_runs_make_no_test_and_are_not_called_exploratory(tmp_path):
 def test_speedups_need_an_interval_above_one(tmp_path):
     ref_t, fast_t, noisy_t = [10.0, 11.0, 12.0], [5.0, 5.4, 6.1], [5.0, 14.0, 9.0]
     strategies = {
-        "baseline": ("all", 1000, _placement(ATTN), [(x, s) for x, s in zip(REF, ref_t)]),
-        "fast": ("attn", 1000, _placement(ATTN), [(x, s) for x, s in zip(ATT, fast_t)]),
-        "noisy": ("mlp", 1000, _placement(MLP), [(x + 0.1, s) for x, s in zip(ATT, noisy_t)]),
+        "baseline": ("all", 1000, placement_of(ATTN), [(x, s) for x, s in zip(REF, ref_t)]),
+        "fast": ("attn", 1000, placement_of(ATTN), [(x, s) for x, s in zip(ATT, fast_t)]),
+        "noisy": ("mlp", 1000, placement_of(MLP), [(x + 0.1, s) for x, s in zip(ATT, noisy_t)]),
     }
     root = make_study(tmp_path / "s", strategies)
     rows = _rows(root)
@@ -480,8 +374,8 @@ def test_latex_table(report_dir):
 def test_latex_compiles(report_dir, tmp_path, hostile):
     if hostile:
         strategies = {
-            "baseline": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
-            HOSTILE: ("attn", 400, _placement(ATTN), [(x, 1.0) for x in ATT]),
+            "baseline": ("all", 1000, placement_of(ATTN), [(x, 1.0) for x in REF]),
+            HOSTILE: ("attn", 400, placement_of(ATTN), [(x, 1.0) for x in ATT]),
         }
         report_dir = write_report(make_study(tmp_path / "s", strategies))
     doc = tmp_path / "doc.tex"
@@ -526,8 +420,8 @@ HOSTILE = "x|y`z*_<b>&$%#{}\\~^\nzq9"
 
 def test_a_hostile_strategy_name_is_shown_as_written(tmp_path):
     strategies = {
-        "baseline": ("all", 1000, _placement(ATTN), [(x, 1.0) for x in REF]),
-        HOSTILE: ("attn", 400, _placement(ATTN), [(x, 1.0) for x in ATT]),
+        "baseline": ("all", 1000, placement_of(ATTN), [(x, 1.0) for x in REF]),
+        HOSTILE: ("attn", 400, placement_of(ATTN), [(x, 1.0) for x in ATT]),
     }
     out = write_report(make_study(tmp_path / "s", strategies))
     shown = HOSTILE.replace("\n", " ")  # a code span is one line
@@ -707,9 +601,9 @@ def test_one_placement_for_every_seed_has_no_per_seed_table(report_dir):
 def test_the_all_pairs_table_gives_each_pairs_holm_adjusted_equivalence_test(tmp_path):
     # Recomputed here: TOST within the default ±0.01 nats as two one-sided t-tests on the
     # per-seed differences, Holm-adjusted over the pairs, as docs/STATISTICS.md defines it.
-    from test_stats import holm_by_definition
+    from helpers import holm_by_definition
 
-    from loraplace.report_render import p_text
+    from loraplace.report.render import p_text
 
     losses = {
         "baseline": REF,
@@ -717,7 +611,7 @@ def test_the_all_pairs_table_gives_each_pairs_holm_adjusted_equivalence_test(tmp
         "far": [1.02, 1.13, 1.21],
     }
     strategies = {
-        name: (spec, 1000, _placement(ATTN), [(x, 5.0) for x in losses[name]])
+        name: (spec, 1000, placement_of(ATTN), [(x, 5.0) for x in losses[name]])
         for name, spec in (("baseline", "all"), ("near", "attn"), ("far", "mlp"))
     }
     root = make_study(tmp_path / "out", strategies)

@@ -15,11 +15,11 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from helpers import MAIN, make_study  # tests/ is on sys.path (no __init__.py)
 from matplotlib.text import Text
-from test_report import MAIN, make_study  # tests/ is on sys.path (no __init__.py)
 
-from loraplace import figures
-from loraplace.report import write_report
+from loraplace.report import figures
+from loraplace.report.build import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

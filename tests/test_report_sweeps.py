@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ATTN, MLP, PNG_SIGNATURE, make_study, placement_of, record, write_config
 from scipy.stats import kendalltau, ttest_rel
-from test_report import ATTN, MLP, PNG_SIGNATURE, _placement, make_study, record, write_config
 
 from loraplace import store
-from loraplace.report import build_report, load_study, write_report
-from loraplace.report_render import plain_text
+from loraplace.report.build import build_report, load_study, write_report
+from loraplace.report.render import plain_text
 
 ALL = {**ATTN, **MLP}
 
@@ -36,7 +36,7 @@ def _sweep(root: Path, curves=(("all", 100, CURVE_ALL), ("attn", 40, CURVE_ATTN)
         for params, losses in curve.items():
             rank = params // per_rank
             for seed, loss in enumerate(losses):
-                placement = _placement(dict.fromkeys(ALL, rank))
+                placement = placement_of(dict.fromkeys(ALL, rank))
                 rec = record(name, name, seed, params, placement, loss, 1.0 + seed, rank=rank)
                 store.write_result(store.RunKey(name, seed, rank).run_dir(root), rec)
     return root
@@ -177,8 +177,8 @@ def test_a_sweep_compares_each_rank_with_the_reference_at_that_rank(sweep_report
 
 def _selection(root: Path) -> Path:
     strategies = {
-        "baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)]),
-        "mlp": ("mlp", 600, _placement(MLP), [(1.05, 1.0), (1.16, 1.0), (1.24, 1.0)]),
+        "baseline": ("all", 1000, placement_of(ALL), [(1.0, 1.0), (1.1, 1.0), (1.2, 1.0)]),
+        "mlp": ("mlp", 600, placement_of(MLP), [(1.05, 1.0), (1.16, 1.0), (1.24, 1.0)]),
     }
     grid = [1e-4, 3e-4, 1e-3]
     make_study(
@@ -229,7 +229,7 @@ def _checkpoints(root: Path) -> Path:
     # Mean eval loss at steps 2, 4, 6: a < b < c twice, then b < a < c (a late flip).
     means = {"a": [1.30, 1.20, 1.15], "b": [1.32, 1.22, 1.10], "c": [1.35, 1.25, 1.18]}
     strategies = {
-        name: (spec, 500, _placement(ATTN), [(m[-1] + 0.01 * s, 1.0) for s in range(3)])
+        name: (spec, 500, placement_of(ATTN), [(m[-1] + 0.01 * s, 1.0) for s in range(3)])
         for name, spec, m in zip(means, ("all", "attn", "mlp"), means.values())
     }
     strategies["c"][3][2] = (None, 1.0)  # c's seed 2 failed: every curve averages seeds 0, 1
@@ -290,7 +290,7 @@ def _holm_by_definition(ps: list[float]) -> list[float]:
 def test_pairs_that_changed_order_are_tested_at_both_checkpoints(tmp_path):
     root = tmp_path / "s"
     strategies = {
-        name: (spec, 500, _placement(ATTN), [(loss, 1.0) for loss in by_step[4]])
+        name: (spec, 500, placement_of(ATTN), [(loss, 1.0) for loss in by_step[4]])
         for (name, by_step), spec in zip(ORDER.items(), ("all", "attn", "mlp", "q,v"))
     }
     make_study(root, strategies, reference="a", eval={"checkpoints": [0.5]})
@@ -342,7 +342,7 @@ def _eval_study(root: Path, evals: dict[str, dict[int, list]], specs=("all", "at
     """A study whose runs logged ``evals[name][step][seed]`` (``None``: no eval at that step);
     a strategy with no steps has no runs at all."""
     strategies = {
-        name: (spec, 500, _placement(ATTN), [(loss, 1.0) for loss in by_step.get(4, [])])
+        name: (spec, 500, placement_of(ATTN), [(loss, 1.0) for loss in by_step.get(4, [])])
         for (name, by_step), spec in zip(evals.items(), specs)
     }
     make_study(root, strategies, reference=next(iter(evals)), eval={"checkpoints": [0.5]})
@@ -393,7 +393,7 @@ def test_no_pair_changed_order_no_table(tmp_path):
     root = tmp_path / "s"
     steady = {"a": [1.0, 1.1, 1.2], "b": [1.05, 1.16, 1.24]}
     strategies = {
-        name: (spec, 500, _placement(ATTN), [(v - 0.1, 1.0) for v in values])
+        name: (spec, 500, placement_of(ATTN), [(v - 0.1, 1.0) for v in values])
         for (name, values), spec in zip(steady.items(), ("all", "attn"))
     }
     make_study(root, strategies, reference="a", eval={"checkpoints": [0.5]})
@@ -413,14 +413,14 @@ def test_lowest_is_claimed_only_when_every_rival_is_beaten(tmp_path):
     best = [x - d for x, d in zip(ref, (0.3, 0.31, 0.29))]
     other = [x + d for x, d in zip(ref, (0.01, 0.03, 0.02))]
     clear = {
-        "baseline": ("all", 1000, _placement(ALL), [(x, 1.0) for x in ref]),
-        "best": ("attn", 1000, _placement(ATTN), [(x, 1.0) for x in best]),
-        "other": ("mlp", 1000, _placement(MLP), [(x, 1.0) for x in other]),
+        "baseline": ("all", 1000, placement_of(ALL), [(x, 1.0) for x in ref]),
+        "best": ("attn", 1000, placement_of(ATTN), [(x, 1.0) for x in best]),
+        "other": ("mlp", 1000, placement_of(MLP), [(x, 1.0) for x in other]),
     }
     report = build_report(load_study(make_study(tmp_path / "a", clear)))
     assert report.analysis.best.lowest
     assert any("it is the lowest" in plain_text(f) for f in report.findings)
-    blocked = {**clear, "rival": ("q,v", 1000, _placement(ATTN), [(0.5, 1.0), (0.6, 1.0)])}
+    blocked = {**clear, "rival": ("q,v", 1000, placement_of(ATTN), [(0.5, 1.0), (0.6, 1.0)])}
     report = build_report(load_study(make_study(tmp_path / "b", blocked)))
     note = next(plain_text(f) for f in report.findings if "lowest mean eval loss" in plain_text(f))
     assert "`rival` has the lowest mean eval loss" in note
@@ -436,7 +436,7 @@ def test_report_lowest_false_keeps_the_family_to_the_reference_comparisons(tmp_p
     }
     specs = {"baseline": ("all", ALL), "best": ("attn", ATTN), "other": ("mlp", MLP)}
     strategies = {
-        n: (spec, 1000, _placement(units), [(x, 1.0) for x in losses[n]])
+        n: (spec, 1000, placement_of(units), [(x, 1.0) for x in losses[n]])
         for n, (spec, units) in specs.items()
     }
     joint = build_report(load_study(make_study(tmp_path / "a", strategies))).analysis
@@ -459,7 +459,7 @@ def test_report_lowest_false_keeps_the_family_to_the_reference_comparisons(tmp_p
 
 
 def test_the_training_budget_is_stated(tmp_path):
-    strategies = {"baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0)])}
+    strategies = {"baseline": ("all", 1000, placement_of(ALL), [(1.0, 1.0), (1.1, 1.0)])}
     out = write_report(make_study(tmp_path / "s", strategies))
     md = (out / "report.md").read_text()
     budget = md.split("## Training budget")[1].split("##")[0]
@@ -470,7 +470,7 @@ def test_the_training_budget_is_stated(tmp_path):
 
 
 def test_adopted_final_runs_are_stated_in_the_training_budget(tmp_path):
-    strategies = {"baseline": ("all", 1000, _placement(ALL), [(1.0, 1.0), (1.1, 1.0)])}
+    strategies = {"baseline": ("all", 1000, placement_of(ALL), [(1.0, 1.0), (1.1, 1.0)])}
     root = make_study(tmp_path / "s", strategies)
     run = store.RunKey("baseline", 0).run_dir(root)
     rec = json.loads((run / "result.json").read_text())
@@ -558,7 +558,7 @@ def test_the_budget_figure_shows_each_equal_budget_difference_with_its_paired_in
 ):
     from matplotlib.colors import to_rgba
 
-    from loraplace import figures
+    from loraplace.report import figures
 
     kept: list = []
     monkeypatch.setattr(figures.plt, "close", kept.append)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loraplace.report import write_report
-from loraplace.store import export_study
+from loraplace.report.build import write_report
+from loraplace.studies.export import export_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/study.yaml"))
@@ -232,8 +232,8 @@ def test_the_tables_results_quotes_are_rows_of_the_regenerated_reports(regenerat
 def test_the_probe_seed_figures_in_results_are_those_of_the_committed_placements():
     # docs/RESULTS.md quotes how much the grad probe's seed moves the placement; the figures
     # are computed again from the committed importance.csv files.
-    from loraplace.measures import jaccard
-    from loraplace.report_data import placement_spread, read_importance
+    from loraplace.report.load import placement_spread, read_importance
+    from loraplace.stats.measures import jaccard
 
     def chosen(path: Path) -> set:
         return read_importance(path)[1]
@@ -261,9 +261,9 @@ def test_the_probe_seed_figures_in_results_are_those_of_the_committed_placements
 def _where_the_budget_went(study: Path):
     """The study's config, and a function that counts one placement's cells of the tables in
     docs/RESULTS.md: modules, layers used, FFN modules and the FFN share of its parameters."""
-    from loraplace.autoplace import units_of
-    from loraplace.config import load_study_config
-    from loraplace.placement import ModelPlanner
+    from loraplace.autoplace.choose import units_of
+    from loraplace.config.study import load_study_config
+    from loraplace.placement.planner import ModelPlanner
 
     config = load_study_config(study / "study.yaml")
     planner = ModelPlanner.for_model(config.model)

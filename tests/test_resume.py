@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from test_study import tiny_study
+from helpers import tiny_study
 
 from loraplace import store
-from loraplace.config import load_study_config
-from loraplace.studies import run_study
+from loraplace.config.study import load_study_config
+from loraplace.studies.runner import run_study
 
 
 def _copy(state):
@@ -27,8 +27,8 @@ def test_the_loop_resumed_from_any_step_equals_the_unbroken_loop(tiny_model_dir,
     from peft import LoraConfig, get_peft_model
 
     from loraplace.settings import DataConfig
-    from loraplace.train import train_adapter
-    from loraplace.workbench import Workbench
+    from loraplace.training.loop import train_adapter
+    from loraplace.training.workbench import Workbench
 
     bench = Workbench.load(
         str(tiny_model_dir),
@@ -84,11 +84,11 @@ def _config(model_dir, data_file):
 def test_a_study_interrupted_mid_run_goes_on_from_its_state(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.runner as runner
+    import loraplace.training.run as runner
 
     config = _config(tiny_model_dir, tiny_data_file)
     unbroken = tmp_path / "unbroken"
-    assert run_study(config, unbroken, show_progress=False, report=False) == 0
+    assert run_study(config, unbroken, show_progress=False) == 0
 
     real = runner.train_adapter
 
@@ -105,11 +105,11 @@ def test_a_study_interrupted_mid_run_goes_on_from_its_state(
     out = tmp_path / "out"
     monkeypatch.setattr(runner, "train_adapter", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_study(config, out, show_progress=False, report=False)
+        run_study(config, out, show_progress=False)
     run_dir = out / "runs" / "all--seed0"
     assert store.can_resume(run_dir) and store.read_result(run_dir) is None
     monkeypatch.setattr(runner, "train_adapter", real)
-    assert run_study(config, out, show_progress=False, report=False) == 0
+    assert run_study(config, out, show_progress=False) == 0
 
     got = json.loads((run_dir / "result.json").read_text())
     want = json.loads((unbroken / "runs" / "all--seed0" / "result.json").read_text())
@@ -130,7 +130,7 @@ def test_a_study_interrupted_mid_run_goes_on_from_its_state(
 def _interrupted_after_step_3(config, out, monkeypatch) -> None:
     """Run the study until step 3 of its first run, saving a state every step, then stop it
     as a kill would (the state of step 2 is the last saved)."""
-    import loraplace.runner as runner
+    import loraplace.training.run as runner
 
     real = runner.train_adapter
 
@@ -144,21 +144,21 @@ def _interrupted_after_step_3(config, out, monkeypatch) -> None:
 
     monkeypatch.setattr(runner, "train_adapter", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_study(config, out, show_progress=False, report=False)
+        run_study(config, out, show_progress=False)
     monkeypatch.setattr(runner, "train_adapter", real)
 
 
 def test_a_state_saved_by_other_training_code_is_not_used(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.resume as resume
+    import loraplace.training.resume as resume
 
     config = _config(tiny_model_dir, tiny_data_file)
     out = tmp_path / "out"
     _interrupted_after_step_3(config, out, monkeypatch)
     assert store.can_resume(out / "runs" / "all--seed0")
     monkeypatch.setattr(resume, "training_code_hash", lambda: "changed since")
-    assert run_study(config, out, show_progress=False, report=False) == 0
+    assert run_study(config, out, show_progress=False) == 0
     record = json.loads((out / "runs" / "all--seed0" / "result.json").read_text())
     assert "resumed_at" not in record and record["steps"] == 8
 
@@ -169,7 +169,7 @@ def test_a_state_from_another_run_is_not_used(tiny_model_dir, tiny_data_file, tm
     run_dir = out / "runs" / "all--seed0"
     run_dir.mkdir(parents=True)
     torch.save({"recipe": {"name": "other"}, "state": None}, run_dir / store.RESUME_FILE)
-    assert run_study(config, out, show_progress=False, report=False) == 0
+    assert run_study(config, out, show_progress=False) == 0
     assert "resumed_at" not in json.loads((run_dir / "result.json").read_text())
     assert not store.can_resume(run_dir)
 
@@ -183,13 +183,13 @@ def test_a_study_that_grows_its_seed_list_keeps_its_saved_states(
     _interrupted_after_step_3(config, out, monkeypatch)
     raw = config.to_dict()
     raw["training"] = {**raw["training"], "seeds": [0, 1]}
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     record = json.loads((out / "runs" / "all--seed0" / "result.json").read_text())
     assert record["resumed_at"] == [2] and record["steps"] == 8
 
 
 def test_a_run_recipe_ignores_only_what_no_single_run_trains_by():
-    from loraplace.resume import run_recipe
+    from loraplace.training.resume import run_recipe
 
     def recipe(**training):
         return {"name": "all", "learning_rate": 1e-3, "training": {"steps": 8, **training}}

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_study import tiny_study
+from helpers import tiny_study
 
-from loraplace.config import ConfigError, load_study_config
-from loraplace.estimate import estimate_only
-from loraplace.studies import run_study
-from loraplace.study_dir import prepare_study_dir, study_identity
+from loraplace.config.study import ConfigError, load_study_config
+from loraplace.studies.estimate import estimate_only
+from loraplace.studies.identity import prepare_study_dir, study_identity
+from loraplace.studies.runner import run_study
 
 
 def _donor_raw(model_dir, data_file) -> dict:
@@ -48,14 +48,13 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
             load_study_config(_donor_raw(tiny_model_dir, tiny_data_file)),
             donor,
             show_progress=False,
-            report=False,
         )
         == 0
     )
     taker, fresh = tmp_path / "taker", tmp_path / "fresh"
     config = load_study_config(_taker_raw(tiny_model_dir, tiny_data_file, [str(donor)]))
     capsys.readouterr()
-    assert run_study(config, taker, show_progress=False, report=False) == 0
+    assert run_study(config, taker, show_progress=False) == 0
     assert "reuse: 2 runs copied" in capsys.readouterr().out  # 2 selection runs, then 2 finals
     # --estimate for a new directory prices only the runs it would train.
     capsys.readouterr()
@@ -65,7 +64,7 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
     assert "note: 2 selection and 2 final run(s) will be copied from the reuse" in printed
     assert "estimate: 4 runs to go" in printed  # 8 runs, 4 of them copied
     alone = load_study_config(_taker_raw(tiny_model_dir, tiny_data_file, []))
-    assert run_study(alone, fresh, show_progress=False, report=False) == 0
+    assert run_study(alone, fresh, show_progress=False) == 0
 
     for part in ("selection", "runs"):
         got, trained, given = _records(taker, part), _records(fresh, part), _records(donor, part)
@@ -94,7 +93,7 @@ def test_a_shared_condition_is_copied_and_equals_training_it(
             assert "reused_from" not in got[name]
             metric = "validation_loss" if part == "selection" else "eval_loss"
             assert got[name][metric] == pytest.approx(trained[name][metric], rel=1e-6)
-    from loraplace.report import write_report
+    from loraplace.report.build import write_report
 
     report = (write_report(taker) / "report.md").read_text()
     assert "4 runs were copied from another study (" in report
@@ -119,7 +118,7 @@ def test_an_automatic_placement_study_copies_its_hand_placement_and_trains_the_r
     raw = _donor_raw(tiny_model_dir, tiny_data_file)
     raw["training"] = {**raw["training"], "seeds": [0]}
     donor = tmp_path / "donor"
-    assert run_study(load_study_config(raw), donor, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), donor, show_progress=False) == 0
     taker_raw = _taker_raw(tiny_model_dir, tiny_data_file, [str(donor)])
     taker_raw["training"] = {**taker_raw["training"], "seeds": [0]}
     taker_raw["strategies"] = {
@@ -134,7 +133,7 @@ def test_an_automatic_placement_study_copies_its_hand_placement_and_trains_the_r
     assert "note: 2 selection and 1 final run(s) will be copied" in printed
     assert "estimate: 3 runs to go" in printed
     taker = tmp_path / "taker"
-    assert run_study(config, taker, show_progress=False, report=False) == 0
+    assert run_study(config, taker, show_progress=False) == 0
     # The estimate the study prints as it starts leaves out the same copies.
     assert "estimate: 3 runs to go" in capsys.readouterr().out
     budget = config.plans[("all-r2", None)].trainable_params
@@ -153,12 +152,12 @@ def test_only_a_study_made_the_same_way_is_used(tiny_model_dir, tiny_data_file, 
     donor = tmp_path / "donor"
     raw = _donor_raw(tiny_model_dir, tiny_data_file)
     raw["training"] = {**raw["training"], "steps": 3, "seeds": [0]}
-    assert run_study(load_study_config(raw), donor, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), donor, show_progress=False) == 0
     taker_raw = _taker_raw(tiny_model_dir, tiny_data_file, [str(donor), str(tmp_path / "gone")])
     taker_raw["training"] = {**taker_raw["training"], "seeds": [0]}
     taker = tmp_path / "taker"
     capsys.readouterr()
-    assert run_study(load_study_config(taker_raw), taker, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(taker_raw), taker, show_progress=False) == 0
     printed = capsys.readouterr().out
     assert f"reuse: skipping '{donor}': its runs were made differently (differs in: training)" in (
         printed
@@ -191,9 +190,9 @@ def test_a_run_made_with_other_versions_or_device_is_not_used(
     tiny_model_dir, tiny_data_file, tmp_path
 ):
     from loraplace import store
+    from loraplace.config.yamlio import dump_yaml
     from loraplace.provenance import versions
-    from loraplace.reuse import find_donors
-    from loraplace.yamlio import dump_yaml
+    from loraplace.studies.reuse import find_donors
 
     config = load_study_config(_taker_raw(tiny_model_dir, tiny_data_file, []))
     identity = study_identity(config)

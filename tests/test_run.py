@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from loraplace.runner import train_one
 from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey, read_eval_examples
-from loraplace.workbench import Workbench
+from loraplace.training.run import train_one
+from loraplace.training.workbench import Workbench
 
 RECORD_KEYS = {
     "name": str,
@@ -143,7 +143,7 @@ def test_same_seed_same_result_and_other_seed_differs(bench, attn_run, tmp_path)
 def test_saved_adapter_loads_with_plain_peft_and_reproduces_eval_loss(bench, attn_run):
     from peft import PeftModel
 
-    from loraplace.evaluate import eval_loss
+    from loraplace.training.evaluate import eval_loss
 
     result, out, _ = attn_run
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -214,7 +214,7 @@ def test_a_last_k_run_never_runs_the_layers_below_its_lowest_adapter(bench, tmp_
 
 
 def test_run_command_refuses_to_overwrite_a_finished_run(tiny_model_dir, tiny_data_file, attn_run):
-    from loraplace.cli import main
+    from loraplace.cli.main import main
 
     _, out, _ = attn_run
     before = (out / "result.json").read_text()

@@ -22,7 +22,8 @@ from conftest import make_tiny_model_dir
 from transformers import LlamaConfig
 
 from loraplace import models
-from loraplace.cli import main
+from loraplace.cli.main import main
+from loraplace.config.yamlio import MAX_YAML_BYTES, MAX_YAML_DEPTH, dump_yaml, load_yaml, read_yaml
 from loraplace.errors import ConfigError, DataError, LoraplaceError, StrategyError, short_repr
 from loraplace.models import (
     build_meta_model,
@@ -33,8 +34,7 @@ from loraplace.models import (
     packaged_file,
     resolve_model,
 )
-from loraplace.placement import ModelPlanner
-from loraplace.yamlio import MAX_YAML_BYTES, MAX_YAML_DEPTH, dump_yaml, load_yaml, read_yaml
+from loraplace.placement.planner import ModelPlanner
 
 # --------------------------------------------------------------------------------------------
 # Model code: trust_remote_code is never implicit
@@ -344,12 +344,14 @@ def test_alias_identity_is_the_packaged_gguf_hash():
 
 
 def test_packaged_file_finds_a_resource_and_names_the_install_on_failure():
-    found = packaged_file("loraplace", "presets/default.yaml", requirement="loraplace")
+    found = packaged_file("loraplace", "config/presets/default.yaml", requirement="loraplace")
     assert found.is_file() and found.name == "default.yaml"
     with pytest.raises(LoraplaceError, match=r"pip install --no-deps nopkg-x==1\.0"):
         packaged_file("nopkg_x_not_installed", "a.txt", requirement="nopkg-x==1.0")
-    with pytest.raises(DataError, match="'presets/absent.yaml' is missing"):
-        packaged_file("loraplace", "presets/absent.yaml", requirement="loraplace", error=DataError)
+    with pytest.raises(DataError, match="'config/presets/absent.yaml' is missing"):
+        packaged_file(
+            "loraplace", "config/presets/absent.yaml", requirement="loraplace", error=DataError
+        )
 
 
 # --------------------------------------------------------------------------------------------

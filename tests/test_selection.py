@@ -14,25 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_study import tiny_study
+from helpers import tiny_sweep
 
 from loraplace import store
-from loraplace.config import load_study_config
-from loraplace.studies import choose_learning_rates, run_study
-
-
-def _sweep(model_dir, data_file) -> dict:
-    raw = tiny_study(model_dir, data_file, strategies={"all": "all", "top": "mlp@last:1"})
-    raw["reference"] = "all"
-    raw["data"] = {**raw["data"], "validation_examples": 8}
-    raw["eval"] = {"accuracy_examples": 0, "checkpoints": [0.5]}
-    raw["training"] = {**raw["training"], "steps": 4, "learning_rates": [1.0e-3, 3.0e-3]}
-    raw["ranks"] = [2, 4]
-    return raw
+from loraplace.config.study import load_study_config
+from loraplace.studies.runner import run_study
+from loraplace.studies.selection import choose_learning_rates
 
 
 def test_the_validation_split_is_disjoint_from_train_and_eval(tiny_data_file):
-    from loraplace.data import load_splits
+    from loraplace.data.sources import load_splits
     from loraplace.settings import DataConfig
 
     splits = load_splits(
@@ -51,7 +42,7 @@ def test_the_validation_split_is_disjoint_from_train_and_eval(tiny_data_file):
 
 
 def test_the_run_set_of_a_sweep_with_selection(tiny_model_dir, tiny_data_file):
-    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    config = load_study_config(tiny_sweep(tiny_model_dir, tiny_data_file))
     keys = config.run_keys()
     selection = [k for k in keys if k.stage == "selection"]
     final = [k for k in keys if k.stage == "final"]
@@ -88,7 +79,7 @@ def _record(
 
 
 def test_selection_picks_the_lowest_validation_loss(tiny_model_dir, tiny_data_file, tmp_path):
-    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    config = load_study_config(tiny_sweep(tiny_model_dir, tiny_data_file))
     _record(tmp_path, "all", 2, 1e-3, 2.0)
     _record(tmp_path, "all", 2, 3e-3, 1.5)
     _record(tmp_path, "all", 4, 1e-3, 1.7)
@@ -104,9 +95,9 @@ def test_selection_picks_the_lowest_validation_loss(tiny_model_dir, tiny_data_fi
 def test_selection_never_reads_the_eval_split_and_the_chosen_run_is_adopted(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.executors as executors
+    import loraplace.studies.executors as executors
 
-    raw = _sweep(tiny_model_dir, tiny_data_file)
+    raw = tiny_sweep(tiny_model_dir, tiny_data_file)
     config = load_study_config(raw)
     out = tmp_path / "out"
     real = executors.execute_job
@@ -125,7 +116,7 @@ def test_selection_never_reads_the_eval_split_and_the_chosen_run_is_adopted(
             bench.eval = held
 
     monkeypatch.setattr(executors, "execute_job", guarded)
-    assert run_study(config, out, show_progress=False, report=False) == 0
+    assert run_study(config, out, show_progress=False) == 0
     for path in (out / "selection").glob("*/result.json"):
         record = json.loads(path.read_text())
         assert record["status"] == "finished" and record["eval_loss"] is None
@@ -174,7 +165,7 @@ def test_selection_never_reads_the_eval_split_and_the_chosen_run_is_adopted(
 def test_kill_9_during_selection_then_resume_runs_everything_exactly_once(
     tiny_model_dir, tiny_data_file, tmp_path
 ):
-    raw = _sweep(tiny_model_dir, tiny_data_file)
+    raw = tiny_sweep(tiny_model_dir, tiny_data_file)
     raw["ranks"] = [2]
     raw["training"] = {**raw["training"], "steps": 12, "seeds": [0, 1]}
     config_file = tmp_path / "study.yaml"
@@ -215,9 +206,10 @@ def test_kill_9_during_selection_then_resume_runs_everything_exactly_once(
 def test_a_conditions_final_runs_are_released_once_its_own_selection_is_complete(
     tiny_model_dir, tiny_data_file, tmp_path
 ):
-    from loraplace.studies import Job, _final_release
+    from loraplace.studies.runner import _final_release
+    from loraplace.studies.selection import Job
 
-    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    config = load_study_config(tiny_sweep(tiny_model_dir, tiny_data_file))
     todo_final = [k for k in config.run_keys() if k.stage == "final"]
     failures = []
 
@@ -265,9 +257,10 @@ def test_a_conditions_final_runs_are_released_once_its_own_selection_is_complete
 def test_runs_are_queued_resumed_first_then_longest_first_then_adopted(
     tiny_model_dir, tiny_data_file, tmp_path
 ):
-    from loraplace.studies import Job, _longest_first
+    from loraplace.studies.runner import _longest_first
+    from loraplace.studies.selection import Job
 
-    config = load_study_config(_sweep(tiny_model_dir, tiny_data_file))
+    config = load_study_config(tiny_sweep(tiny_model_dir, tiny_data_file))
 
     def timed(key, seconds):
         start = "2026-01-01T00:00:00+00:00"
@@ -308,11 +301,11 @@ def test_runs_are_queued_resumed_first_then_longest_first_then_adopted(
 def test_a_grid_can_grow_until_the_first_final_run(
     tiny_model_dir, tiny_data_file, tmp_path, capsys
 ):
-    from loraplace.config import read_yaml
+    from loraplace.config.study import read_yaml
     from loraplace.errors import LoraplaceError
-    from loraplace.study_dir import prepare_study_dir, study_identity
+    from loraplace.studies.identity import prepare_study_dir, study_identity
 
-    raw = _sweep(tiny_model_dir, tiny_data_file)
+    raw = tiny_sweep(tiny_model_dir, tiny_data_file)
 
     def with_grid(grid):
         return load_study_config({**raw, "training": {**raw["training"], "learning_rates": grid}})

@@ -10,10 +10,11 @@ import math
 
 import numpy as np
 import pytest
+from helpers import holm_rejects
 from scipy.stats import t as student_t
 from scipy.stats import ttest_1samp, ttest_ind, ttest_rel
 
-from loraplace.stats import (
+from loraplace.stats.tests import (
     ci95,
     family_size,
     finite,
@@ -190,17 +191,6 @@ def test_paired_difference_undefined_cases():
 # --- Holm ----------------------------------------------------------------------------------------
 
 
-def _holm_rejects(pvalues: list[float], alpha: float) -> set[int]:
-    """Holm's step-down procedure as published: reject in order while p_(j) <= alpha/(m-j+1)."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    rejected: set[int] = set()
-    for j, i in enumerate(order):
-        if pvalues[i] > alpha / (len(pvalues) - j):
-            break
-        rejected.add(i)
-    return rejected
-
-
 def test_holm_by_hand():
     # Sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> running max 0.06.
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -225,7 +215,7 @@ def test_holm_adjusted_p_is_the_smallest_level_that_rejects():
         adj = holm(ps)
         assert all(a >= p for a, p in zip(adj, ps))
         for alpha in (0.01, 0.05, 0.1):
-            assert {i for i, a in enumerate(adj) if a <= alpha} == _holm_rejects(ps, alpha)
+            assert {i for i, a in enumerate(adj) if a <= alpha} == holm_rejects(ps, alpha)
 
 
 # --- TOST, MDD, Wilson, McNemar, Kendall ---------------------------------------------------------
@@ -255,13 +245,3 @@ def test_min_detectable_difference_three_seeds():
     # (t_{0.975,2} + t_{0.8,2}) · 0.006 / sqrt(3) = (4.3027 + 1.0607) · 0.006 / 1.7321 = 0.01858
     assert min_detectable_difference(0.006, 3) == pytest.approx(0.01858, abs=1e-5)
     assert min_detectable_difference(0.006, 1) is None
-
-
-def holm_by_definition(ps: list[float]) -> list[float]:
-    """Smallest alpha on a fine grid at which Holm's step-down procedure rejects each test."""
-    # The rejections change only at alpha = p_j · k; nudge up past rounding. Never rejected: 1.
-    grid = np.concatenate([np.asarray(ps) * k for k in range(1, len(ps) + 1)]) * (1 + 1e-12)
-    grid = np.unique(grid[grid < 1])
-    return [
-        min((a for a in grid if i in _holm_rejects(ps, a)), default=1.0) for i in range(len(ps))
-    ]

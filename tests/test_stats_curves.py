@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
+from helpers import holm_by_definition  # tests/ is on sys.path (no __init__.py)
 from scipy.stats import ttest_rel
-from test_stats import holm_by_definition  # tests/ is on sys.path (no __init__.py)
 
-from loraplace.curves import (
+from loraplace.stats.curves import (
     COMPARED,
     EXTRAPOLATION,
     chord_excess,

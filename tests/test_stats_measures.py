@@ -8,10 +8,11 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from helpers import example_runs
 from scipy.stats import binomtest, kendalltau
 from scipy.stats import t as student_t
 
-from loraplace.measures import (
+from loraplace.stats.measures import (
     bootstrap_paired_examples,
     example_array,
     jaccard,
@@ -21,7 +22,7 @@ from loraplace.measures import (
     ratio_interval,
     wilson_interval,
 )
-from loraplace.verdicts import EXPLORATORY, FASTER, SLOWER, UNRESOLVED, speedup_claim
+from loraplace.stats.verdicts import EXPLORATORY, FASTER, SLOWER, UNRESOLVED, speedup_claim
 
 
 @pytest.mark.parametrize("k, n", [(7, 10), (0, 12), (12, 12), (50, 128)])
@@ -107,16 +108,6 @@ def test_ratio_interval_on_log_scale():
     noisy = ratio_interval({0: 10.0, 1: 10.0, 2: 10.0}, {0: 8.0, 1: 12.0, 2: 9.0})
     assert noisy.ci_low < 1 < noisy.ci_high and speedup_claim(noisy) == UNRESOLVED
     assert speedup_claim(ratio_interval({0: 2.0, 1: 2.1}, {0: 1.0, 1: 1.0})) == EXPLORATORY
-
-
-def example_runs(seed: int, n_seeds: int = 3, n_examples: int = 128) -> dict[int, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        s: np.column_stack(
-            [rng.integers(5, 60, n_examples), rng.gamma(2.0, 10.0, n_examples)]
-        ).astype(float)
-        for s in range(n_seeds)
-    }
 
 
 def test_bootstrap_estimate_and_exact_shift():

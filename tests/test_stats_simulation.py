@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from loraplace.stats import paired_difference, tost_paired
-from loraplace.verdicts import (
+from loraplace.stats.tests import paired_difference, tost_paired
+from loraplace.stats.verdicts import (
     BETTER,
     CLEAR,
     EQUIVALENT,

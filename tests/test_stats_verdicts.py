@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from helpers import example_runs, holm_by_definition  # tests/ is on sys.path (no __init__.py)
 from scipy.stats import ttest_ind, ttest_rel
-from test_stats import holm_by_definition  # tests/ is on sys.path (no __init__.py)
-from test_stats_measures import example_runs
 
-from loraplace.measures import bootstrap_paired_examples
-from loraplace.stats import holm, tost_paired
-from loraplace.verdicts import (
+from loraplace.stats.measures import bootstrap_paired_examples
+from loraplace.stats.tests import holm, tost_paired
+from loraplace.stats.verdicts import (
     BETTER,
     CLEAR,
     EQUIVALENT,

@@ -8,14 +8,14 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from test_study import tiny_study
+from helpers import tiny_study
 
 from loraplace import store
-from loraplace.config import load_study_config
-from loraplace.status import format_duration, parallelism, study_status, time_left
-from loraplace.studies import run_study
-from loraplace.study_lock import StudyLock, lock_holder
-from loraplace.yamlio import dump_yaml
+from loraplace.config.study import load_study_config
+from loraplace.config.yamlio import dump_yaml
+from loraplace.studies.lock import StudyLock, lock_holder
+from loraplace.studies.runner import run_study
+from loraplace.studies.status import format_duration, parallelism, study_status, time_left
 
 
 def _result(started: str, finished: str) -> dict:
@@ -154,7 +154,7 @@ def test_status_of_a_half_finished_study_reads_only_files(tiny_model_dir, tiny_d
     raw = tiny_study(tiny_model_dir, tiny_data_file)
     raw["eval"] = {"accuracy_examples": 0}
     out = tmp_path / "study"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     # One run interrupted (its directory without a result), one never started.
     (out / "runs" / "top--seed1" / "result.json").unlink()
     shutil.rmtree(out / "runs" / "attention-only--seed1")
@@ -207,8 +207,8 @@ def test_status_before_any_run_finished_says_the_time_is_not_known(
 def test_the_study_estimate_divides_by_the_runs_at_a_time_it_measured(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch, capsys
 ):
-    import loraplace.estimate as estimate
-    from loraplace.estimate import print_estimate
+    import loraplace.studies.estimate as estimate
+    from loraplace.studies.estimate import print_estimate
 
     monkeypatch.setattr(estimate, "machine_matmul_rate", lambda: 100.0)
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
@@ -286,7 +286,7 @@ def test_status_says_which_learning_rates_are_chosen_and_whether_the_grid_can_gr
 
 def _estimate(config, pending, finished, out, monkeypatch):
     """The estimate of ``pending`` with a calibration that reports 100 tokens/s."""
-    import loraplace.estimate as estimate
+    import loraplace.studies.estimate as estimate
 
     monkeypatch.setattr(estimate, "_calibrate", lambda bench, config: 100.0)
     return estimate.estimate_study(config, pending, _StubBench(), finished, out)

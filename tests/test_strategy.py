@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loraplace.errors import StrategyError
-from loraplace.strategy import GROUPS, PRESETS, LayerSelector, Part, Strategy, parse_strategy
+from loraplace.placement.grammar import (
+    GROUPS,
+    PRESETS,
+    LayerSelector,
+    Part,
+    Strategy,
+    parse_strategy,
+)
 
 ALL = LayerSelector()
 

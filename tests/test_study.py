@@ -13,32 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_study
 
-from loraplace.config import load_study_config
+import loraplace
+from loraplace.config.study import load_study_config
 from loraplace.errors import ConfigError, LoraplaceError
-from loraplace.studies import run_study
+from loraplace.studies.runner import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_study(model_dir, data_file, **overrides) -> dict:
-    raw = {
-        "name": "tiny",
-        "model": str(model_dir),
-        "data": {
-            "dataset": str(data_file),
-            "train_examples": 24,
-            "eval_examples": 8,
-            "max_length": 96,
-        },
-        "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
-        "training": {"steps": 3, "batch_size": 4, "learning_rate": 1e-3, "seeds": [0, 1]},
-        "eval": {"accuracy_examples": 2, "max_new_tokens": 4},
-        "strategies": {"baseline": "all", "attention-only": "attn", "top": "mlp@last:1"},
-        "reference": "baseline",
-    }
-    raw.update(overrides)
-    return raw
 
 
 def test_every_config_problem_is_reported_at_once(tiny_model_dir, tiny_data_file):
@@ -71,7 +53,7 @@ def test_a_directory_of_other_files_is_refused_and_a_killed_start_is_taken_over(
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(LoraplaceError, match="exists and is not a loraplace study directory"):
-        run_study(config, foreign, show_progress=False, report=False)
+        run_study(config, foreign, show_progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     assert (foreign / "notes.txt").read_text() == "mine"
     # A start killed after its lock and identity but before study.yaml: the next one goes on.
@@ -79,7 +61,7 @@ def test_a_directory_of_other_files_is_refused_and_a_killed_start_is_taken_over(
     started.mkdir()
     (started / ".lock").write_text("")
     (started / "identity.json").write_text("{}")
-    assert run_study(config, started, show_progress=False, report=False) == 0
+    assert run_study(config, started, show_progress=False) == 0
     assert (started / "runs" / "top--seed0" / "result.json").is_file()
 
 
@@ -111,7 +93,7 @@ def _rows(out: Path) -> list[dict]:
 def test_a_failed_run_is_recorded_and_the_study_goes_on(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.executors as executors
+    import loraplace.studies.executors as executors
 
     real = executors.train_one
 
@@ -123,7 +105,7 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(
     monkeypatch.setattr(executors, "train_one", flaky)
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
     out = tmp_path / "study"
-    code = run_study(config, out, show_progress=False)
+    code = loraplace.study(config, out=out, show_progress=False)
     assert code == 1
     rows = _rows(out)
     assert len(rows) == 6
@@ -146,17 +128,17 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(
     # Rerunning the same config redoes nothing; --retry-failed reruns only the failure.
     monkeypatch.setattr(executors, "train_one", real)
     stamps = {r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows}
-    assert run_study(config, out, show_progress=False, report=False) == 1
+    assert run_study(config, out, show_progress=False) == 1
     assert stamps == {
         r["run_dir"]: (out / r["run_dir"] / "result.json").stat().st_mtime_ns for r in rows
     }
-    assert run_study(config, out, show_progress=False, retry_failed=True, report=False) == 0
+    assert run_study(config, out, show_progress=False, retry_failed=True) == 0
     assert all(r["status"] == "finished" for r in _rows(out))
 
     # Changing only the seed list is allowed in place: runs are keyed by seed, nothing is redone.
     raw = tiny_study(tiny_model_dir, tiny_data_file)
     raw["training"] = {**raw["training"], "seeds": [1]}
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     assert sorted(r["seed"] for r in _rows(out)) == ["1", "1", "1"]
     assert yaml.safe_load((out / "study.yaml").read_text())["training"]["seeds"] == [1]
 
@@ -164,7 +146,7 @@ def test_a_failed_run_is_recorded_and_the_study_goes_on(
 def test_the_base_evaluation_is_stored_once_and_reused_on_resume(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):
-    import loraplace.workbench as workbench
+    import loraplace.training.workbench as workbench
 
     calls = []
     real = workbench.eval_losses
@@ -179,14 +161,14 @@ def test_the_base_evaluation_is_stored_once_and_reused_on_resume(
     )
     raw["training"] = {**raw["training"], "seeds": [0]}
     out = tmp_path / "study"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     assert len(calls) == 1
     base = json.loads((out / "base.json").read_text())
     assert base["settings"]["device"] == "cpu" and base["eval_time_s"] > 0
 
     # A new process on the same study (here: one more seed) reads the record instead of evaluating.
     raw["training"] = {**raw["training"], "seeds": [0, 1]}
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     assert len(calls) == 1
     seed1 = json.loads((out / "runs" / "top--seed1" / "result.json").read_text())
     assert (seed1["base_eval_loss"], seed1["base_accuracy"]) == (
@@ -199,7 +181,7 @@ def test_the_base_evaluation_is_stored_once_and_reused_on_resume(
         json.dumps({**base, "settings": {**base["settings"], "device": "cuda"}, "eval_loss": 99.0})
     )
     raw["training"] = {**raw["training"], "seeds": [0, 1, 2]}
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     assert len(calls) == 2
     seed2 = json.loads((out / "runs" / "top--seed2" / "result.json").read_text())
     assert seed2["base_eval_loss"] == pytest.approx(base["eval_loss"], rel=1e-6)
@@ -285,9 +267,9 @@ def test_a_lost_ray_worker_leaves_a_failed_result_with_the_plan(
 ):
     # When a Ray worker dies, no workbench is left to describe the run: the driver writes the
     # failed result from the plan it already holds, and the study treats it like any failure.
-    from loraplace.executors import make_executor
     from loraplace.store import RunKey
-    from loraplace.studies import Job
+    from loraplace.studies.executors import make_executor
+    from loraplace.studies.selection import Job
 
     config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
     key = RunKey("top", 1)
@@ -308,14 +290,14 @@ def test_run_with_a_study_config_gives_the_study_runs_eval_loss(
 ):
     # One source of settings: `run --config` trains strategy S with seed k exactly as the study
     # does (same data, plan, batches, initialisation and code path).
-    from loraplace.cli import main
+    from loraplace.cli.main import main
 
     raw = tiny_study(tiny_model_dir, tiny_data_file)
     raw["eval"] = {"accuracy_examples": 0}
     config_file = tmp_path / "study.yaml"
     config_file.write_text(yaml.safe_dump(raw))
     out = tmp_path / "study"
-    assert run_study(load_study_config(raw), out, show_progress=False, report=False) == 0
+    assert run_study(load_study_config(raw), out, show_progress=False) == 0
     for name, seed in (("top", 1), ("baseline", 0)):
         single = tmp_path / f"single-{name}"
         args = ["run", "--config", str(config_file), "--strategy", name, "--seed", str(seed)]

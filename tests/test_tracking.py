@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from loraplace.errors import LoraplaceError
-from loraplace.tracking import (
+from loraplace.tracking.backends import open_tracking
+from loraplace.tracking.core import (
     FINAL_METRICS,
     TrackingWarning,
     check_backends,
     flatten_params,
-    open_tracking,
 )
 
 STUDY_PARAMS = {

@@ -12,9 +12,13 @@ from conftest import make_tiny_tokenizer, write_alpaca_jsonl
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from loraplace.batching import DynamicPaddingCollator, length_grouped_batches, tokenize_examples
-from loraplace.data import DataConfig, load_dataset_split
-from loraplace.train import batch_order, lr_factor, train_adapter
+from loraplace.data.batching import (
+    DynamicPaddingCollator,
+    length_grouped_batches,
+    tokenize_examples,
+)
+from loraplace.data.sources import DataConfig, load_dataset_split
+from loraplace.training.loop import batch_order, lr_factor, train_adapter
 
 SETTINGS = dict(
     batch_size=4,
@@ -280,7 +284,7 @@ def test_same_losses_as_hf_trainer_with_the_same_settings(setup, tmp_path):
     # same per-step losses.
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from loraplace.evaluate import completion_loss
+    from loraplace.training.evaluate import completion_loss
 
     base, tokenizer, features = setup
     _, records = train(adapted(base), features, steps=4)

@@ -10,9 +10,9 @@ The Python API (README, "Python API"): :func:`plan`, :func:`run`, :func:`study` 
 
 from loraplace.api import StudyResults, load_study, plan, run, study
 from loraplace.errors import LoraplaceError
-from loraplace.strategy import Strategy, parse_strategy
+from loraplace.placement.grammar import Strategy, parse_strategy
+from loraplace.version import __version__
 
-__version__ = "0.2.0"
 __all__ = [
     "LoraplaceError",
     "Strategy",

@@ -1,5 +1,5 @@
 import sys
 
-from loraplace.cli import main
+from loraplace.cli.main import main
 
 sys.exit(main())

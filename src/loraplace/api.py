@@ -6,9 +6,9 @@ notebook gets exactly what ``loraplace plan``, ``run``, ``study`` and ``report``
 ```python
 import loraplace
 
-plans = loraplace.planning("smollm2-135m", {"attn": "attn", "ffn": "mlp"}, rank=8)
+plans = loraplace.plan("smollm2-135m", {"attn": "attn", "ffn": "mlp"}, rank=8)
 plans[0].trainable_params, plans[0].lora_config(alpha=16, dropout=0.0)
-loraplace.studies("examples/budget-curves.yaml", out="runs/budget")
+loraplace.study("examples/budget-curves.yaml", out="runs/budget")
 results = loraplace.load_study("runs/budget")
 results.summary        # one row per condition (a pandas DataFrame when pandas is installed)
 ```
@@ -19,6 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from loraplace import store
+from loraplace.config.study import StudyConfig, load_study_config, read_yaml
+from loraplace.errors import ConfigError, LoraplaceError
+from loraplace.placement.grammar import parse_strategy
+from loraplace.settings import STUDY_ONLY, TrainingSettings, keys_of_scope
+from loraplace.store import RunKey
+from loraplace.studies.estimate import estimate_only
 
 __all__ = ["plan", "run", "study", "load_study", "StudyResults"]
 
@@ -43,7 +51,8 @@ def plan(
         One :class:`~loraplace.planning.Plan` per strategy, in order; each has
         ``trainable_params``, ``targets`` and ``lora_config(alpha, dropout, scaling)``.
     """
-    from loraplace.placement import ModelPlanner
+    # Deferred: importing it loads torch.
+    from loraplace.placement.planner import ModelPlanner
 
     if isinstance(strategies, str):
         strategies = [strategies]
@@ -55,8 +64,6 @@ def plan(
 
 def _raw(config_or_path: Any) -> dict:
     """A study config as a mapping: from a ``StudyConfig``, a mapping or a YAML file."""
-    from loraplace.config import StudyConfig, read_yaml
-    from loraplace.errors import ConfigError
 
     if isinstance(config_or_path, StudyConfig):
         return config_or_path.to_dict()
@@ -70,7 +77,6 @@ def _raw(config_or_path: Any) -> dict:
 
 
 def _config(config_or_path: Any, overrides: dict | None = None):
-    from loraplace.config import load_study_config
 
     raw = _raw(config_or_path)
     for key, value in (overrides or {}).items():
@@ -104,10 +110,8 @@ def run(
         **overrides: top-level config keys or sections, e.g. ``model="./m"``,
             ``training={"steps": 50}``.
     """
-    from loraplace.errors import LoraplaceError
-    from loraplace.runner import run_single
-    from loraplace.store import RunKey
-    from loraplace.strategy import parse_strategy
+    # Deferred: importing it loads torch, transformers.
+    from loraplace.training.run import run_single
 
     base = _raw(config) if config is not None else {}
     strategies = base.get("strategies") if isinstance(base.get("strategies"), dict) else {}
@@ -125,9 +129,12 @@ def run(
     base.update(
         {"strategies": {name: spec}, "reference": name, "ranks": None, "match_params": None}
     )
-    training = {**(base.get("training") or {}), "seeds": [seed]}
-    training.pop("learning_rates", None)
-    training.pop("selection_seeds", None)
+    training = {
+        k: v
+        for k, v in (base.get("training") or {}).items()
+        if k not in keys_of_scope(TrainingSettings, STUDY_ONLY)
+    }
+    training["seeds"] = [seed]
     base["training"] = training
     cfg = _config(base, overrides)
     key = RunKey(name, seed)
@@ -144,28 +151,36 @@ def study(
     retry_failed: bool = False,
     report: bool = True,
     show_progress: bool = True,
+    estimate: bool = False,
     **overrides,
 ) -> int:
-    """Run (or resume) a study; returns 0 when every run finished, 1 when any failed.
+    """Run (or resume) a study, then write its report; returns 0 when every run finished, 1
+    when any failed.
 
     Args:
         config_or_path: a study YAML path, a mapping or a ``StudyConfig``.
         out: the study directory (default ``runs/<name>``).
         executor: ``local`` or ``ray``.
+        report: write the report (``OUT/report/``) after the runs.
+        estimate: only print how long the study will take; run and write nothing.
         **overrides: top-level config keys or sections to change, e.g. ``training={"seeds":
             [0, 1, 2]}``.
     """
-    from loraplace.studies import run_study
+    # Deferred: importing it loads matplotlib, numpy, scipy, torch, transformers.
+    # Deferred: importing it loads matplotlib, numpy, scipy, torch, transformers.
+    from loraplace.report.build import write_report
+    from loraplace.studies.runner import run_study
 
     cfg = _config(config_or_path, overrides)
-    return run_study(
-        cfg,
-        Path(out) if out else Path("runs") / cfg.name,
-        executor=executor,
-        retry_failed=retry_failed,
-        report=report,
-        show_progress=show_progress,
+    out = Path(out) if out else store.default_study_dir(cfg.name)
+    if estimate:
+        return estimate_only(cfg, out)
+    status = run_study(
+        cfg, out, executor=executor, retry_failed=retry_failed, show_progress=show_progress
     )
+    if report:
+        print(f"report: {write_report(out) / 'report.md'}", flush=True)
+    return status
 
 
 @dataclass
@@ -200,15 +215,15 @@ def load_study(study_dir: str | Path) -> StudyResults:
     Raises:
         LoraplaceError: ``study_dir`` is not a study directory.
     """
-    from loraplace.config import load_study_config
-    from loraplace.errors import LoraplaceError
-    from loraplace.report import summarize
-    from loraplace.studies import collect_results
+    # Deferred: importing it loads matplotlib, numpy, scipy, torch.
+    # Deferred: importing it loads matplotlib, numpy, scipy, torch.
+    from loraplace.report.build import summarize
+    from loraplace.studies.selection import collect_results
 
     root = Path(study_dir)
-    if not (root / "study.yaml").is_file():
+    if not store.has_study_config(root):
         raise LoraplaceError(f"'{root}' is not a study directory (no study.yaml)")
-    config = load_study_config(root / "study.yaml")
+    config = load_study_config(root / store.STUDY_FILE)
     return StudyResults(
         config=config,
         results=_frame(collect_results(config, root)),

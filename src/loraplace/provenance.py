@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from loraplace.version import __version__
+
 __all__ = ["versions", "hardware"]
 
 
@@ -14,8 +16,6 @@ def versions() -> dict:
     """Versions of loraplace, torch, transformers, peft and Python."""
     import peft
     import transformers
-
-    from loraplace import __version__
 
     return {
         "loraplace": __version__,

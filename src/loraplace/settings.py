@@ -13,12 +13,21 @@ import ast
 import functools
 import inspect
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from loraplace.errors import ConfigError, short_repr
-from loraplace.formats import FORMATS
+
+#: Format names accepted by ``DataConfig.format`` (each is read by :mod:`loraplace.data.formats`).
+FORMATS = ("gsm8k", "alpaca", "messages", "text")
 
 __all__ = [
+    "NO_RUN",
+    "RECORDED",
+    "SCOPE",
+    "STUDY_ONLY",
+    "keys_of_scope",
+    "AutoSpec",
+    "METHODS",
     "DataConfig",
     "LoraSettings",
     "TrainingSettings",
@@ -96,6 +105,28 @@ def _docstrings(cls) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
+
+
+#: The key of a field's ``metadata`` that says what the field decides (:func:`keys_of_scope`).
+#: A field without it decides how every run computes, and so belongs to each run's recipe.
+SCOPE = "scope"
+#: Only a study has it: which runs it makes (its seed lists and learning-rate grid). A single
+#: ``loraplace run`` does not take it.
+STUDY_ONLY = "study"
+#: The study decides it for each run, and each run records its own value (its learning rate):
+#: runs are compared by their records, not by the study's value.
+RECORDED = "recorded"
+#: Decides no run at all (the report, trackers, where runs execute, reuse).
+NO_RUN = "no-run"
+
+
+def keys_of_scope(cls, *scopes: str) -> tuple[str, ...]:
+    """The names of the fields of dataclass ``cls`` whose :data:`SCOPE` is one of ``scopes``.
+
+    The one declaration of which settings belong to a study rather than to its runs: resume,
+    reuse, the study's identity, the ``run`` command's options and the API read it here.
+    """
+    return tuple(f.name for f in fields(cls) if f.metadata.get(SCOPE) in scopes)
 
 
 def field_help(cls, name: str) -> str:
@@ -191,7 +222,7 @@ class TrainingSettings:
     """Optimizer steps per run."""
     batch_size: int = 4
     """Examples per step (dynamic padding, length-grouped batches)."""
-    learning_rate: float = 2.0e-4
+    learning_rate: float = field(default=2.0e-4, metadata={SCOPE: RECORDED})
     """Peak learning rate (AdamW), used when no learning-rate grid is given."""
     warmup_steps: int = 2
     """Linear warm-up steps before the linear decay to zero."""
@@ -199,14 +230,14 @@ class TrainingSettings:
     """AdamW weight decay on the LoRA parameters."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    seeds: list[int] | None = None
+    seeds: list[int] | None = field(default=None, metadata={SCOPE: STUDY_ONLY})
     """Seeds of a study (each strategy runs once per seed; default [0, 1]). A run's seed fixes
     the LoRA initialisation, dropout and data order."""
-    learning_rates: list[float] | None = None
+    learning_rates: list[float] | None = field(default=None, metadata={SCOPE: STUDY_ONLY})
     """A learning-rate grid: each (strategy, rank) is first trained at every value on the
     selection seeds and scored on the validation split; the final runs use the value with the
     lowest validation loss. Unset: every run uses learning_rate."""
-    selection_seeds: list[int] | None = None
+    selection_seeds: list[int] | None = field(default=None, metadata={SCOPE: STUDY_ONLY})
     """Seeds of the learning-rate selection stage (default: the first seed)."""
 
     def __post_init__(self) -> None:
@@ -338,3 +369,78 @@ class ReportSettings:
             },
         )
         _raise(problems)
+
+
+#: Placement methods: data-free weight spectra, a trained probe's adapter outputs, the control.
+METHODS: tuple[str, ...] = ("snr", "grad", "random")
+
+
+@dataclass
+class AutoSpec:
+    """An automatic strategy: how to score modules and how many parameters to place.
+
+    In a study config: ``strategies: {auto-grad: {auto: {method: grad, budget: attention-only}}}``.
+    """
+
+    method: str = "grad"
+    """grad (a short LoRA probe on the training split), snr (base weights) or random."""
+    budget: int | str = "attn"
+    """Trainable parameters to place: an integer, or a strategy (a name in the study, or a
+    strategy string) whose count at the rank is the budget."""
+    rank: int | None = None
+    """Rank of every chosen module (default: the study's rank, or each sweep rank)."""
+    seed: int = 0
+    """Seed of the probe (and of the random control)."""
+    probe_per_seed: bool = False
+    """Resolve a placement for each training seed (with that seed), to measure the probe's own
+    variance; by default one placement serves every seed."""
+    probe_steps: int = 16
+    """Optimizer steps of the grad probe."""
+    probe_rank: int = 4
+    """Rank of the grad probe's all-linear LoRA."""
+    probe_learning_rate: float = 1.0e-3
+    """Learning rate of the grad probe."""
+    probe_batches: int = 4
+    """Training batches the adapters' output norms are averaged over."""
+
+    def __post_init__(self) -> None:
+        problems = check_fields(
+            self,
+            "auto",
+            {
+                "method": (lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
+                "budget": (
+                    lambda v: (is_int(v) and v > 0) or (isinstance(v, str) and bool(v.strip())),
+                    "a positive integer or a strategy",
+                ),
+                "rank": (lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1"),
+                "seed": (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2^32)"),
+                "probe_per_seed": (lambda v: isinstance(v, bool), "true or false"),
+                "probe_steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "probe_rank": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "probe_learning_rate": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "probe_batches": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            },
+        )
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_mapping(cls, raw, where: str) -> AutoSpec:
+        """Build from a config mapping, naming unknown keys and bad values under ``where``."""
+        from dataclasses import fields
+
+        if not isinstance(raw, dict):
+            raise ConfigError([f"{where}.auto must be a mapping, got {short_repr(raw)}"])
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in raw if k not in valid]
+        problems = [f"unknown key '{where}.auto.{k}' (valid: {', '.join(valid)})" for k in unknown]
+        try:
+            spec = cls(**{k: v for k, v in raw.items() if k in valid})
+        except ConfigError as exc:
+            problems += [p.replace("auto.", f"{where}.auto.", 1) for p in exc.problems]
+        except TypeError as exc:
+            problems.append(f"{where}.auto: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        return spec

@@ -66,9 +66,20 @@ __all__ = [
     "read_eval_examples",
     "write_results_csv",
     "is_study_dir",
-    "export_study",
+    "default_study_dir",
+    "has_study_config",
 ]
 
+#: The study's resolved config, the first file of a study directory.
+STUDY_FILE = "study.yaml"
+#: One directory per final run, and one per learning-rate selection run.
+RUNS_DIR = "runs"
+SELECTION_DIR = "selection"
+#: Where ``loraplace report`` writes, and the study's table of complete runs.
+REPORT_DIR = "report"
+RESULTS_CSV = "results.csv"
+#: Where a study goes when no directory is given: ``runs/<name>``, beside the command.
+DEFAULT_STUDIES_DIR = "runs"
 AUTO_DIR = "auto"
 BASE_FILE = "base.json"
 BASE_EXAMPLES_FILE = "base_eval_examples.jsonl"
@@ -78,6 +89,10 @@ RESULT_FILE = "result.json"
 #: A run's saved training state while it trains (removed when the run is complete).
 RESUME_FILE = "resume.pt"
 EXAMPLES_FILE = "eval_examples.jsonl"
+#: A run's training curve, one JSON line per logged step.
+METRICS_FILE = "metrics.jsonl"
+#: A final run's sample generations.
+GENERATIONS_FILE = "generations.jsonl"
 #: A final run's trained adapter (PEFT ``save_pretrained``).
 ADAPTER_DIR = "adapter"
 #: The adapter weights a run saves at its eval checkpoints, for a final run that adopts it.
@@ -174,7 +189,7 @@ class RunKey:
     @property
     def relpath(self) -> str:
         """Path of the run directory inside the study directory."""
-        return f"{'selection' if self.stage == 'selection' else 'runs'}/{self.dirname}"
+        return f"{SELECTION_DIR if self.stage == 'selection' else RUNS_DIR}/{self.dirname}"
 
     def run_dir(self, out: Path) -> Path:
         return Path(out) / self.relpath
@@ -384,7 +399,7 @@ def write_results_csv(out: Path, results: list[dict]) -> None:
         writer.writerow(
             {k: ("" if result.get(k) is None else result.get(k)) for k in RESULT_COLUMNS}
         )
-    write_text_atomic(Path(out) / "results.csv", buffer.getvalue())
+    write_text_atomic(Path(out) / RESULTS_CSV, buffer.getvalue())
 
 
 def can_resume(run_dir: Path) -> bool:
@@ -445,90 +460,17 @@ def check_writable(directory: Path) -> None:
 
 
 def is_study_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a study directory (it has ``study.yaml`` or ``runs/``)."""
-    return (Path(path) / "study.yaml").is_file() or (Path(path) / "runs").is_dir()
+    """Whether ``path`` is a study directory: it has ``study.yaml``, or the run directories of
+    a study whose config is not there (yet). Every command that reads a study asks this."""
+    return (Path(path) / STUDY_FILE).is_file() or (Path(path) / RUNS_DIR).is_dir()
 
 
-#: What :func:`export_study` leaves out: weights, the lock, tracker stores, temporary files.
-_NOT_EXPORTED = (
-    ADAPTER_DIR,
-    CHECKPOINTS_DIR,
-    LOCK_FILE,
-    "mlflow.db",
-    "mlartifacts",
-    "tensorboard",
-)
+def has_study_config(path: Path) -> bool:
+    """Whether ``path`` is a study directory with its config (``study.yaml``), as every reader
+    of a study's results needs."""
+    return (Path(path) / STUDY_FILE).is_file()
 
 
-def export_study(src: Path, dst: Path, *, states: bool = False) -> int:
-    """Copy a study directory's records, not its weights, e.g. to commit them.
-
-    Everything ``loraplace report`` reads is copied (``study.yaml``, ``identity.json``,
-    ``base*.json*``, ``results.csv``, every run's ``result.json``, ``metrics.jsonl``,
-    ``eval_examples.jsonl``, ``generations.jsonl``, ``auto/``) and the report itself; adapters,
-    selection checkpoints, the lock, tracker stores and runs without a result (in progress or
-    interrupted) are not.
-
-    With ``states``, a run in progress that has saved its training state is copied too: its
-    ``resume.pt`` (adapter weights, optimizer and data order) and ``metrics.jsonl``, so that the
-    study goes on from there once copied back (docs/STUDIES.md, "Moving a study"). A state in
-    ``DEST`` that this export does not bring (its run is complete or started over, or
-    ``states`` is off) is removed with the rest of that run's files in progress.
-
-    Returns:
-        The number of files copied.
-
-    Raises:
-        LoraplaceError: ``src`` is not a study directory, or ``dst`` holds another study: a
-            config that differs beyond what a study may change in place (its seed list, a grown
-            learning-rate grid, keys that change no run), or other model files or data.
-    """
-    from loraplace.study_dir import same_study
-
-    src, dst = Path(src), Path(dst)
-    if not is_study_dir(src):
-        raise LoraplaceError(f"'{src}' is not a study directory (no study.yaml or runs/)")
-    if dst.exists() and (dst / "study.yaml").is_file():
-        # An earlier export of this study, taken before its seeds, grid or report keys changed
-        # in place, is the same study: it is brought up to date.
-        identities = [read_json(d / IDENTITY_FILE) for d in (dst, src)]
-        if not same_study(dst / "study.yaml", src / "study.yaml") or (
-            None not in identities and identities[0] != identities[1]
-        ):
-            raise LoraplaceError(f"'{dst}' holds another study; choose another destination")
-    copied = 0
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if not path.is_file() or any(part in _NOT_EXPORTED for part in rel.parts):
-            continue
-        if is_temporary(path.name):
-            continue
-        if rel.parts[0] in ("runs", "selection") and len(rel.parts) > 2:
-            run_dir = src / rel.parts[0] / rel.parts[1]
-            if read_result(run_dir) is None and not _carries_state(run_dir, states):
-                continue  # a run in progress or interrupted: it will be redone
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        copied += 1
-    _drop_stale_states(src, dst, kept=states)
-    return copied
-
-
-def _carries_state(run_dir: Path, states: bool) -> bool:
-    """Whether an export with ``states`` brings ``run_dir``'s saved training state: the run is
-    in progress (no result) and has one."""
-    return states and read_result(run_dir) is None and can_resume(run_dir)
-
-
-def _drop_stale_states(src: Path, dst: Path, *, kept: bool) -> None:
-    """Remove from an export the files of each run in progress whose saved state is no longer
-    the one to go on from: its run is complete, started over, or states are not exported."""
-    for state in sorted(dst.glob(f"*/*/{RESUME_FILE}")):
-        run_dir = state.parent
-        rel = run_dir.relative_to(dst)
-        if rel.parts[0] not in ("runs", "selection") or _carries_state(src / rel, kept):
-            continue
-        state.unlink()
-        if read_result(run_dir) is None:
-            clear_run_dir(run_dir)
+def default_study_dir(name: str) -> Path:
+    """Where a study named ``name`` goes when no directory is given: ``runs/<name>``."""
+    return Path(DEFAULT_STUDIES_DIR) / name

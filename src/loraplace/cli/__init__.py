@@ -1,0 +1,1 @@
+"""The ``loraplace`` command line: a thin layer over the Python API."""

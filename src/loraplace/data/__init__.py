@@ -1,0 +1,1 @@
+"""Fine-tuning data: sources and splits, file formats, and batching."""

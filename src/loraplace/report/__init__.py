@@ -1,0 +1,1 @@
+"""The study report: what it reads, the analysis, findings, tables, renderings and figures."""

@@ -1,0 +1,408 @@
+"""The numbers behind the report: one summary row per condition and its tests.
+
+Every comparison is paired by seed (all strategies of a seed train on the same batches) and
+made against the reference strategy at the same rank. The tests the findings use (the
+reference comparisons, plus best-vs-others when the "lowest" finding is made) are one Holm
+family; the verdicts come only from :mod:`loraplace.verdicts`. Definitions of every column are
+in docs/STATISTICS.md ("The report's columns").
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from loraplace.report.load import Condition, Study, first, num
+from loraplace.stats.measures import Ratio, mcnemar_exact, ratio_interval, wilson_interval
+from loraplace.stats.tests import ci95, family_size, holm, mean, pareto_front, std
+from loraplace.stats.verdicts import (
+    MIN_SEEDS,
+    BestFinding,
+    Comparison,
+    best_vs_others,
+    compare_pairs,
+    compare_to_reference,
+    speedup_claim,
+    verdict,
+)
+
+__all__ = [
+    "PARETO_TOLERANCE",
+    "REQUIRED_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "AccuracyTest",
+    "Analysis",
+    "Speedup",
+    "all_pairs",
+    "analyse",
+    "family_pairs",
+]
+
+#: Trainable-parameter counts within 5% of each other count as one budget on the Pareto front.
+PARETO_TOLERANCE = 0.05
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "strategy",
+    "n",
+    "eval_loss_mean",
+    "eval_loss_std",
+    "eval_loss_ci95",
+    "perplexity",
+    "accuracy_mean",
+    "trainable_params",
+    "trainable_pct",
+    "param_reduction_pct",
+    "train_time_s_mean",
+    "speedup_vs_reference",
+    "p_value_vs_reference",
+    "pareto",
+)
+SUMMARY_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + (
+    "rank",
+    "spec",
+    "learning_rate",
+    "n_failed",
+    "seeds",
+    "delta_vs_reference",
+    "delta_ci95_low",
+    "delta_ci95_high",
+    "delta_boot95_low",
+    "delta_boot95_high",
+    "p_paired_vs_reference",
+    "p_holm_vs_reference",
+    "holm_family_size",
+    "p_tost_holm_vs_reference",
+    "verdict",
+    "direction",
+    "base_eval_loss",
+    "accuracy_std",
+    "accuracy_examples",
+    "accuracy_ci95_low",
+    "accuracy_ci95_high",
+    "p_mcnemar_vs_reference",
+    "train_time_s_std",
+    "speedup_ci95_low",
+    "speedup_ci95_high",
+    "speedup_claim",
+    "tokens_per_s_mean",
+    "probe_time_s",
+    "peak_memory_mb_max",
+    "total_params",
+    "ranks",
+    "trainable_params_min",
+    "trainable_params_max",
+)
+
+
+@dataclass(frozen=True)
+class AccuracyTest:
+    """Accuracy of one condition with its Wilson interval, and its McNemar test vs the reference."""
+
+    correct: int
+    """Problems answered correctly, summed over finished seeds."""
+    attempted: int
+    """Problems attempted, summed over finished seeds."""
+    low: float | None
+    """Wilson 95% interval of ``correct / attempted``."""
+    high: float | None
+    n: int
+    """Seeds paired with the reference (both scored the same problems)."""
+    b: int
+    """Problem-seed pairs this condition got right and the reference wrong."""
+    c: int
+    """Problem-seed pairs the reference got right and this condition wrong."""
+    p: float | None
+    """Exact McNemar p on ``b`` and ``c``; ``None`` without discordant pairs or a reference."""
+    p_holm: float | None
+    """Holm-adjusted over the accuracy tests with at least ``MIN_SEEDS`` paired seeds."""
+    family_size: int
+    verdict: str | None
+    """The verdict ladder on ``p_holm`` (``better`` means higher accuracy)."""
+    direction: str | None
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Training speed against the reference: per-seed time ratios on the log scale."""
+
+    ratio: Ratio
+    """Reference time / condition time: above 1 is faster."""
+    claim: str
+    """``faster``, ``slower``, ``unresolved`` or ``exploratory`` (:func:`speedup_claim`)."""
+
+
+@dataclass
+class Analysis:
+    """Every number the report shows, computed once from a :class:`Study`."""
+
+    rows: list[dict[str, Any]]
+    """One summary row per condition (:data:`SUMMARY_COLUMNS`), in study order."""
+    comparisons: dict[str, Comparison]
+    """``{condition label: Comparison}`` against the reference at its rank."""
+    family_size: int
+    """Paired t-tests Holm-adjusted together for the findings."""
+    best: BestFinding | None
+    """The "lowest mean eval loss" finding and its tests, when it is made."""
+    pairwise: list[Comparison]
+    """Every pair of conditions, Holm-adjusted over all pairs (its own family)."""
+    accuracy: dict[str, AccuracyTest]
+    speedups: dict[str, Speedup]
+
+
+def _losses_and_refs(study: Study) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
+    losses, refs = {}, {}
+    for cond in study.conditions:
+        ref = study.reference_of(cond)
+        if ref is not None:
+            losses[cond.label] = study.losses(cond)
+            refs[cond.label] = ref.label
+    return losses, refs
+
+
+def family_pairs(study: Study) -> list[tuple[str, str]]:
+    """The condition pairs of the all-pairs family, as ``(label, label)`` in table order.
+
+    Every pair of conditions; in a rank sweep, only the pairs that share a rank or a
+    placement: a pair that differs in both holds neither budget nor rank equal (the
+    equal-budget tables compare placements). Same rank first (placement against placement),
+    then each placement over its ranks.
+    """
+    if not study.sweep:
+        return [(a.label, b.label) for a, b in itertools.combinations(study.conditions, 2)]
+    kept = [
+        (a, b)
+        for a, b in itertools.combinations(study.conditions, 2)
+        if a.rank == b.rank or a.name == b.name
+    ]
+    names = list(dict.fromkeys(c.name for c in study.conditions))
+
+    def order(pair: tuple[Condition, Condition]) -> tuple[int, int]:
+        a, b = pair
+        return (0, 0) if a.rank == b.rank else (1, names.index(a.name))
+
+    kept.sort(key=order)
+    return [(a.label, b.label) for a, b in kept]
+
+
+def all_pairs(study: Study, losses: dict[str, dict[int, float]]) -> list[Comparison]:
+    """The all-pairs family (:func:`family_pairs`) on ``{label: {seed: eval loss}}``: paired
+    t over the common seeds, Holm over the family, verdicts as in the all-pairs table."""
+    return compare_pairs(losses, family_pairs(study), study.margin)
+
+
+def _compare(
+    study: Study,
+) -> tuple[dict[str, Comparison], int, BestFinding | None]:
+    losses, refs = _losses_and_refs(study)
+    if not losses:
+        return {}, 0, None
+    examples = study.example_arrays() or None
+    with_data = [label for label, values in losses.items() if values]
+    if not study.sweep and study.lowest_asked and len(with_data) >= 2:
+        # Over ranks the lowest loss is mostly the largest rank: the sweep's question is the
+        # equal-budget comparison instead, so "lowest" is a finding only without a sweep.
+        best = best_vs_others(losses, study.margin, refs, examples)
+        return best.vs_reference, best.family_size, best
+    found = compare_to_reference(losses, refs, study.margin, examples)
+    size = max((c.family_size for c in found.values()), default=0)
+    return found, size, None
+
+
+def _counts(record: dict[str, Any]) -> tuple[int, int] | None:
+    correct = record.get("correct")
+    if correct:
+        return sum(correct), len(correct)
+    acc, n = num(record.get("accuracy")), record.get("accuracy_examples")
+    if acc is None or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    return round(acc * n), n
+
+
+def _accuracy(study: Study) -> dict[str, AccuracyTest]:
+    raw: dict[str, tuple] = {}
+    for cond in study.conditions:
+        done = study.runs(cond, "finished")
+        counts = [c for c in (_counts(r) for r in done) if c is not None]
+        if not counts:
+            continue
+        k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        ref = study.reference_of(cond)
+        b = c = seeds = 0
+        if ref is not None and ref != cond:
+            theirs = {r["seed"]: r.get("correct") for r in study.runs(ref, "finished")}
+            for r in done:
+                other, mine = theirs.get(r["seed"]), r.get("correct")
+                if mine and other and len(mine) == len(other):
+                    seeds += 1
+                    b += sum(1 for x, y in zip(mine, other) if x and not y)
+                    c += sum(1 for x, y in zip(mine, other) if y and not x)
+        p = mcnemar_exact(b, c) if seeds else None
+        raw[cond.label] = (k, n, seeds, b, c, p, ref == cond)
+    tested = {label: v[5] if v[2] >= MIN_SEEDS else None for label, v in raw.items()}
+    adjusted = dict(zip(tested, holm(list(tested.values()))))
+    size = family_size(list(tested.values()))
+    out = {}
+    for label, (k, n, seeds, b, c, p, is_ref) in raw.items():
+        # verdict() reads a negative difference as better (lower loss): pass c - b, which is
+        # negative when this condition answered more problems correctly than the reference.
+        v = verdict(seeds, c - b, adjusted[label], is_reference=is_ref) if seeds or is_ref else None
+        low_high = wilson_interval(k, n) or (None, None)
+        out[label] = AccuracyTest(
+            k,
+            n,
+            *low_high,
+            seeds,
+            b,
+            c,
+            p,
+            adjusted[label],
+            size,
+            v.label if v else None,
+            v.direction if v else None,
+        )
+    return out
+
+
+def _speedups(study: Study) -> dict[str, Speedup]:
+    out = {}
+    for cond in study.conditions:
+        ref = study.reference_of(cond)
+        if ref is None or ref == cond:
+            continue
+        ratio = ratio_interval(
+            study.values(ref, "train_time_s"), study.values(cond, "train_time_s")
+        )
+        out[cond.label] = Speedup(ratio, speedup_claim(ratio))
+    return out
+
+
+def _row(study: Study, cond: Condition) -> dict[str, Any]:
+    done, every = study.runs(cond, "finished"), study.runs(cond)
+    loss = list(study.losses(cond).values())
+    acc = [r.get("accuracy") for r in done]
+    times = [r.get("train_time_s") for r in done]
+    # A strategy placed per seed can differ in size from seed to seed (a random draw fills its
+    # budget to within 5%): the mean counts, and the range is kept beside it.
+    counts = sorted(r["trainable_params"] for r in done if num(r.get("trainable_params")))
+    varies = len(set(counts)) > 1
+    params = (
+        round(sum(counts) / len(counts))
+        if varies
+        else first(done, "trainable_params") or first(every, "trainable_params")
+    )
+    ranks = first(done, "ranks") or first(every, "ranks") or {}
+    mem = [m for m in (num(r.get("peak_memory_mb")) for r in done) if m is not None]
+    loss_mean = mean(loss)
+    return {
+        "strategy": cond.name,
+        "rank": cond.rank,
+        "n": len(done),
+        "eval_loss_mean": loss_mean,
+        "eval_loss_std": std(loss),
+        "eval_loss_ci95": ci95(loss),
+        "perplexity": math.exp(loss_mean) if loss_mean is not None and loss_mean < 700 else None,
+        "accuracy_mean": mean(acc),
+        "trainable_params": params,
+        "trainable_params_min": counts[0] if counts else None,
+        "trainable_params_max": counts[-1] if counts else None,
+        "trainable_pct": mean([r.get("trainable_pct") for r in done])
+        if varies
+        else num(first(done, "trainable_pct") or first(every, "trainable_pct")),
+        "train_time_s_mean": mean(times),
+        "spec": cond.spec,
+        "learning_rate": num(first(done, "learning_rate") or first(every, "learning_rate")),
+        "n_failed": sum(1 for r in every if r["status"] != "finished"),
+        "seeds": " ".join(str(r["seed"]) for r in done),
+        "base_eval_loss": mean([r.get("base_eval_loss") for r in every]),
+        "accuracy_std": std(acc),
+        "accuracy_examples": first(done, "accuracy_examples") if mean(acc) is not None else None,
+        "train_time_s_std": std(times),
+        "tokens_per_s_mean": mean([r.get("tokens_per_s") for r in done]),
+        # An automatic strategy is charged for resolving its placement (once for all seeds,
+        # unless it was resolved per seed): the probe's wall time, beside the training time.
+        "probe_time_s": mean(
+            [((r.get("auto") or {}).get("probe") or {}).get("time_s") for r in done]
+        ),
+        "peak_memory_mb_max": max(mem) if mem else None,
+        "total_params": first(done, "total_params") or first(every, "total_params"),
+        "ranks": " ".join(f"{k}:r{v}" for k, v in ranks.items()),
+    }
+
+
+def _fill(
+    row: dict[str, Any],
+    ref_row: dict[str, Any] | None,
+    comp: Comparison | None,
+    acc: AccuracyTest | None,
+    speed: Speedup | None,
+) -> None:
+    """The reference-relative columns of one row, in place."""
+    share = (
+        row["trainable_params"] / ref_row["trainable_params"]
+        if ref_row and row["trainable_params"] and ref_row["trainable_params"]
+        else None
+    )
+    row["param_reduction_pct"] = 100.0 * (1.0 - share) if share is not None else None
+    if comp is not None:
+        row.update(
+            delta_vs_reference=comp.mean,
+            delta_ci95_low=comp.ci_low,
+            delta_ci95_high=comp.ci_high,
+            delta_boot95_low=comp.boot_low,
+            delta_boot95_high=comp.boot_high,
+            p_paired_vs_reference=comp.p,
+            p_holm_vs_reference=comp.p_holm,
+            holm_family_size=comp.family_size,
+            p_tost_holm_vs_reference=comp.tost_p_holm,
+            verdict=comp.verdict,
+            direction=comp.direction,
+            p_value_vs_reference=comp.welch_p,
+        )
+    if acc is not None:
+        row.update(
+            accuracy_ci95_low=acc.low, accuracy_ci95_high=acc.high, p_mcnemar_vs_reference=acc.p
+        )
+    if speed is not None:
+        row.update(
+            speedup_vs_reference=speed.ratio.geomean,
+            speedup_ci95_low=speed.ratio.ci_low,
+            speedup_ci95_high=speed.ratio.ci_high,
+            speedup_claim=speed.claim,
+        )
+    elif ref_row is row:
+        row["speedup_vs_reference"] = 1.0 if row["train_time_s_mean"] is not None else None
+
+
+def analyse(study: Study) -> Analysis:
+    """Computes the summary rows and every test the report shows.
+
+    Args:
+        study: A loaded study.
+
+    Returns:
+        The :class:`Analysis`; ``None`` in a row marks a value that cannot be computed.
+    """
+    comparisons, size, best = _compare(study)
+    accuracy, speedups = _accuracy(study), _speedups(study)
+    rows = {cond.label: _row(study, cond) for cond in study.conditions}
+    for cond in study.conditions:
+        ref = study.reference_of(cond)
+        label = cond.label
+        _fill(
+            rows[label],
+            rows.get(ref.label) if ref else None,
+            comparisons.get(label),
+            accuracy.get(label),
+            speedups.get(label),
+        )
+    flags = pareto_front(
+        [(r["trainable_params"], r["eval_loss_mean"]) for r in rows.values()], PARETO_TOLERANCE
+    )
+    for row, flag in zip(rows.values(), flags):
+        row["pareto"] = flag
+    losses = {c.label: study.losses(c) for c in study.conditions}
+    pairs = all_pairs(study, losses) if len(losses) >= 3 else []
+    table = [{col: row.get(col) for col in SUMMARY_COLUMNS} for row in rows.values()]
+    return Analysis(table, comparisons, size, best, pairs, accuracy, speedups)

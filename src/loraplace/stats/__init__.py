@@ -1,0 +1,1 @@
+"""Statistics: tests, measures, verdicts and budget curves, pure functions of numbers."""

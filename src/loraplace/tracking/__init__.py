@@ -1,0 +1,1 @@
+"""Experiment tracking: a study's runs mirrored to MLflow and/or TensorBoard."""
