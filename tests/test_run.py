@@ -10,6 +10,7 @@ import torch
 
 from loraplace.settings import DataConfig, EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey, read_eval_examples
+from loraplace.training.records import RunSpec
 from loraplace.training.run import train_one
 from loraplace.training.workbench import Workbench
 
@@ -56,11 +57,7 @@ def _run(bench, spec, seed, out, training=TRAINING):
         plan,
         RunKey(spec, seed),
         out,
-        lora=LORA,
-        training=training,
-        evaluation=EVAL,
-        learning_rate=training.learning_rate,
-        base=bench.base_metrics(EVAL),
+        spec=RunSpec(LORA, training, EVAL, training.learning_rate, base=bench.base_metrics(EVAL)),
         show_progress=False,
     )
 
@@ -198,11 +195,7 @@ def test_a_last_k_run_never_runs_the_layers_below_its_lowest_adapter(bench, tmp_
             plan,
             RunKey("s", 0),
             tmp_path / "s--seed0",
-            lora=LORA,
-            training=TRAINING,
-            evaluation=evaluation,
-            learning_rate=TRAINING.learning_rate,
-            base=base,
+            spec=RunSpec(LORA, TRAINING, evaluation, TRAINING.learning_rate, base=base),
             show_progress=False,
         )
     finally:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from loraplace import store
-from loraplace.config.study import StudyConfig, load_study_config, read_yaml
-from loraplace.errors import ConfigError, LoraplaceError
+from loraplace.config.study import StudyConfig, load_study_config, read_study_mapping
+from loraplace.errors import LoraplaceError
 from loraplace.placement.grammar import parse_strategy
 from loraplace.settings import STUDY_ONLY, TrainingSettings, keys_of_scope
 from loraplace.store import RunKey
@@ -69,15 +69,14 @@ def _raw(config_or_path: Any) -> dict:
         return config_or_path.to_dict()
     if isinstance(config_or_path, dict):
         return dict(config_or_path)
-    path = Path(config_or_path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path} must be a mapping of study keys, got {type(raw).__name__}"])
-    return raw
+    return read_study_mapping(Path(config_or_path))
 
 
 def _config(config_or_path: Any, overrides: dict | None = None):
-
+    """The validated config: a ``StudyConfig`` as it is (validated once already), anything
+    else read and validated here, with ``overrides`` applied first."""
+    if isinstance(config_or_path, StudyConfig) and not overrides:
+        return config_or_path
     raw = _raw(config_or_path)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
@@ -167,7 +166,6 @@ def study(
             [0, 1, 2]}``.
     """
     # Deferred: importing it loads matplotlib, numpy, scipy, torch, transformers.
-    # Deferred: importing it loads matplotlib, numpy, scipy, torch, transformers.
     from loraplace.report.build import write_report
     from loraplace.studies.runner import run_study
 
@@ -215,7 +213,6 @@ def load_study(study_dir: str | Path) -> StudyResults:
     Raises:
         LoraplaceError: ``study_dir`` is not a study directory.
     """
-    # Deferred: importing it loads matplotlib, numpy, scipy, torch.
     # Deferred: importing it loads matplotlib, numpy, scipy, torch.
     from loraplace.report.build import summarize
     from loraplace.studies.selection import collect_results

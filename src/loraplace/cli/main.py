@@ -14,6 +14,7 @@ import errno
 import json
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 from loraplace.api import run, study
@@ -25,11 +26,16 @@ from loraplace.cli.options import (
     settings_overrides,
     word_list,
 )
-from loraplace.config.study import load_study_config, preset_names, preset_path, read_yaml
-from loraplace.errors import ConfigError, LoraplaceError, short_repr
+from loraplace.config.study import (
+    load_study_config,
+    preset_names,
+    preset_path,
+    read_study_mapping,
+)
+from loraplace.errors import LoraplaceError, short_repr
 from loraplace.report.load import placement_spread
 from loraplace.report.render import span
-from loraplace.settings import AutoSpec
+from loraplace.settings import AutoSpec, field_help
 from loraplace.store import write_json_atomic
 from loraplace.studies.export import export_study
 from loraplace.studies.status import study_status
@@ -112,10 +118,7 @@ def _base_config_mapping(args) -> dict:
         return {}
     if not source.is_file():
         raise LoraplaceError(f"study config '{source}' not found")
-    raw = read_yaml(source)
-    if not isinstance(raw, dict):
-        raise LoraplaceError(f"{source} must be a mapping of study keys")
-    return raw
+    return read_study_mapping(source)
 
 
 def cmd_run(args) -> int:
@@ -173,14 +176,10 @@ def _study_mapping(source) -> dict:
             f"study config {short_repr(str(source), 200)} not found; presets: "
             f"{', '.join(preset_names())}"
         )
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path} must be a mapping of study keys, got {type(raw).__name__}"])
-    return raw
+    return read_study_mapping(path)
 
 
 def cmd_place(args) -> int:  # noqa: C901 (one branch per option of `place`, read top to bottom)
-    # Deferred: importing it loads torch, transformers.
     # Deferred: importing it loads torch, transformers.
     from loraplace.autoplace.choose import check_budget
     from loraplace.autoplace.probe import ModelOnly, auto_place, resolve_budget
@@ -217,7 +216,6 @@ def cmd_place(args) -> int:  # noqa: C901 (one branch per option of `place`, rea
         print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
         bench = Workbench.for_config(config)
     elif spec.method == "snr":  # the base weights alone
-        # Deferred: importing it loads torch.
         # Deferred: importing it loads torch.
         from loraplace.models import load_model
         from loraplace.placement.arch import classify
@@ -411,15 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="take model and data settings from a preset")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_model_options(p, required=False)
-    for name, kind, text in (
-        ("steps", int, "grad probe: optimizer steps (default 16)"),
-        ("rank", int, "grad probe: LoRA rank (default 4)"),
-        ("learning-rate", float, "grad probe: learning rate (default 1e-3)"),
-        ("batches", int, "grad probe: batches the output norms are averaged over (default 4)"),
-    ):
-        p.add_argument(
-            f"--probe-{name}", dest=f"probe_{name.replace('-', '_')}", type=kind, help=text
-        )
+    # The probe's options and their defaults are AutoSpec's fields (one source of defaults).
+    for f in fields(AutoSpec):
+        if f.name.startswith("probe_") and f.name != "probe_per_seed":
+            p.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=type(f.default),
+                help=field_help(AutoSpec, f.name),
+            )
     add_settings_options(p, sections=("data",))
     p.set_defaults(func=cmd_place)
 

@@ -50,7 +50,9 @@ __all__ = [
     "parse_yaml",
     "preset_names",
     "preset_path",
+    "read_study_mapping",
     "read_yaml",
+    "study_mapping",
     "unknown_keys",
 ]
 
@@ -246,6 +248,22 @@ def _read_source(source) -> tuple[object, str]:
     return read_yaml(path), str(path)
 
 
+def study_mapping(raw, where) -> dict:
+    """``raw`` if it is a mapping of study keys; otherwise the one error every reader raises.
+
+    Raises:
+        ConfigError: ``raw`` (read from ``where``) is not a mapping.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{where} must be a mapping of study keys, got {type(raw).__name__}"])
+    return raw
+
+
+def read_study_mapping(path: Path) -> dict:
+    """A study config file read strictly (:func:`read_yaml`) and checked to be a mapping."""
+    return study_mapping(read_yaml(Path(path)), path)
+
+
 def load_study_config(source: str | Path | dict, *, check_model: bool = True) -> StudyConfig:
     """Read and fully validate a study config (a YAML path or an already-parsed mapping).
 
@@ -260,8 +278,7 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
         LoraplaceError: when the file cannot be found or read.
     """
     raw, where = _read_source(source)
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{where} must be a mapping of study keys, got {type(raw).__name__}"])
+    study_mapping(raw, where)
     problems = unknown_keys(
         raw, [f.name for f in fields(StudyConfig) if f.name not in ("plans", "autos")], ""
     )

@@ -25,7 +25,6 @@ def resolve_automatic(config: StudyConfig, out: Path, workbench, *, probe: bool 
             the others unresolved, checking and probing nothing (``study --estimate``).
     """
     # Deferred: importing it loads numpy, torch, transformers.
-    # Deferred: importing it loads numpy, torch, transformers.
     from loraplace.autoplace.choose import check_budget
     from loraplace.autoplace.probe import auto_place, resolve_budget
 

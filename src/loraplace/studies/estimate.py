@@ -198,7 +198,6 @@ def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) ->
 def estimate_only(config: StudyConfig, out: Path) -> int:
     """``loraplace study --estimate``: print the estimate, run nothing, write nothing."""
     # Deferred: importing it loads torch, transformers.
-    # Deferred: importing it loads torch, transformers.
     from loraplace.studies.executors import load_bench
     from loraplace.studies.reuse import study_donors, without_copies
 

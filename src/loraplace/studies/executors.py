@@ -24,7 +24,7 @@ from loraplace.errors import LoraplaceError
 from loraplace.studies.lock import check_lock_token
 from loraplace.studies.status import format_duration, run_states, wall_time_left
 from loraplace.tracking.backends import open_tracking
-from loraplace.training.records import plan_record, run_record, summary_line
+from loraplace.training.records import RunSpec, plan_record, run_record, summary_line
 from loraplace.training.run import adopt_selection_run, train_one
 from loraplace.training.workbench import Workbench
 
@@ -79,6 +79,15 @@ def execute_job(
     key = job.key
     run_dir = key.run_dir(out)
     check_lock_token(out, token)
+    spec = RunSpec(
+        config.lora,
+        config.training,
+        config.eval,
+        job.learning_rate,
+        selected_from=job.selected_from,
+        base=base,
+        auto=job.auto,
+    )
     try:
         if job.adopt_from is not None:
             try:
@@ -88,13 +97,7 @@ def execute_job(
                     key,
                     run_dir,
                     job.adopt_from.run_dir(out),
-                    lora=config.lora,
-                    training=config.training,
-                    evaluation=config.eval,
-                    learning_rate=job.learning_rate,
-                    selected_from=job.selected_from,
-                    base=base,
-                    auto=job.auto,
+                    spec=spec,
                     show_progress=show_progress,
                 )
             except FileNotFoundError:
@@ -104,13 +107,7 @@ def execute_job(
             job.plan,
             key,
             run_dir,
-            lora=config.lora,
-            training=config.training,
-            evaluation=config.eval,
-            learning_rate=job.learning_rate,
-            selected_from=job.selected_from,
-            base=base,
-            auto=job.auto,
+            spec=spec,
             keep_checkpoints=job.keep_checkpoints,
             show_progress=show_progress,
         )

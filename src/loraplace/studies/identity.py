@@ -24,7 +24,6 @@ def study_identity(config: StudyConfig) -> dict:
     """What the study's results depend on beyond its config: the model's files and the data's
     content. A resumed study whose model or data changed is refused."""
     # Deferred: importing it loads torch.
-    # Deferred: importing it loads torch.
     from loraplace.data.sources import load_splits
     from loraplace.models import model_identity, resolve_model
 

@@ -5,6 +5,7 @@ a run decide, and the one line a study prints for a finished run (docs/FORMATS.m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from loraplace import store
 from loraplace.placement.plan import Plan
@@ -13,7 +14,14 @@ from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
 from loraplace.store import RunKey
 from loraplace.training.workbench import Workbench
 
-__all__ = ["plan_record", "run_record", "settings_record", "start_record", "summary_line"]
+__all__ = [
+    "RunSpec",
+    "plan_record",
+    "run_record",
+    "settings_record",
+    "start_record",
+    "summary_line",
+]
 
 
 def plan_record(plan: Plan, key: RunKey) -> dict:
@@ -65,20 +73,39 @@ def settings_record(lora: LoraSettings, training: TrainingSettings, evaluation: 
     }
 
 
-def start_record(
-    plan, key, bench, lora, training, evaluation, *, learning_rate, selected_from, base, auto
-) -> dict:
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is trained and recorded with beside its plan and key. These travel together
+    from the study (or ``loraplace run``) through the executors to the run and its record."""
+
+    lora: LoraSettings
+    training: TrainingSettings
+    evaluation: EvalSettings
+    learning_rate: float
+    """The peak learning rate of this run."""
+    selected_from: list[float] | None = None
+    """The grid this learning rate was chosen from (final runs of a study with a grid)."""
+    base: dict | None = None
+    """The base model's eval metrics (``Workbench.base_metrics``), recorded beside the run's
+    own for final runs."""
+    auto: dict | None = None
+    """The resolved automatic strategy behind the plan (method, budget, probe cost), so the
+    report can charge the strategy for its probe."""
+
+
+def start_record(plan, key, bench, spec: RunSpec) -> dict:
     """A run's record as it starts: :func:`run_record`, its learning rate and where it was
     chosen from, its automatic placement, and the base model's eval metrics (final runs)."""
-    record = run_record(plan, key, bench, lora, training, evaluation)
+    record = run_record(plan, key, bench, spec.lora, spec.training, spec.evaluation)
     record.update(
         {
-            "learning_rate": learning_rate,
-            "selected_from": selected_from,
-            "auto": auto,
+            "learning_rate": spec.learning_rate,
+            "selected_from": spec.selected_from,
+            "auto": spec.auto,
             "started_at": store.now(),
         }
     )
+    base = spec.base
     if key.stage == "selection":
         record.update({"eval_loss": None, "perplexity": None, "eval_tokens": None})
     elif base is not None:

@@ -26,11 +26,11 @@ from loraplace import store
 from loraplace.errors import LoraplaceError
 from loraplace.placement.plan import Plan
 from loraplace.progress import bar
-from loraplace.settings import EvalSettings, LoraSettings, TrainingSettings
+from loraplace.settings import EvalSettings, LoraSettings
 from loraplace.store import RunKey
 from loraplace.training.evaluate import eval_accuracy, eval_losses
 from loraplace.training.loop import TrainState, train_adapter
-from loraplace.training.records import start_record, summary_line
+from loraplace.training.records import RunSpec, start_record, summary_line
 from loraplace.training.resume import keep_metrics, load_resume, pickle_state, resume_recipe
 from loraplace.training.workbench import Split, Workbench
 
@@ -198,26 +198,14 @@ def train_one(  # noqa: C901
     key: RunKey,
     out_dir: Path,
     *,
-    lora: LoraSettings,
-    training: TrainingSettings,
-    evaluation: EvalSettings,
-    learning_rate: float,
-    selected_from: list[float] | None = None,
-    base: dict | None = None,
-    auto: dict | None = None,
+    spec: RunSpec,
     keep_checkpoints: bool = False,
     show_progress: bool = True,
 ) -> dict:
     """Train ``plan`` for run ``key`` on the workbench's base model; write and return its record.
 
     Args:
-        learning_rate: the peak learning rate of this run.
-        selected_from: the grid this learning rate was selected from (final runs of a study
-            with a learning-rate grid), else ``None``.
-        base: the base model's eval metrics (``Workbench.base_metrics``), recorded beside
-            the run's own for final runs.
-        auto: the resolved automatic strategy behind ``plan`` (method, budget, probe cost),
-            recorded so the report can charge the strategy for its probe.
+        spec: the settings, learning rate, base metrics and automatic placement of the run.
         keep_checkpoints: a selection run saves its LoRA weights at the eval checkpoints and
             at the end, so the final run of its seed, if this learning rate is chosen, can be
             adopted from it instead of trained again (:func:`adopt_selection_run`).
@@ -226,18 +214,9 @@ def train_one(  # noqa: C901
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     selection = key.stage == "selection"
-    record = start_record(
-        plan,
-        key,
-        bench,
-        lora,
-        training,
-        evaluation,
-        learning_rate=learning_rate,
-        selected_from=selected_from,
-        base=base,
-        auto=auto,
-    )
+    record = start_record(plan, key, bench, spec)
+    lora, training, evaluation = spec.lora, spec.training, spec.evaluation
+    learning_rate = spec.learning_rate
     model = _fresh_adapter(bench, plan, lora, key.seed)
     # Below the lowest adapted layer nothing is trained, so nothing there changes (LoRA
     # dropout acts only inside adapted layers; base dropout below is checked by the cache).
@@ -367,13 +346,7 @@ def adopt_selection_run(
     out_dir: Path,
     source: Path,
     *,
-    lora: LoraSettings,
-    training: TrainingSettings,
-    evaluation: EvalSettings,
-    learning_rate: float,
-    selected_from: list[float] | None = None,
-    base: dict | None = None,
-    auto: dict | None = None,
+    spec: RunSpec,
     show_progress: bool = True,
 ) -> dict:
     """A final run whose training already happened: the selection run of the same condition,
@@ -386,6 +359,7 @@ def adopt_selection_run(
     Raises:
         FileNotFoundError: a checkpoint is missing (the caller trains the run instead).
     """
+    lora, training, evaluation = spec.lora, spec.training, spec.evaluation
     origin = store.read_result(source)
     if origin is None or origin.get("status") != "finished":
         raise FileNotFoundError(f"{source} holds no finished selection run")
@@ -394,18 +368,7 @@ def adopt_selection_run(
     if missing:
         raise FileNotFoundError(f"{source} has no checkpoint for steps {missing}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = start_record(
-        plan,
-        key,
-        bench,
-        lora,
-        training,
-        evaluation,
-        learning_rate=learning_rate,
-        selected_from=selected_from,
-        base=base,
-        auto=auto,
-    )
+    record = start_record(plan, key, bench, spec)
     record.update({k: origin.get(k) for k in _ADOPTED})
     record["adopted_from"] = f"{source.parent.name}/{source.name}"
     model = _fresh_adapter(bench, plan, lora, key.seed)
@@ -496,11 +459,13 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
         plan,
         key,
         out,
-        lora=config.lora,
-        training=config.training,
-        evaluation=config.eval,
-        learning_rate=config.training.learning_rate,
-        base=base,
+        spec=RunSpec(
+            config.lora,
+            config.training,
+            config.eval,
+            config.training.learning_rate,
+            base=base,
+        ),
     )
     print(summary_line(result))
     print(f"written to {out}")
