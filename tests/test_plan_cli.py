@@ -145,9 +145,39 @@ MATCH_CASES = [
 ]
 
 
+def test_match_params_gives_attention_and_mlp_a_rank_each_where_one_rank_misses(capsys, tmp_path):
+    # hidden 64, 4 heads of 16, 2 KV heads, MLP 128: a rank-1 layer adapts 448 attention and
+    # 576 MLP parameters (q, o: 64+64; k, v: 64+32; gate, up, down: 64+128), 1,024 in all.
+    LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    ).save_pretrained(tmp_path / "llama")
+    argv = ["--model", tmp_path / "llama", "--rank", 8, "--match-params", "attn"]
+    result = plan_json(capsys, *argv, "--strategy", "all", "--strategy", "attn")
+    budget = 2 * 8 * 448  # attn r8: 7,168
+    matched, reference = result["strategies"]
+    assert reference["trainable_params"] == budget
+    # One rank misses by 14% (r3: 6,144; r4: 8,192). Of the attention/MLP pairs, (4, 3) and
+    # (3, 4) both miss by 128 (1.8%); the smaller count wins the tie.
+    assert matched["spec"] == "attn:r4+mlp:r3"
+    assert matched["trainable_params"] == 2 * (4 * 448 + 3 * 576) == budget - 128
+    assert matched["matched_to"] == budget
+    code, out, _ = run_cli(capsys, "plan", *argv, "--strategy", "all", "--strategy", "attn")
+    assert code == 0 and "attn:r4+mlp:r3 -> 7,040 (-1.79%)" in out
+    # Within the tolerance, one rank is kept.
+    loose = plan_json(capsys, *argv, "--strategy", "all", "--match-tolerance", "0.2")
+    assert loose["strategies"][0]["spec"] == "all"
+
+
 @pytest.mark.parametrize("budget_arg, budget", MATCH_CASES, ids=[c[0] for c in MATCH_CASES])
 def test_match_params(capsys, model_dirs, budget_arg, budget):
+    # One global rank per strategy, however far it lands (per-part ranks: the test below).
     argv = ["--model", model_dirs / "gpt2", "--rank", 8, "--match-params", budget_arg]
+    argv += ["--match-tolerance", "1e9"]
     for spec in MATCH_STRATEGIES:
         argv += ["--strategy", spec]
     result = plan_json(capsys, *argv)

@@ -17,10 +17,15 @@ from dataclasses import dataclass, field, fields
 
 from loraplace.errors import ConfigError, short_repr
 
+#: How close a parameter-matched count must come to its budget before ``loraplace plan
+#: --match-params`` tries one rank for attention and one for MLP modules: 2.5%.
+MATCH_TOLERANCE = 0.025
+
 #: Format names accepted by ``DataConfig.format`` (each is read by :mod:`loraplace.data.formats`).
 FORMATS = ("gsm8k", "alpaca", "messages", "text")
 
 __all__ = [
+    "MATCH_TOLERANCE",
     "NO_RUN",
     "RECORDED",
     "SCOPE",
@@ -35,7 +40,19 @@ __all__ = [
     "ReportSettings",
     "SCALINGS",
     "MAX_SEED",
+    "MAX_STEPS",
+    "MAX_EXAMPLES",
+    "MAX_TOKENS",
+    "MAX_BATCH",
+    "MAX_RANK",
+    "MAX_LIST",
+    "MAX_LEARNING_RATE",
+    "MAX_FACTOR",
+    "MAX_PARAMS",
+    "int_in",
+    "number_in",
     "check_fields",
+    "field_doc",
     "field_help",
     "is_int",
     "is_number",
@@ -43,6 +60,28 @@ __all__ = [
 
 #: Seeds are passed to numpy and torch, which take 32-bit unsigned seeds.
 MAX_SEED = 2**32 - 1
+
+# Upper bounds that keep a typo from eating the machine: each lies far beyond any real study
+# and far below what would run for centuries or fill memory (``steps: 10**12`` was once
+# accepted and estimated at 547 million hours). The error names the range.
+#: Optimizer steps of a run or a probe (a million steps is a real study; ten million the cap).
+MAX_STEPS = 10_000_000
+#: Examples in a split, and eval problems scored for accuracy.
+MAX_EXAMPLES = 10_000_000
+#: Tokens per example and generated tokens per problem (the model's context caps both again).
+MAX_TOKENS = 1_048_576
+#: Sequences per batch.
+MAX_BATCH = 65_536
+#: LoRA ranks.
+MAX_RANK = 65_536
+#: Entries of a list setting: seeds, selection seeds, a learning-rate grid, eval checkpoints.
+MAX_LIST = 1_000
+#: Learning rates (AdamW diverges long before this).
+MAX_LEARNING_RATE = 10.0
+#: Other positive factors: LoRA alpha, weight decay, the clipping norm, the equivalence margin.
+MAX_FACTOR = 1.0e6
+#: A parameter budget (ten trillion).
+MAX_PARAMS = 10**13
 #: LoRA scaling conventions (see docs/CONCEPTS.md, "LoRA scaling").
 SCALINGS = ("standard", "rslora")
 
@@ -57,6 +96,25 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def int_in(low: int, high: int) -> tuple:
+    """A :func:`check_fields` rule: an integer in ``[low, high]``."""
+    return (lambda v: is_int(v) and low <= v <= high, f"an integer in [{low}, {high}]")
+
+
+def number_in(low: float, high: float, *, low_open: bool = True) -> tuple:
+    """A :func:`check_fields` rule: a finite number in ``(low, high]`` (``[low, high]`` when
+    ``low_open`` is false)."""
+    span = f"{_plain(low)}, {_plain(high)}]"
+    if low_open:
+        return (lambda v: is_number(v) and low < v <= high, f"a number in ({span}")
+    return (lambda v: is_number(v) and low <= v <= high, f"a number in [{span}")
+
+
+def _plain(x: float) -> str:
+    """A bound as a user writes it: ``1000000`` rather than ``1e+06``."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _is_seed(value) -> bool:
     return is_int(value) and 0 <= value <= MAX_SEED
 
@@ -69,6 +127,8 @@ def _seed_list_problem(name: str, seeds, *, required: bool) -> str | None:
             f"{name} must be a non-empty list of integers in [0, {MAX_SEED}], "
             f"got {short_repr(seeds)}"
         )
+    if len(seeds) > MAX_LIST:
+        return f"{name} has {len(seeds)} seeds; at most {MAX_LIST} are allowed"
     if len(set(seeds)) != len(seeds):
         return f"{name} has duplicates: {short_repr(seeds)}"
     return None
@@ -129,10 +189,15 @@ def keys_of_scope(cls, *scopes: str) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.metadata.get(SCOPE) in scopes)
 
 
+def field_doc(cls, name: str) -> str:
+    """The docstring of field ``name`` of dataclass ``cls``, on one line ("" without one)."""
+    return _docstrings(cls).get(name, "")
+
+
 def field_help(cls, name: str) -> str:
     """The docstring of field ``name`` of settings class ``cls``, with its default appended."""
     default = next(f.default for f in fields(cls) if f.name == name)
-    text = _docstrings(cls).get(name, "")
+    text = field_doc(cls, name)
     text = text.replace("%", "%%")  # argparse formats help strings with %
     return f"{text} (default: {default})" if default is not None else text
 
@@ -169,10 +234,10 @@ class DataConfig:
                     lambda v: isinstance(v, str) and bool(v.strip()),
                     "a dataset alias, file path or hub id",
                 ),
-                "train_examples": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "eval_examples": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "validation_examples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-                "max_length": (lambda v: is_int(v) and v >= 2, "an integer >= 2"),
+                "train_examples": int_in(1, MAX_EXAMPLES),
+                "eval_examples": int_in(1, MAX_EXAMPLES),
+                "validation_examples": int_in(0, MAX_EXAMPLES),
+                "max_length": int_in(2, MAX_TOKENS),
                 "format": (
                     lambda v: v is None or v in FORMATS,
                     f"one of {', '.join(FORMATS)} (or null to detect it)",
@@ -205,8 +270,8 @@ class LoraSettings:
             self,
             "lora",
             {
-                "rank": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "alpha": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "rank": int_in(1, MAX_RANK),
+                "alpha": number_in(0, MAX_FACTOR),
                 "dropout": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
                 "scaling": (lambda v: v in SCALINGS, f"one of {', '.join(SCALINGS)}"),
             },
@@ -251,12 +316,12 @@ class TrainingSettings:
             self,
             "training",
             {
-                "steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "learning_rate": (lambda v: is_number(v) and v > 0, "a number > 0"),
-                "warmup_steps": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-                "weight_decay": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
-                "max_grad_norm": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "steps": int_in(1, MAX_STEPS),
+                "batch_size": int_in(1, MAX_BATCH),
+                "learning_rate": number_in(0, MAX_LEARNING_RATE),
+                "warmup_steps": int_in(0, MAX_STEPS),
+                "weight_decay": number_in(0, MAX_FACTOR, low_open=False),
+                "max_grad_norm": number_in(0, MAX_FACTOR),
             },
         )
         seed_problem = _seed_list_problem("training.seeds", self.seeds, required=True)
@@ -266,11 +331,12 @@ class TrainingSettings:
             if (
                 not isinstance(grid, list)
                 or not grid
-                or not all(is_number(v) and v > 0 for v in grid)
+                or len(grid) > MAX_LIST
+                or not all(is_number(v) and 0 < v <= MAX_LEARNING_RATE for v in grid)
             ):
                 problems.append(
-                    "training.learning_rates must be a non-empty list of numbers > 0, "
-                    f"got {short_repr(grid)}"
+                    f"training.learning_rates must be a non-empty list of at most {MAX_LIST} "
+                    f"numbers in (0, {_plain(MAX_LEARNING_RATE)}], got {short_repr(grid)}"
                 )
             elif len(set(grid)) != len(grid):
                 problems.append(f"training.learning_rates has duplicates: {short_repr(grid)}")
@@ -315,20 +381,20 @@ class EvalSettings:
             self,
             "eval",
             {
-                "accuracy_examples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-                "max_new_tokens": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "accuracy_examples": int_in(0, MAX_EXAMPLES),
+                "max_new_tokens": int_in(1, MAX_TOKENS),
+                "batch_size": int_in(1, MAX_BATCH),
                 "checkpoints": (
                     lambda v: (
                         v is None
                         or (
                             isinstance(v, list)
-                            and bool(v)
+                            and 0 < len(v) <= MAX_LIST
                             and all(is_number(f) and 0 < f <= 1 for f in v)
                             and len(set(v)) == len(v)
                         )
                     ),
-                    "a non-empty list of distinct fractions in (0, 1]",
+                    f"a non-empty list of at most {MAX_LIST} distinct fractions in (0, 1]",
                 ),
             },
         )
@@ -360,7 +426,7 @@ class ReportSettings:
             self,
             "report",
             {
-                "equivalence_margin": (lambda v: is_number(v) and v > 0, "a number > 0"),
+                "equivalence_margin": number_in(0, MAX_FACTOR),
                 "lowest": (lambda v: isinstance(v, bool), "true or false"),
                 "note": (
                     lambda v: v is None or (isinstance(v, str) and len(v) <= 1000),
@@ -410,16 +476,22 @@ class AutoSpec:
             {
                 "method": (lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
                 "budget": (
-                    lambda v: (is_int(v) and v > 0) or (isinstance(v, str) and bool(v.strip())),
-                    "a positive integer or a strategy",
+                    lambda v: (
+                        (is_int(v) and 0 < v <= MAX_PARAMS)
+                        or (isinstance(v, str) and bool(v.strip()))
+                    ),
+                    f"an integer in [1, {MAX_PARAMS}] or a strategy",
                 ),
-                "rank": (lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1"),
+                "rank": (
+                    lambda v: v is None or int_in(1, MAX_RANK)[0](v),
+                    int_in(1, MAX_RANK)[1],
+                ),
                 "seed": (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2^32)"),
                 "probe_per_seed": (lambda v: isinstance(v, bool), "true or false"),
-                "probe_steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "probe_rank": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-                "probe_learning_rate": (lambda v: is_number(v) and v > 0, "a number > 0"),
-                "probe_batches": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+                "probe_steps": int_in(1, MAX_STEPS),
+                "probe_rank": int_in(1, MAX_RANK),
+                "probe_learning_rate": number_in(0, MAX_LEARNING_RATE),
+                "probe_batches": int_in(1, MAX_STEPS),
             },
         )
         if problems:

@@ -35,7 +35,7 @@ from loraplace.config.study import (
 from loraplace.errors import LoraplaceError, short_repr
 from loraplace.report.load import placement_spread
 from loraplace.report.render import span
-from loraplace.settings import AutoSpec, field_help
+from loraplace.settings import MATCH_TOLERANCE, AutoSpec, field_help
 from loraplace.store import write_json_atomic
 from loraplace.studies.export import export_study
 from loraplace.studies.status import study_status
@@ -77,7 +77,17 @@ def cmd_plan(args) -> int:
     groups = (
         [(rank, planner.plan(named, rank)) for rank in args.ranks]
         if args.ranks
-        else [(args.rank, planner.plan(named, args.rank, args.match_params))]
+        else [
+            (
+                args.rank,
+                planner.plan(
+                    named,
+                    args.rank,
+                    args.match_params,
+                    tolerance=args.match_tolerance if args.match_params else None,
+                ),
+            )
+        ]
     )
     if args.json:
         print(
@@ -337,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help="choose ranks so every strategy has about B trainable parameters "
         "(an integer, or a strategy name/spec whose count is the budget)",
+    )
+    p.add_argument(
+        "--match-tolerance",
+        type=float,
+        default=MATCH_TOLERANCE,
+        metavar="T",
+        help="with --match-params: when one rank for every module misses the budget by more "
+        f"than T (relative; default {MATCH_TOLERANCE}), give attention and MLP modules a rank "
+        "each (e.g. attn:r5+mlp:r2)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_plan)

@@ -13,9 +13,24 @@ from dataclasses import dataclass, field
 
 from loraplace.errors import StrategyError
 from loraplace.placement.arch import ArchInfo
-from loraplace.placement.grammar import GROUPS, ROLES, Part, Strategy, parse_strategy
+from loraplace.placement.grammar import (
+    ATTN_ROLES,
+    GROUPS,
+    MLP_ROLES,
+    ROLES,
+    Part,
+    Strategy,
+    parse_strategy,
+)
+from loraplace.settings import MATCH_TOLERANCE
 
-__all__ = ["Plan", "compile_plan", "match_rank", "plan_strategies"]
+__all__ = [
+    "Plan",
+    "compile_plan",
+    "match_rank",
+    "match_within",
+    "plan_strategies",
+]
 
 
 @dataclass(frozen=True)
@@ -291,6 +306,71 @@ def match_rank(
     return Plan(**{**plan.__dict__, "matched_to": budget})
 
 
+def _by_family(strategy: Strategy, attn_rank: int, mlp_rank: int) -> Strategy | None:
+    """``strategy`` with its attention roles at ``attn_rank`` and its MLP roles at
+    ``mlp_rank`` (each part split in two, its layers kept); ``None`` when it adapts only one
+    of the two families, so that per-family ranks add nothing."""
+    parts = []
+    for part in strategy.parts:
+        for family, rank in ((ATTN_ROLES, attn_rank), (MLP_ROLES, mlp_rank)):
+            roles = [r for r in family if r in part.roles]
+            if roles:
+                groups = (
+                    ("attn",)
+                    if roles == list(ATTN_ROLES)
+                    else ("mlp",)
+                    if roles == list(MLP_ROLES)
+                    else tuple(roles)
+                )
+                parts.append(Part(groups, part.layers, rank))
+    families = {frozenset(p.roles) <= frozenset(ATTN_ROLES) for p in parts}
+    return Strategy(tuple(parts)) if len(families) == 2 else None
+
+
+def match_within(
+    strategy: Strategy,
+    arch: ArchInfo,
+    budget: int,
+    *,
+    base_params: int,
+    name: str | None = None,
+    tolerance: float = MATCH_TOLERANCE,
+) -> Plan:
+    """The plan of ``strategy`` whose count comes closest to ``budget``: one rank for every
+    module (:func:`match_rank`) when that lands within ``tolerance`` (relative), otherwise one
+    rank for its attention modules and one for its MLP modules, the pair closest to the budget
+    (ties: the two ranks closest to each other, then the smaller count).
+
+    Where attention and MLP modules differ much in size, no single rank of all-linear may land
+    near an attention-only budget; two ranks usually do.
+
+    A strategy that adapts one family only keeps its global rank, however far it lands.
+
+    Raises:
+        StrategyError: as :func:`match_rank`.
+    """
+    plan = match_rank(strategy, arch, budget, base_params=base_params, name=name)
+    if abs(plan.trainable_params - budget) <= tolerance * budget:
+        return plan
+    best = None
+    for attn_rank in range(1, 4 * plan.rank + 1):
+        for mlp_rank in range(1, 4 * plan.rank + 1):
+            split = _by_family(strategy, attn_rank, mlp_rank)
+            if split is None:
+                break
+            try:
+                candidate = compile_plan(split, arch, 1, base_params=base_params, name=name)
+            except StrategyError:
+                continue  # a rank above a module's smaller dimension
+            gap = abs(candidate.trainable_params - budget)
+            key = (gap, abs(attn_rank - mlp_rank), candidate.trainable_params)
+            if best is None or key < best[0]:
+                best = (key, candidate)
+    if best is None or best[0][0] >= abs(plan.trainable_params - budget):
+        return plan  # one family only, or no pair closer: the global rank, gap shown
+    return Plan(**{**best[1].__dict__, "matched_to": budget})
+
+
 def plan_strategies(
     named: dict[str, str],
     arch: ArchInfo,
@@ -298,6 +378,7 @@ def plan_strategies(
     *,
     base_params: int,
     match_params: int | str | None = None,
+    tolerance: float | None = None,
 ) -> list[Plan]:
     """Compile several named strategies, optionally parameter-matched.
 
@@ -308,6 +389,9 @@ def plan_strategies(
         base_params: base model parameter count.
         match_params: ``None``; an integer budget; or the name (or spec) of a strategy whose
             count at ``rank`` is the budget.
+        tolerance: with ``match_params``, how close (relative) one global rank must come
+            before ranks per attention/MLP part are tried (:func:`match_within`); ``None``
+            matches one global rank only, as a study's ``match_params`` does.
     """
     parsed = {name: parse_strategy(spec) for name, spec in named.items()}
     if match_params is None:
@@ -333,4 +417,9 @@ def plan_strategies(
                     f"strategies: {', '.join(parsed)}"
                 ) from None
         budget = compile_plan(reference, arch, rank, base_params=base_params).trainable_params
+    if tolerance is not None:
+        return [
+            match_within(s, arch, budget, base_params=base_params, name=n, tolerance=tolerance)
+            for n, s in parsed.items()
+        ]
     return [match_rank(s, arch, budget, base_params=base_params, name=n) for n, s in parsed.items()]

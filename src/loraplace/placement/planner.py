@@ -38,10 +38,19 @@ class ModelPlanner:
         return cls(source, classify(meta), count_params(meta))
 
     def plan(
-        self, strategies: dict[str, str], rank: int, match_params: int | str | None = None
+        self,
+        strategies: dict[str, str],
+        rank: int,
+        match_params: int | str | None = None,
+        tolerance: float | None = None,
     ) -> list[Plan]:
         return plan_strategies(
-            strategies, self.arch, rank, base_params=self.base_params, match_params=match_params
+            strategies,
+            self.arch,
+            rank,
+            base_params=self.base_params,
+            match_params=match_params,
+            tolerance=tolerance,
         )
 
 
@@ -102,12 +111,17 @@ def plan_table(planner: ModelPlanner, plans: list[Plan]) -> str:
     if matched:
         budget = matched[0].matched_to
         notes = [
-            f"  {p.name}: r{p.rank} -> {p.trainable_params:,} "
+            f"  {p.name}: {_ranks(p)} -> {p.trainable_params:,} "
             f"({100 * (p.trainable_params - budget) / budget:+.2f}%)"
             for p in matched
         ]
         text += f"\nparameter-matched to {budget:,} trainable parameters:\n" + "\n".join(notes)
     return text
+
+
+def _ranks(plan: Plan) -> str:
+    """``r3``, or the part ranks of a plan matched per part (``attn:r5+mlp:r2``)."""
+    return plan.spec if plan.strategy.has_part_ranks else f"r{plan.rank}"
 
 
 def inspect_table(planner: ModelPlanner) -> str:
