@@ -638,3 +638,56 @@ def test_the_all_pairs_table_gives_each_pairs_holm_adjusted_equivalence_test(tmp
     near = ("baseline", "near") if ("baseline", "near") in verdicts else ("near", "baseline")
     assert verdicts[near] == "equivalent"
     assert "TOST Holm p: equivalence within ±0.01 nats" in section
+
+
+def _set_provenance(root: Path, name: str, seed: int, **fields) -> None:
+    run = store.RunKey(name, seed).run_dir(root)
+    rec = store.read_result(run)
+    for key, value in fields.items():
+        rec[key] = {**rec.get(key, {}), **value} if isinstance(value, dict) else value
+    store.write_result(run, rec)
+
+
+def test_runs_paired_across_machines_give_a_caution_and_status_lists_the_machines(tmp_path):
+    from loraplace.studies.status import study_status
+
+    strategies = {n: MAIN[n] for n in ("baseline", "attention-only", "ffn-only")}
+    root = make_study(tmp_path / "s", strategies)
+    for name in strategies:
+        for seed in range(3):
+            host = "Linux-b" if name == "ffn-only" else "Linux-a"
+            _set_provenance(root, name, seed, hardware={"platform": host})
+    # A record that states fp32 matches one that states no precision (the default).
+    _set_provenance(root, "baseline", 0, precision="fp32")
+    report = (write_report(root) / "report.md").read_text()
+    assert (
+        "Caution: 2 comparisons pair runs made on different machines (paired by seed): "
+        "`ffn-only` vs `baseline`; `attention-only` vs `ffn-only`. Each run's record states its "
+        "machine, torch, transformers and peft versions and precision"
+    ) in report
+    assert (
+        "Machines of the finished final runs: `Linux-a / test-cpu` 6 runs (`baseline`, "
+        "`attention-only`); `Linux-b / test-cpu` 3 runs (`ffn-only`)."
+    ) in report
+    assert "machines: Linux-a / test-cpu (6 runs); Linux-b / test-cpu (3 runs)" in study_status(
+        root
+    )
+
+    # Versions and precision count too, and only in the seeds whose runs differ.
+    _set_provenance(root, "ffn-only", 1, hardware={"platform": "Linux-a"})
+    _set_provenance(root, "ffn-only", 2, hardware={"platform": "Linux-a"})
+    _set_provenance(root, "attention-only", 2, versions={"torch": "2.y"}, precision="bf16")
+    text = " ".join(_findings(root))
+    assert (
+        "Caution: 3 comparisons pair runs made on different machines, with different torch "
+        "versions or at different precisions (paired by seed): `attention-only` vs `baseline` "
+        "(torch, precision; seed 2 of the 3 paired); `ffn-only` vs `baseline` (machine; seed 0 "
+        "of the 3 paired); `attention-only` vs `ffn-only` (machine, torch, precision; seeds 0 "
+        "and 2 of the 3 paired)."
+    ) in text
+    assert "Precisions of the finished final runs: `fp32` 8 runs" in text
+    assert "Machines of the finished final runs: `Linux-a / test-cpu` 8 runs" in text
+
+
+def test_runs_on_one_machine_give_no_machine_caution(report_dir):
+    assert "pair runs made" not in (report_dir / "report.md").read_text()

@@ -4,7 +4,9 @@ Every comparison is paired by seed (all strategies of a seed train on the same b
 made against the reference strategy at the same rank. The tests the findings use (the
 reference comparisons, plus best-vs-others when the "lowest" finding is made) are one Holm
 family; the verdicts come only from :mod:`loraplace.verdicts`. Definitions of every column are
-in docs/STATISTICS.md ("The report's columns").
+in docs/STATISTICS.md ("The report's columns"). Beside the tests, the report checks that the
+paired runs of each comparison were made on the same machine, with the same library versions
+and precision (:data:`ENVIRONMENT`).
 """
 
 from __future__ import annotations
@@ -27,21 +29,38 @@ from loraplace.stats.verdicts import (
     speedup_claim,
     verdict,
 )
+from loraplace.studies.status import machine
 
 __all__ = [
+    "DEFAULT_PRECISION",
+    "ENVIRONMENT",
+    "LIBRARIES",
     "PARETO_TOLERANCE",
     "REQUIRED_COLUMNS",
     "SUMMARY_COLUMNS",
     "AccuracyTest",
     "Analysis",
+    "EnvironmentMismatch",
+    "Environments",
     "Speedup",
     "all_pairs",
     "analyse",
+    "environment",
+    "environments",
     "family_pairs",
 ]
 
 #: Trainable-parameter counts within 5% of each other count as one budget on the Pareto front.
 PARETO_TOLERANCE = 0.05
+
+#: What a run's numbers depend on besides its config, seed and learning rate, as its record
+#: states it: the machine (``hardware.platform`` and the processor or GPU), the torch,
+#: transformers and peft versions, and the numeric precision. The paired runs of a comparison
+#: should agree on every one; where they do not, the difference mixes placement with them.
+LIBRARIES: tuple[str, ...] = ("torch", "transformers", "peft")
+ENVIRONMENT: tuple[str, ...] = ("machine", *LIBRARIES, "precision")
+#: The precision of a record that states none (written before precision was a setting).
+DEFAULT_PRECISION = "fp32"
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "strategy",
@@ -133,6 +152,89 @@ class Speedup:
     """``faster``, ``slower``, ``unresolved`` or ``exploratory`` (:func:`speedup_claim`)."""
 
 
+@dataclass(frozen=True)
+class EnvironmentMismatch:
+    """A compared pair of conditions whose runs of a paired seed differ in :data:`ENVIRONMENT`."""
+
+    strategy: str
+    """One condition's label (the compared one)."""
+    reference: str
+    """The other condition's label (what it is compared with)."""
+    fields: tuple[str, ...]
+    """The :data:`ENVIRONMENT` fields that differ, in that order."""
+    seeds: tuple[int, ...]
+    """The paired seeds whose two runs differ."""
+    n: int
+    """The paired seeds (finished by both)."""
+
+
+@dataclass(frozen=True)
+class Environments:
+    """What the finished final runs were made with, and the comparisons it splits."""
+
+    values: dict[str, dict[str, dict[str, int]]]
+    """``{field: {value: {condition label: finished final runs}}}`` for each
+    :data:`ENVIRONMENT` field with more than one value in the study, values in run order."""
+    mismatches: list[EnvironmentMismatch]
+    """The compared pairs (reference comparisons, lowest-vs-others, all pairs) whose paired
+    runs differ, in that order."""
+
+
+def environment(record: dict[str, Any]) -> dict[str, str | None]:
+    """A run record's :data:`ENVIRONMENT`; ``None`` where the record does not say."""
+    versions = record.get("versions") or {}
+    found = {
+        "machine": machine(record),
+        **{k: (str(versions[k]) if versions.get(k) is not None else None) for k in LIBRARIES},
+        "precision": str(record.get("precision") or DEFAULT_PRECISION),
+    }
+    return {k: found[k] for k in ENVIRONMENT}
+
+
+def environments(study: Study, pairs: list[tuple[str, str]]) -> Environments:
+    """Which of the compared ``pairs`` of condition labels ran under different conditions.
+
+    A pair is split when, for some seed both finished, its two runs differ in a field of
+    :data:`ENVIRONMENT` that both records state. A seed whose runs share a machine keeps it out
+    of that seed's paired difference, so only the runs compared with each other count.
+
+    Args:
+        study: The loaded study.
+        pairs: ``(label, label)`` pairs in the order the report shows them; a pair given twice
+            (in either order) is counted once.
+
+    Returns:
+        The :class:`Environments`.
+    """
+    runs = {
+        c.label: {r["seed"]: environment(r) for r in study.runs(c, "finished")}
+        for c in study.conditions
+    }
+    values: dict[str, dict[str, dict[str, int]]] = {}
+    for label, by_seed in runs.items():
+        for env in by_seed.values():
+            for key, value in env.items():
+                if value is not None:
+                    counts = values.setdefault(key, {}).setdefault(value, {})
+                    counts[label] = counts.get(label, 0) + 1
+    mismatches, seen = [], set()
+    for a, b in pairs:
+        if frozenset((a, b)) in seen or a not in runs or b not in runs:
+            continue
+        seen.add(frozenset((a, b)))
+        differ, seeds, paired = set(), [], sorted(set(runs[a]) & set(runs[b]))
+        for seed in paired:
+            x, y = runs[a][seed], runs[b][seed]
+            here = {k for k in ENVIRONMENT if None not in (x[k], y[k]) and x[k] != y[k]}
+            if here:
+                differ |= here
+                seeds.append(seed)
+        if differ:
+            fields = tuple(k for k in ENVIRONMENT if k in differ)
+            mismatches.append(EnvironmentMismatch(a, b, fields, tuple(seeds), len(paired)))
+    return Environments({k: v for k, v in values.items() if len(v) > 1}, mismatches)
+
+
 @dataclass
 class Analysis:
     """Every number the report shows, computed once from a :class:`Study`."""
@@ -149,6 +251,8 @@ class Analysis:
     """Every pair of conditions, Holm-adjusted over all pairs (its own family)."""
     accuracy: dict[str, AccuracyTest]
     speedups: dict[str, Speedup]
+    environments: Environments
+    """The machines, versions and precisions of the runs, and the comparisons they split."""
 
 
 def _losses_and_refs(study: Study) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
@@ -405,4 +509,10 @@ def analyse(study: Study) -> Analysis:
     losses = {c.label: study.losses(c) for c in study.conditions}
     pairs = all_pairs(study, losses) if len(losses) >= 3 else []
     table = [{col: row.get(col) for col in SUMMARY_COLUMNS} for row in rows.values()]
-    return Analysis(table, comparisons, size, best, pairs, accuracy, speedups)
+    compared = [
+        (c.strategy, c.reference)
+        for c in [*comparisons.values(), *(best.against.values() if best else []), *pairs]
+        if c.strategy != c.reference
+    ]
+    envs = environments(study, compared)
+    return Analysis(table, comparisons, size, best, pairs, accuracy, speedups, envs)

@@ -4,15 +4,22 @@ Every sentence about a comparison is chosen by its verdict alone (docs/STATISTIC
 a direction is written only for ``clear``, ``supported`` and ``suggestive`` (the last hedged),
 "matches" only for ``equivalent`` with the margin stated, and an ``exploratory`` comparison
 shows its numbers without a direction. The report also states, unasked, what could mislead a
-reader: capacity confounded with placement, the LoRA scaling convention, a learning rate shared
-by all strategies or chosen at the edge of its grid, and examples dropped for length. The
+reader: capacity confounded with placement, runs compared across machines, library versions or
+precisions, the LoRA scaling convention, a learning rate shared by all strategies or chosen at
+the edge of its grid, and examples dropped for length. The
 designs beyond one comparison per condition (equal budgets of a rank sweep, the learning-rate
 grid, the ranking's stability between checkpoints) follow the same rules.
 """
 
 from __future__ import annotations
 
-from loraplace.report.analysis import PARETO_TOLERANCE, Analysis
+from loraplace.report.analysis import (
+    ENVIRONMENT,
+    LIBRARIES,
+    PARETO_TOLERANCE,
+    Analysis,
+    Environments,
+)
 from loraplace.report.load import Condition, Study, first
 from loraplace.report.render import FAILURES_HEADING, code, holm_over, p_is
 from loraplace.report.sweeps import (
@@ -310,6 +317,73 @@ def _capacity(study: Study, a: Analysis) -> list[str]:
     ]
 
 
+#: Split comparisons named in the caution; the others are counted.
+_SPLIT_SHOWN = 8
+
+
+def _kind(key: str, plural: bool = False) -> str:
+    """An :data:`ENVIRONMENT` field in words: ``machines``, ``torch versions``, ``precisions``."""
+    word = key if key in ("machine", "precision") else f"{key} version"
+    return word + "s" if plural else word
+
+
+def _made(key: str) -> str:
+    if key == "machine":
+        return "on different machines"
+    if key == "precision":
+        return "at different precisions"
+    return f"with different {_kind(key, plural=True)}"
+
+
+def _listing(words: list[str], last: str) -> str:
+    """``a``, ``a or b``, ``a, b or c`` (``last`` joins the last two)."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" {last} " + words[-1]
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def _environment(env: Environments) -> list[str]:
+    """A caution naming the comparisons whose paired runs were made on different machines,
+    with different library versions or at different precisions (:data:`ENVIRONMENT`)."""
+    if not env.mismatches:
+        return []
+    kinds = [k for k in ENVIRONMENT if any(k in m.fields for m in env.mismatches)]
+    parts = []
+    for m in env.mismatches[:_SPLIT_SHOWN]:
+        notes = [", ".join(m.fields)] if len(kinds) > 1 else []
+        if len(m.seeds) < m.n:
+            seeds = _listing([str(seed) for seed in m.seeds], "and")
+            notes.append(f"seed{'s' if len(m.seeds) > 1 else ''} {seeds} of the {m.n} paired")
+        parts.append(
+            f"{code(m.strategy)} vs {code(m.reference)}"
+            + (f" ({'; '.join(notes)})" if notes else "")
+        )
+    left = len(env.mismatches) - _SPLIT_SHOWN
+    listed = "; ".join(parts) + (f"; and {left} more" if left > 0 else "")
+    values = " ".join(
+        f"{_kind(k, plural=True).capitalize()} of the finished final runs: "
+        + "; ".join(
+            f"{code(value)} {_runs(sum(runs.values()))} ({_names(list(runs))})"
+            for value, runs in env.values[k].items()
+        )
+        + "."
+        for k in kinds
+        if k in env.values
+    )
+    n = len(env.mismatches)
+    return [
+        f"Caution: {n} comparison{'s' if n != 1 else ''} pair runs made "
+        f"{_listing([_made(k) for k in kinds], 'or')} (paired by seed): {listed}. Each run's "
+        f"record states its machine, {_listing(list(LIBRARIES), 'and')} versions and "
+        "precision, and a difference in any of them changes the numerics and the speed, so "
+        "these comparisons' loss differences and speed ratios mix where the adapters are with "
+        f"how the runs were made. {values} To separate the two, rerun the affected conditions "
+        "on one machine, with the same versions and precision."
+    ]
+
+
 def _rank_set(study: Study, cond: Condition) -> set[int]:
     return {
         int(r)
@@ -431,6 +505,7 @@ def findings(
     )
     out += checkpoint_findings(checkpoints)
     out += _capacity(study, analysis) if study.reference else []
+    out += _environment(analysis.environments)
     out += _scaling(study)
     out += selection_findings(study, selection)
     out += dropped_findings(training)

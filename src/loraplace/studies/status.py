@@ -11,7 +11,7 @@ training state counts only the steps it has not logged.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +29,8 @@ __all__ = [
     "format_duration",
     "run_duration",
     "condition_times",
+    "machine",
+    "machines_line",
 ]
 
 
@@ -70,6 +72,27 @@ def parallelism(results: list[dict]) -> float:
             busy += b - max(a, end)
             end = b
     return max(1.0, sum(b - a for a, b in spans) / busy) if busy > 0 else 1.0
+
+
+def machine(result: dict) -> str | None:
+    """The machine a run's record says it ran on: its ``hardware.platform`` (the host's OS
+    build and name) and ``hardware.name`` (the processor, or the GPU), ``None`` when it says
+    neither. The report compares it between the paired runs of a comparison."""
+    hardware = result.get("hardware")
+    if not isinstance(hardware, dict):
+        return None
+    parts = [str(hardware[k]) for k in ("platform", "name") if hardware.get(k)]
+    return " / ".join(parts) or None
+
+
+def machines_line(states) -> str | None:
+    """The machines the complete runs of ``states`` ran on, each with how many runs, in the
+    order of the runs (``None`` before any run is complete)."""
+    counts = Counter(machine(result) or "unknown" for _, _, result in states if result)
+    if not counts:
+        return None
+    listed = "; ".join(f"{name} ({n} run{'' if n == 1 else 's'})" for name, n in counts.items())
+    return f"machines: {listed}"
 
 
 def _study_config(out: Path):
@@ -257,6 +280,9 @@ def study_status(out: Path) -> str:  # noqa: C901 (one count per run state, read
     selection = _selection_line(config, out, states)
     if selection:
         lines.append(selection)
+    machines = machines_line(states)
+    if machines:
+        lines.append(machines)
     lines.append(f"wall time of complete runs: {format_duration(spent)}")
     if at_once > 1.05:
         lines.append(
