@@ -21,8 +21,9 @@ from loraplace.errors import ConfigError, short_repr
 #: --match-params`` tries one rank for attention and one for MLP modules: 2.5%.
 MATCH_TOLERANCE = 0.025
 
-#: Format names accepted by ``DataConfig.format`` (each is read by :mod:`loraplace.data.formats`).
-FORMATS = ("gsm8k", "alpaca", "messages", "text")
+#: Format names accepted by ``DataConfig.format`` (each is read by :mod:`loraplace.data.formats`,
+#: ``choice`` by :mod:`loraplace.data.tasks`).
+FORMATS = ("gsm8k", "alpaca", "messages", "text", "choice")
 
 __all__ = [
     "MATCH_TOLERANCE",
@@ -207,8 +208,9 @@ class DataConfig:
     """What to train and evaluate on. Fixed per study: every run sees the same splits."""
 
     dataset: str = "gsm8k"
-    """A built-in alias (gsm8k), a local .json/.jsonl/.txt file, or a hub dataset id
-    (owner/name or owner/name:config; needs the datasets package and network access)."""
+    """A built-in alias (gsm8k), a built-in task scored by accuracy (piqa, boolq, asdiv,
+    tweet-sentiment), a local .json/.jsonl/.txt file, or a hub dataset id (owner/name or
+    owner/name:config; needs the datasets package and network access)."""
     train_examples: int = 256
     """Training examples drawn from the source."""
     eval_examples: int = 64
@@ -220,7 +222,8 @@ class DataConfig:
     """Maximum tokens per example (prompt + completion); longer completions are cut at the end,
     and an example whose prompt alone is too long is dropped."""
     format: str | None = None
-    """gsm8k, alpaca, messages or text; unset detects it from the first record's fields."""
+    """gsm8k, alpaca, messages, text or choice (context, choices, label: scored by accuracy);
+    unset detects it from the first record's fields."""
     split_seed: int = 0
     """Seed of the deterministic split into eval, validation and train examples. Fixed per
     study; not a run's training seed."""

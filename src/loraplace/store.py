@@ -14,7 +14,8 @@ OUT/
   base_eval_examples.jsonl   the base model's per-example eval losses
   results.csv           one row per complete run, regenerated from result.json
   runs/<run>/           final runs: result.json (written last), metrics.jsonl,
-                        eval_examples.jsonl, adapter/, generations.jsonl, traceback.txt
+                        eval_examples.jsonl, adapter/, generations.jsonl, traceback.txt,
+                        eval_answers.jsonl (a task's answers), lm_eval.json (lm-eval scores)
   selection/<run>/      learning-rate selection runs (validation split only)
   auto/<name>...json    resolved automatic strategies (and their importance files)
   report/
@@ -93,6 +94,11 @@ EXAMPLES_FILE = "eval_examples.jsonl"
 METRICS_FILE = "metrics.jsonl"
 #: A final run's sample generations.
 GENERATIONS_FILE = "generations.jsonl"
+#: A final run's answer to each eval problem of a task scored by accuracy, and the base model's.
+ANSWERS_FILE = "eval_answers.jsonl"
+BASE_ANSWERS_FILE = "base_eval_answers.jsonl"
+#: lm-evaluation-harness scores of a final run's adapter (``loraplace evaluate --lm-eval``).
+LMEVAL_FILE = "lm_eval.json"
 #: A final run's trained adapter (PEFT ``save_pretrained``).
 ADAPTER_DIR = "adapter"
 #: The adapter weights a run saves at its eval checkpoints, for a final run that adopts it.
@@ -422,6 +428,8 @@ RUN_FILES = frozenset(
         EXAMPLES_FILE,
         "metrics.jsonl",
         "generations.jsonl",
+        ANSWERS_FILE,
+        LMEVAL_FILE,
         "traceback.txt",
         ADAPTER_DIR,
         CHECKPOINTS_DIR,

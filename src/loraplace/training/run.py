@@ -28,6 +28,7 @@ from loraplace.placement.plan import Plan
 from loraplace.progress import bar
 from loraplace.settings import EvalSettings, LoraSettings
 from loraplace.store import RunKey
+from loraplace.training.choices import score_task, task_problems
 from loraplace.training.evaluate import eval_accuracy, eval_losses
 from loraplace.training.loop import TrainState, train_adapter
 from loraplace.training.records import RunSpec, start_record, summary_line
@@ -181,6 +182,23 @@ def _evaluate_final(
         )
         record["correct"] = [bool(s["correct"]) for s in samples]
     record.update({"accuracy": accuracy, "accuracy_examples": len(samples)})
+    # A task scored by accuracy (docs/CONCEPTS.md): every eval problem, each one's answer kept.
+    problems = task_problems(bench.eval.examples)
+    if problems:
+        with bar(problems, "task accuracy", unit="problem", show=show_progress) as progress:
+            task = score_task(
+                model,
+                bench.tokenizer,
+                bench.eval.examples,
+                bench.collator,
+                loss_pass=eval_losses,
+                batch_size=evaluation.batch_size,
+                device=bench.device,
+                dtype=bench.dtype,
+                progress=progress,
+            )
+        store.write_text_atomic(out_dir / store.ANSWERS_FILE, task.jsonl())
+        record.update(task.record())
     model.save_pretrained(out_dir / store.ADAPTER_DIR)
     return None
 

@@ -28,6 +28,7 @@ from loraplace.placement.arch import ArchInfo, classify
 from loraplace.placement.planner import ModelPlanner
 from loraplace.progress import bar
 from loraplace.settings import EvalSettings
+from loraplace.training.choices import score_task
 from loraplace.training.evaluate import eval_accuracy, eval_losses
 from loraplace.training.prefix import PrefixCache, prefix_supported
 
@@ -290,6 +291,18 @@ class Workbench:
                         dtype=self.dtype,
                         progress=progress,
                     )
+            # A task scored by accuracy: every eval problem (training/choices.py).
+            task = score_task(
+                self.model,
+                self.tokenizer,
+                self.eval.examples,
+                self.collator,
+                loss_pass=eval_losses,
+                batch_size=settings.batch_size,
+                device=self.device,
+                dtype=self.dtype,
+            )
+            accuracy = task.accuracy if task is not None else accuracy
             metrics = {
                 "eval_loss": loss if math.isfinite(loss) else None,
                 "eval_tokens": tokens,
@@ -298,6 +311,8 @@ class Workbench:
             }
             if out is not None:
                 store.write_eval_examples(out / store.BASE_EXAMPLES_FILE, rows)
+                if task is not None:
+                    store.write_text_atomic(out / store.BASE_ANSWERS_FILE, task.jsonl())
                 store.write_json_atomic(out / store.BASE_FILE, {"settings": key_fields, **metrics})
             metrics["stored"] = False
         self._base[cache_key] = metrics
