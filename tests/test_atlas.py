@@ -1,0 +1,67 @@
+"""The atlas across studies: one row per (model, task), one column per placement, the
+entries taken from each study's own comparisons, and refusal of studies that differ in more."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import MAIN, PNG_SIGNATURE, make_study
+
+from loraplace.cli.main import main
+from loraplace.errors import LoraplaceError
+from loraplace.report.analysis import analyse
+from loraplace.report.atlas import build_atlas, write_atlas
+from loraplace.report.load import load_study
+
+
+def _shifted(delta: float) -> dict:
+    """MAIN with every non-reference loss moved by ``delta``: another cell's numbers."""
+    return {
+        name: (
+            spec,
+            params,
+            placement,
+            runs
+            if name == "baseline"
+            else [(None if loss is None else loss + delta, t, *rest) for loss, t, *rest in runs],
+        )
+        for name, (spec, params, placement, runs) in MAIN.items()
+    }
+
+
+def test_each_cell_shows_its_own_studys_comparisons(tmp_path):
+    a = make_study(tmp_path / "a", MAIN)
+    b = make_study(tmp_path / "b", _shifted(-0.05), model="other-model")
+    atlas = build_atlas([a, b])
+    assert [(c.model, c.task) for c in atlas.cells] == [("tiny", "gsm8k"), ("other-model", "gsm8k")]
+    assert atlas.placements == [name for name in MAIN if name != "baseline"]
+    for cell, root in zip(atlas.cells, (a, b)):
+        own = analyse(load_study(root)).comparisons
+        for placement in atlas.placements:
+            assert cell.comparisons[placement] == own[placement]
+    assert "attention-only − ffn-only" in atlas.pairs
+    assert all(" − baseline" not in pair for pair in atlas.pairs)
+    out = write_atlas([a, b], tmp_path / "atlas")
+    text = (out / "atlas.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `other-model`"))
+    mean = atlas.cells[1].comparisons["attention-only"].mean
+    assert f"{mean:+.4f}" in row and atlas.cells[1].comparisons["attention-only"].verdict in row
+    assert (out / "atlas.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_studies_that_differ_beyond_model_and_task_are_refused(tmp_path):
+    a = make_study(tmp_path / "a", MAIN)
+    b = make_study(tmp_path / "b", MAIN, model="other-model", training={"steps": 8})
+    with pytest.raises(LoraplaceError, match=r"in more than model and task \(training\.steps\)"):
+        build_atlas([a, b])
+    same = make_study(tmp_path / "c", MAIN)
+    with pytest.raises(LoraplaceError, match="both tiny on gsm8k"):
+        build_atlas([a, same])
+
+
+def test_the_command_writes_an_atlas_and_refuses_several_studies_without_it(tmp_path, capsys):
+    a = make_study(tmp_path / "a", MAIN)
+    b = make_study(tmp_path / "b", MAIN, model="other-model")
+    assert main(["report", str(a), str(b), "--atlas", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "atlas.md").is_file()
+    assert main(["report", str(a), str(b)]) == 2
+    assert "add --atlas OUT" in capsys.readouterr().err
