@@ -68,3 +68,21 @@ def test_check_mode_names_the_command_when_a_table_is_stale(tmp_path, monkeypatc
     assert gendocs.main(["--check"]) == 1
     assert gendocs.COMMAND in capsys.readouterr().err
     assert gendocs.main([]) == 0 and gendocs.main(["--check"]) == 0  # rewritten in place
+
+
+def test_the_reading_documents_stay_short_and_their_links_resolve():
+    # A reader takes in RESULTS.md and the README in a minute (issue #40): at most 5,000 words
+    # and 300 lines. Every relative link of the README and docs/ points at a file that exists.
+    root = Path(__file__).resolve().parents[1]
+    assert len((root / "docs" / "RESULTS.md").read_text().split()) <= 5000
+    assert len((root / "README.md").read_text().splitlines()) <= 300
+    import re
+
+    broken = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert broken == []
