@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements-embedded.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,ray,mlflow,tensorboard,pandas]'
+	$(PY) -m pip install -q -e '.[test,ray,mlflow,tensorboard,pandas,lmeval]'
 	$(PY) -m pip install -q --no-deps -r requirements-embedded.txt
 	touch $@
 

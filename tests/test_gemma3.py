@@ -234,3 +234,28 @@ def test_gemma3_270m_alias_end_to_end(tmp_path):
     assert planner.arch.num_layers == 18 and planner.arch.hidden_size == 640
     assert planner.base_params == 268_098_176
     assert planner.arch.roles_present == {"q", "k", "v", "o", "gate", "up", "down"}
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (
+            '{\n  "architectures": ["FlorpForCausalLM"],\n  "model_type": "florp"\n}\n',
+            ["config.json' line 3", "field 'model_type' is 'florp'", "gemma3-270m"],
+        ),
+        ('{"architectures": ["FlorpForCausalLM"]}', ["config.json'", "no field 'model_type'"]),
+    ],
+)
+def test_an_unknown_architecture_is_one_line_naming_file_line_and_field(tmp_path, config, words):
+    from loraplace.cli.main import main
+
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(LoraplaceError) as info:
+        from loraplace.placement.planner import ModelPlanner
+
+        ModelPlanner.for_model(str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path) in message
+    for word in words:
+        assert word in message, f"{message!r} lacks {word!r}"
+    assert main(["inspect", "--model", str(tmp_path)]) == 2

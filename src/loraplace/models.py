@@ -225,8 +225,32 @@ def _unsafe_pickle(source: ModelSource) -> tuple[Path, str] | None:
     return None
 
 
+def _unknown_architecture(source: ModelSource, exc: Exception) -> str | None:
+    """The line for a ``config.json`` whose ``model_type`` transformers does not know, or lacks:
+    the file, the field's line and the value."""
+    found = re.search(r"has model type `([^`]*)`", str(exc))
+    if not found and "Should have a `model_type` key" not in str(exc):
+        return None
+    config = Path(source.path) / "config.json"
+    where = f"'{config}'" if source.kind == "local" else f"the config of model '{source.id}'"
+    if source.kind == "local" and config.is_file():
+        lines = config.read_text(encoding="utf-8", errors="replace").splitlines()
+        at = [i for i, line in enumerate(lines, 1) if '"model_type"' in line]
+        where += f" line {at[0]}" if at else ""
+    if not found:
+        return f"{where}: no field 'model_type'; name the architecture family (e.g. \"llama\")"
+    return (
+        f"{where}: field 'model_type' is '{found.group(1)}', an architecture the installed "
+        "transformers does not know; use a model of a family it supports (the built-in "
+        f"{', '.join(ALIASES)}), or a transformers release that has it"
+    )
+
+
 def _load_error(source: ModelSource, what: str, exc: Exception) -> LoraplaceError:
     """One line for a failure while transformers or torch read the model's files."""
+    unknown = _unknown_architecture(source, exc)
+    if unknown is not None:
+        return LoraplaceError(unknown)
     if _needs_remote_code(exc):
         return LoraplaceError(
             f"the {what} of model '{source.id}' needs Python code shipped with the model "

@@ -12,6 +12,7 @@ OUT/
   .lock                 held (flock) by the one process running the study
   base.json             base-model eval metrics, keyed by model, data and eval settings
   base_eval_examples.jsonl   the base model's per-example eval losses
+  base_eval_answers.jsonl, lm_eval_base.json   its answers on a task, its lm-eval scores
   results.csv           one row per complete run, regenerated from result.json
   runs/<run>/           final runs: result.json (written last), metrics.jsonl,
                         eval_examples.jsonl, adapter/, generations.jsonl, traceback.txt,
@@ -97,8 +98,10 @@ GENERATIONS_FILE = "generations.jsonl"
 #: A final run's answer to each eval problem of a task scored by accuracy, and the base model's.
 ANSWERS_FILE = "eval_answers.jsonl"
 BASE_ANSWERS_FILE = "base_eval_answers.jsonl"
-#: lm-evaluation-harness scores of a final run's adapter (``loraplace evaluate --lm-eval``).
+#: lm-evaluation-harness scores of a final run's adapter (``loraplace evaluate --lm-eval``), and
+#: of the base model.
 LMEVAL_FILE = "lm_eval.json"
+LMEVAL_BASE_FILE = "lm_eval_base.json"
 #: A final run's trained adapter (PEFT ``save_pretrained``).
 ADAPTER_DIR = "adapter"
 #: The adapter weights a run saves at its eval checkpoints, for a final run that adopts it.

@@ -33,6 +33,7 @@ from loraplace.config.study import (
     read_study_mapping,
 )
 from loraplace.errors import LoraplaceError, short_repr
+from loraplace.lmeval.bridge import BUILTIN_LMEVAL_TASKS, DEFAULT_BATCH_SIZE, evaluate_study
 from loraplace.report.load import placement_spread
 from loraplace.report.render import span
 from loraplace.settings import MATCH_TOLERANCE, AutoSpec, field_help
@@ -318,6 +319,19 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    evaluate_study(
+        args.study_dir,
+        args.lm_eval,
+        limit=args.limit,
+        include=args.include,
+        batch_size=args.batch_size,
+        device=args.device,
+        force=args.force,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplace",
@@ -458,6 +472,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="finished, failed and pending runs of a study, and an ETA")
     p.add_argument("study_dir", help="a study directory")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score the base model and every finished run's adapter with lm-evaluation-harness "
+        "(the optional extra [lmeval])",
+    )
+    p.add_argument("study_dir", help="a study directory")
+    p.add_argument(
+        "--lm-eval",
+        dest="lm_eval",
+        type=word_list,
+        required=True,
+        metavar="TASK[,TASK...]",
+        help=f"loraplace's built-in tasks ({', '.join(BUILTIN_LMEVAL_TASKS)}: the eval split a "
+        "study on the task scores, read from local files) or lm-eval tasks whose data is on "
+        "this machine",
+    )
+    p.add_argument("--limit", type=positive_int, default=None, help="problems per task (all)")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of your own lm-eval task YAMLs (repeatable)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"sequences per forward pass (default {DEFAULT_BATCH_SIZE})",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the study's)")
+    p.add_argument(
+        "--force", action="store_true", help="score again runs already scored on these tasks"
+    )
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

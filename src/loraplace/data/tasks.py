@@ -74,6 +74,8 @@ class ChoiceExample(Example):
     """The choices as written, without the joining space."""
     label: int
     """Index of the correct choice."""
+    doc: dict = field(default_factory=dict, compare=False)
+    """The problem's fields as the task's lm-evaluation-harness YAML reads them (its ``doc``)."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,23 @@ class NumberExample(Example):
     number: str
     """The reference number, normalised as :func:`~loraplace.data.formats.extract_final_number`
     normalises (``1,000`` is ``1000``, ``18.0`` is ``18``)."""
+    doc: dict = field(default_factory=dict, compare=False)
+    """The problem's fields as the task's lm-evaluation-harness YAML reads them (its ``doc``)."""
 
 
 #: The text between a context and each choice, as lm-evaluation-harness's ``target_delimiter``.
 DELIMITER = " "
 
 
-def choice_example(context: str, choices: Iterable[str], label: int) -> ChoiceExample:
-    """A :class:`ChoiceExample` with its completion, the correct choice after the delimiter."""
+def choice_example(
+    context: str, choices: Iterable[str], label: int, doc: dict | None = None
+) -> ChoiceExample:
+    """A :class:`ChoiceExample` with its completion, the correct choice after the delimiter.
+
+    Args:
+        doc: the fields its lm-evaluation-harness YAML reads (default: ``context``, ``choices``
+            and ``label``, as the ``choice`` format has them).
+    """
     choices = tuple(choices)
     return ChoiceExample(
         prompt=context_prompt(context),
@@ -98,6 +109,7 @@ def choice_example(context: str, choices: Iterable[str], label: int) -> ChoiceEx
         answer=None,
         choices=choices,
         label=label,
+        doc=doc or {"context": context, "choices": list(choices), "label": label},
     )
 
 
@@ -232,7 +244,9 @@ def _piqa(paths: list[Path]) -> TaskPools:
             continue
         seen.add(question)
         choices = [m.group(2).strip() for m in found]
-        pool.append(choice_example(f"Question: {question}\nAnswer:", choices, "AB".index(letter)))
+        label = "AB".index(letter)
+        doc = {"goal": question, "sol1": choices[0], "sol2": choices[1], "label": label}
+        pool.append(choice_example(f"Question: {question}\nAnswer:", choices, label, doc))
     return TaskPools(pool, left_out={"repeated question": repeated})
 
 
@@ -253,8 +267,9 @@ def _boolq(paths: list[Path]) -> TaskPools:
         label = record.fields["label"]
         if not isinstance(label, bool):
             raise DataError(f"{record.where}: field 'label' must be true or false")
+        doc = {"passage": passage, "question": question, "label": int(label)}
         example = choice_example(
-            f"{passage}\nQuestion: {question}?\nAnswer:", ("no", "yes"), int(label)
+            f"{passage}\nQuestion: {question}?\nAnswer:", ("no", "yes"), int(label), doc
         )
         (held_out if (question, passage) in held else pool).append(example)
     return TaskPools(pool, held_out, {"unlabelled (official test split)": unlabelled})
@@ -285,6 +300,7 @@ def _asdiv(paths: list[Path]) -> TaskPools:
                 completion=DELIMITER + answer,
                 answer=None,
                 number=number,
+                doc={"body": passage, "question": question, "answer": answer, "number": number},
             )
         )
     return TaskPools(pool, left_out={"answer not a number": not_number, "repeated": repeated})
@@ -333,10 +349,11 @@ def _tweets(paths: list[Path]) -> TaskPools:
             order.append(text)
         labels[text].add(sentiment)
     kept = [t for t in order if len(labels[t]) == 1]
-    pool = [
-        choice_example(f"Tweet: {t}\nSentiment:", SENTIMENTS, SENTIMENTS.index(min(labels[t])))
-        for t in kept
-    ]
+    pool = []
+    for text in kept:
+        label = SENTIMENTS.index(min(labels[text]))
+        doc = {"text": text, "label": label}
+        pool.append(choice_example(f"Tweet: {text}\nSentiment:", SENTIMENTS, label, doc))
     left_out = {
         "repeated text": rows - len(order),
         "text labelled two ways": len(order) - len(kept),
