@@ -18,7 +18,15 @@ from typing import Any
 
 from loraplace.report.load import Condition, Study, first, num
 from loraplace.stats.measures import Ratio, mcnemar_exact, ratio_interval, wilson_interval
-from loraplace.stats.tests import ci95, family_size, holm, mean, pareto_front, std
+from loraplace.stats.tests import (
+    ci95,
+    family_size,
+    holm,
+    mean,
+    paired_difference,
+    pareto_front,
+    std,
+)
 from loraplace.stats.verdicts import (
     MIN_SEEDS,
     BestFinding,
@@ -117,7 +125,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + (
 
 @dataclass(frozen=True)
 class AccuracyTest:
-    """Accuracy of one condition with its Wilson interval, and its McNemar test vs the reference."""
+    """Accuracy of one condition with its Wilson interval, and its tests against the reference:
+    the paired t over seeds (the verdict, as for eval loss) and exact McNemar over problems."""
 
     correct: int
     """Problems answered correctly, summed over finished seeds."""
@@ -135,11 +144,19 @@ class AccuracyTest:
     p: float | None
     """Exact McNemar p on ``b`` and ``c``; ``None`` without discordant pairs or a reference."""
     p_holm: float | None
-    """Holm-adjusted over the accuracy tests with at least ``MIN_SEEDS`` paired seeds."""
+    """The paired t's ``p_t``, Holm-adjusted over the accuracy tests with at least
+    ``MIN_SEEDS`` paired seeds."""
     family_size: int
     verdict: str | None
     """The verdict ladder on ``p_holm`` (``better`` means higher accuracy)."""
     direction: str | None
+    diff: float | None = None
+    """Mean over paired seeds of this condition's accuracy minus the reference's."""
+    diff_low: float | None = None
+    """Paired t 95% interval of ``diff``."""
+    diff_high: float | None = None
+    p_t: float | None = None
+    """Paired t p of the per-seed accuracies against the reference."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +351,7 @@ def _accuracy(study: Study) -> dict[str, AccuracyTest]:
         k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
         ref = study.reference_of(cond)
         b = c = seeds = 0
+        paired = None
         if ref is not None and ref != cond:
             theirs = {r["seed"]: r.get("correct") for r in study.runs(ref, "finished")}
             for r in done:
@@ -342,16 +360,27 @@ def _accuracy(study: Study) -> dict[str, AccuracyTest]:
                     seeds += 1
                     b += sum(1 for x, y in zip(mine, other) if x and not y)
                     c += sum(1 for x, y in zip(mine, other) if y and not x)
+            paired = paired_difference(_seed_accuracies(done), _seed_accuracies(study.runs(ref)))
         p = mcnemar_exact(b, c) if seeds else None
-        raw[cond.label] = (k, n, seeds, b, c, p, ref == cond)
-    tested = {label: v[5] if v[2] >= MIN_SEEDS else None for label, v in raw.items()}
+        raw[cond.label] = (k, n, seeds, b, c, p, ref == cond, paired)
+    # The verdict is the paired t over seeds, as for eval loss; McNemar is reported beside it.
+    tested = {
+        label: v[7].p if v[7] is not None and v[7].n >= MIN_SEEDS else None
+        for label, v in raw.items()
+    }
     adjusted = dict(zip(tested, holm(list(tested.values()))))
     size = family_size(list(tested.values()))
     out = {}
-    for label, (k, n, seeds, b, c, p, is_ref) in raw.items():
-        # verdict() reads a negative difference as better (lower loss): pass c - b, which is
-        # negative when this condition answered more problems correctly than the reference.
-        v = verdict(seeds, c - b, adjusted[label], is_reference=is_ref) if seeds or is_ref else None
+    for label, (k, n, seeds, b, c, p, is_ref, paired) in raw.items():
+        pairs = paired.n if paired is not None else 0
+        # verdict() reads a negative difference as better (lower loss): pass minus the mean
+        # accuracy difference, negative when this condition answered more correctly.
+        diff = paired.mean if paired is not None else None
+        v = (
+            verdict(pairs, -diff if diff else diff, adjusted[label], is_reference=is_ref)
+            if pairs or is_ref
+            else None
+        )
         low_high = wilson_interval(k, n) or (None, None)
         out[label] = AccuracyTest(
             k,
@@ -365,7 +394,23 @@ def _accuracy(study: Study) -> dict[str, AccuracyTest]:
             size,
             v.label if v else None,
             v.direction if v else None,
+            diff=diff,
+            diff_low=paired.ci_low if paired is not None else None,
+            diff_high=paired.ci_high if paired is not None else None,
+            p_t=paired.p if paired is not None else None,
         )
+    return out
+
+
+def _seed_accuracies(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Each finished seed's accuracy (from its per-problem outcomes where it has them)."""
+    out = {}
+    for record in records:
+        if record.get("status") != "finished":
+            continue
+        counts = _counts(record)
+        if counts is not None and counts[1]:
+            out[record["seed"]] = counts[0] / counts[1]
     return out
 
 

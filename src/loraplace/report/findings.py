@@ -228,8 +228,11 @@ def _accuracy(study: Study, a: Analysis) -> list[str]:
     per_run = first(study.records, "accuracy_examples")
     out = []
     if isinstance(per_run, int) and per_run > 0:
+        how = {"acc": "the choice with the highest log-likelihood"}.get(
+            first(study.records, "accuracy_metric"), "exact match"
+        )
         out.append(
-            f"Accuracy (exact match) is measured on {per_run} problems per run: one problem is "
+            f"Accuracy ({how}) is measured on {per_run} problems per run: one problem is "
             f"{100 / per_run:.1f} points. Intervals are Wilson 95% over the problems of all "
             "finished seeds."
         )
@@ -238,14 +241,21 @@ def _accuracy(study: Study, a: Analysis) -> list[str]:
         size = tests[0][1].family_size
         parts = []
         for label, t in tests:
-            text = f"{code(label)}: {t.b} right only here vs {t.c} right only in the reference"
-            text += f", McNemar p {p_is(t.p)}, Holm p {p_is(t.p_holm)}, {t.verdict}"
+            text = f"{code(label)}: "
+            if t.diff is not None:
+                text += f"{100 * t.diff:+.1f} points"
+                if t.diff_low is not None and t.diff_high is not None:
+                    text += f" [{100 * t.diff_low:+.1f}, {100 * t.diff_high:+.1f}]"
+                text += f", paired t Holm p {p_is(t.p_holm)}, "
+            text += t.verdict or ""
             if t.direction:
                 text += f" ({'higher' if t.direction == BETTER else 'lower'} accuracy)"
+            text += f"; {t.b} right only here vs {t.c} in the reference, McNemar p {p_is(t.p)}"
             parts.append(text)
         out.append(
-            "Accuracy against the reference, paired by seed and problem (exact McNemar, "
-            f"{holm_over(size, 'test(s)')}; fewer than {MIN_SEEDS} seeds is exploratory): "
+            "Accuracy against the reference, paired by seed: the verdict is the paired t over "
+            f"seeds' accuracies ({holm_over(size, 'test(s)')}; fewer than {MIN_SEEDS} seeds is "
+            "exploratory), with the exact McNemar test over problems beside it: "
             + "; ".join(parts)
             + "."
         )

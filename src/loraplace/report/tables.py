@@ -176,17 +176,20 @@ def comparison_table(study: Study, a: Analysis) -> Table:
 
 
 def accuracy_table(study: Study, a: Analysis) -> Table | None:
-    """Accuracy with Wilson intervals and McNemar tests against the reference."""
+    """Accuracy with Wilson intervals, the paired t over seeds against the reference (the
+    verdict) and the exact McNemar test over problems."""
     if not a.accuracy:
         return None
     headers = who_headers(study) + [
         "Correct / attempted",
         "Accuracy",
         "Wilson 95% CI",
+        "Δ vs ref, points [paired 95% CI]",
+        "Paired t p",
+        "Holm p",
         "Right only here",
         "Right only in ref",
         "McNemar p",
-        "Holm p",
         "Verdict",
     ]
     rows = []
@@ -202,20 +205,34 @@ def accuracy_table(study: Study, a: Analysis) -> Table | None:
                 f"{t.correct} / {t.attempted}",
                 f"{100 * t.correct / t.attempted:.1f}%" if t.attempted else DASH,
                 interval(low, high, ".1f"),
+                _accuracy_difference(t),
+                p_text(t.p_t),
+                p_text(t.p_holm),
                 str(t.b) if t.n else DASH,
                 str(t.c) if t.n else DASH,
                 p_text(t.p),
-                p_text(t.p_holm),
                 (t.verdict or DASH) + (f", {t.direction}" if t.direction else ""),
             ]
         )
     size = next((t.family_size for t in a.accuracy.values()), 0)
     note = (
-        "Problems are paired by seed and problem with the reference's runs; the exact McNemar "
-        f"test uses the discordant pairs. {sentence(holm_over(size, 'accuracy test(s)'))}; "
-        "better = higher accuracy."
+        "The verdict is the paired t-test of each seed's accuracy against the reference's, as "
+        f"for eval loss; {holm_over(size, 'accuracy test(s)')}; better = higher accuracy. "
+        "Beside it, problems are paired by seed and problem with the reference's runs and the "
+        "exact McNemar test uses the discordant pairs (conditional on these problems, reported "
+        "but not used for the verdict)."
     )
     return Table("Accuracy", headers, rows, note)
+
+
+def _accuracy_difference(t) -> str:
+    """The mean paired accuracy difference in points, with its interval where defined."""
+    if t.diff is None:
+        return DASH
+    text = f"{100 * t.diff:+.1f}"
+    if t.diff_low is not None and t.diff_high is not None:
+        text += f" [{100 * t.diff_low:+.1f}, {100 * t.diff_high:+.1f}]"
+    return text
 
 
 def _speedup(row: dict[str, Any]) -> str:
