@@ -287,6 +287,11 @@ def test_local_identity_hashes_config_and_weights(tmp_path):
             "config.json": _sha(model / "config.json"),
             "model.safetensors": _sha(model / "model.safetensors"),
         },
+        "tokenizer": {
+            name: _sha(model / name)
+            for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+        },
+        "generation": {"generation_config.json": _sha(model / "generation_config.json")},
     }
     # Content, not location: a copy elsewhere has the same identity.
     copy = shutil.copytree(model, tmp_path / "elsewhere" / "copy")

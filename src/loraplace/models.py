@@ -43,6 +43,9 @@ __all__ = [
     "ALIASES",
     "TRUST_REMOTE_CODE_HINT",
     "WEIGHT_SUFFIXES",
+    "TOKENIZER_FILES",
+    "GENERATION_FILES",
+    "CONTEXT_KEYS",
     "ModelSource",
     "resolve_model",
     "load_config",
@@ -50,6 +53,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "count_params",
+    "context_length",
     "cache_dir",
     "model_identity",
     "packaged_file",
@@ -61,6 +65,33 @@ TRUST_REMOTE_CODE_HINT = "--trust-remote-code (study config: trust_remote_code: 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 """Suffixes of the weights files in a model directory (safetensors, or pickled PyTorch)."""
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+"""Files of a model directory that decide how text becomes tokens: the vocabulary, merges,
+special tokens (``tokenizer_config.json``, ``special_tokens_map.json``) and the chat template
+(``chat_template.jinja``, or inside ``tokenizer_config.json`` in older saves). Templates in
+``additional_chat_templates/`` count too. Adding a tokenizer file is adding a row."""
+
+GENERATION_FILES = ("generation_config.json",)
+"""Files that decide how an answer scored for accuracy is generated (its end tokens)."""
+
+_CHAT_TEMPLATES_DIR = "additional_chat_templates"
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Config attributes that hold a model's context length, by architecture family."""
 
 
 @dataclass(frozen=True)
@@ -381,6 +412,22 @@ def build_meta_model(config, *, trust_remote_code: bool = False) -> nn.Module:
         ) from None
 
 
+def context_length(config) -> tuple[int, str] | None:
+    """The context length a model's config declares, and the attribute that holds it.
+
+    Args:
+        config: a ``PretrainedConfig`` (from :func:`load_config`).
+
+    Returns:
+        ``(tokens, attribute)``, or ``None`` for a config that declares none (ALiBi models).
+    """
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
 def count_params(model: nn.Module) -> int:
     """Parameters of a model, tied weights counted once (as PEFT counts them)."""
     return sum(p.numel() for p in model.parameters())
@@ -449,6 +496,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _hashes(root: Path, names) -> dict[str, str]:
+    """``{name: SHA-256}`` of the files among ``names`` that exist under ``root``."""
+    return {name: sha256_file(root / name) for name in names if (root / name).is_file()}
+
+
+def _chat_templates(root: Path) -> list[str]:
+    folder = root / _CHAT_TEMPLATES_DIR
+    if not folder.is_dir():
+        return []
+    return [f"{_CHAT_TEMPLATES_DIR}/{p.name}" for p in sorted(folder.iterdir()) if p.is_file()]
+
+
 def model_identity(source: ModelSource) -> dict:
     """What a model *is*, by content, for checking that a study directory still matches it.
 
@@ -465,10 +524,18 @@ def model_identity(source: ModelSource) -> dict:
 
         - alias: ``id`` and ``files``, the SHA-256 of the shipped GGUF file;
         - local directory: ``files``, the SHA-256 of ``config.json`` and of each weights file
-          (``*.safetensors``, ``*.bin``), plus ``code``, the SHA-256 of each ``*.py`` file, when
-          the source trusts the model's code (that code then defines the model). The
-          directory's path is not part of it, so a moved copy keeps its identity;
-        - hub id: ``id`` and ``config_sha256``, the SHA-256 of its config as canonical JSON.
+          (``*.safetensors``, ``*.bin``); ``tokenizer``, that of each of its
+          :data:`TOKENIZER_FILES` (with the chat template and special tokens) and of each
+          template in ``additional_chat_templates/``; ``generation``, that of
+          :data:`GENERATION_FILES`; plus ``code``, the SHA-256 of each ``*.py`` file, when the
+          source trusts the model's code (that code then defines the model). A file that is
+          absent is absent from its mapping, so adding or deleting one changes the identity.
+          The directory's path is not part of it, so a moved copy keeps its identity;
+        - hub id: ``id`` and ``config_sha256``, the SHA-256 of its config as canonical JSON
+          (its tokenizer files are not read before the run loads them: docs/STUDIES.md).
+
+        The alias's GGUF file holds its tokenizer, chat template and special tokens, so its
+        hash covers them.
 
     Raises:
         LoraplaceError: the alias's package is missing, a file cannot be read, or the hub
@@ -486,6 +553,8 @@ def model_identity(source: ModelSource) -> dict:
             identity = {
                 "kind": "local",
                 "files": {name: sha256_file(root / name) for name in ["config.json", *weights]},
+                "tokenizer": _hashes(root, [*TOKENIZER_FILES, *_chat_templates(root)]),
+                "generation": _hashes(root, GENERATION_FILES),
             }
             if source.trust_remote_code:
                 code = sorted(p.name for p in root.glob("*.py") if p.is_file())

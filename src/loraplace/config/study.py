@@ -22,6 +22,9 @@ from loraplace.config.yamlio import read_yaml as _read
 from loraplace.errors import ConfigError, LoraplaceError, one_line, short_repr
 from loraplace.placement.grammar import parse_strategy
 from loraplace.settings import (
+    MAX_LIST,
+    MAX_PARAMS,
+    MAX_RANK,
     NO_RUN,
     SCOPE,
     STUDY_ONLY,
@@ -39,6 +42,7 @@ from loraplace.store import CHECKPOINTS_DIR, RunKey, read_result, safe_name
 from loraplace.tracking.core import check_backends
 
 __all__ = [
+    "MAX_NAME",
     "RayOptions",
     "StudyConfig",
     "auto_entry",
@@ -320,6 +324,8 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
             )
         except ConfigError as exc:
             problems += exc.problems
+        else:
+            problems += context_problems(probe, sections["data"], sections["eval"])
     if problems:
         raise ConfigError(problems)
     config = StudyConfig(
@@ -384,7 +390,53 @@ def compile_plans(
     return plans
 
 
+def context_problems(config: StudyConfig, data, evaluation) -> list[str]:
+    """Token counts that the model's context cannot hold: ``data.max_length`` (a training
+    sequence) and ``eval.max_new_tokens`` (a generated answer). Reads the model's config only.
+
+    Args:
+        config: names the model (its ``model`` and ``trust_remote_code``).
+        data, evaluation: the validated sections, or ``None`` when they had problems.
+    """
+    # Deferred: importing it loads torch.
+    from loraplace.models import context_length, load_config, resolve_model
+
+    try:
+        source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+        found = context_length(load_config(source))
+    except LoraplaceError:
+        return []  # compile_plans read the same config; a failure there is reported already
+    if found is None:
+        return []
+    context, key = found
+    checked = [
+        ("data.max_length", data.max_length if data is not None else None),
+        ("eval.max_new_tokens", evaluation.max_new_tokens if evaluation is not None else None),
+    ]
+    return [
+        f"{name} must be at most the model's context of {context} tokens ({key} in the "
+        f"config of {clip(config.model)}), got {value}"
+        for name, value in checked
+        if value is not None and value > context
+    ]
+
+
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: The longest study or strategy name (characters, and bytes as UTF-8): a name is part of a
+#: directory name (``runs/<name>``, ``<strategy>--r8--lr3e-04--seed0``), and most file systems
+#: refuse a name of more than 255 bytes.
+MAX_NAME = 100
+
+
+def name_problem(where: str, name: str) -> str | None:
+    """Why ``name`` cannot be part of a directory name, or ``None`` when it can."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if len(name) <= MAX_NAME and size <= MAX_NAME:
+        return None
+    return (
+        f"{where} {short_repr(name, 40)} is too long ({len(name)} characters, {size} bytes as "
+        f"UTF-8); at most {MAX_NAME} of each, as it becomes part of a directory name"
+    )
 
 
 def clip(text: str, limit: int = 40) -> str:
@@ -464,6 +516,13 @@ def named_strategies(raw, problems: list[str]) -> dict[str, str]:  # noqa: C901 
             except LoraplaceError as exc:
                 problems.append(f"strategies.{clip(name)}: {exc}")
                 continue
+        too_long = name_problem("strategies: the name", name)
+        if too_long:  # reported, and kept so that a reference to it is not reported too
+            listed = (
+                " (a strategy given without a name is named by its spec: name it in a mapping, "
+                "or with --name for loraplace run)"
+            )
+            problems.append(too_long + (listed if name == spec else ""))
         other = dirs.get(safe_name(name))
         if other is not None:
             problems.append(
@@ -507,6 +566,8 @@ def check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:  
             f"'name' must be a plain name (letters, digits, '.', '_', '-'; no path), got "
             f"{short_repr(name)}; use --out to choose where the study is written"
         )
+    elif name_problem("'name'", name):
+        problems.append(name_problem("'name'", name))
     model = raw.get("model", "smollm2-135m")
     if not isinstance(model, str) or not model.strip():
         problems.append(f"'model' must be a non-empty string, got {short_repr(model)}")
@@ -527,20 +588,26 @@ def check_top_level(raw: dict, strategies: dict, problems: list[str]) -> None:  
         )
     elif (
         match is not None
-        and not (is_int(match) and match > 0)
+        and not (is_int(match) and 0 < match <= MAX_PARAMS)
         and not (isinstance(match, str) and match in strategies)
     ):
         problems.append(
-            "match_params must be a positive integer or a strategy name "
+            f"match_params must be an integer in [1, {MAX_PARAMS}] or a strategy name "
             f"({', '.join(strategies)}), got {short_repr(match)}"
         )
     if match is not None and any(isinstance(s, dict) for s in strategies.values()):
         problems.append("match_params cannot be used with automatic strategies (they fit a budget)")
     ranks = raw.get("ranks")
     if ranks is not None:
-        if not isinstance(ranks, list) or not ranks or not all(is_int(r) and r >= 1 for r in ranks):
+        if (
+            not isinstance(ranks, list)
+            or not ranks
+            or len(ranks) > MAX_LIST
+            or not all(is_int(r) and 1 <= r <= MAX_RANK for r in ranks)
+        ):
             problems.append(
-                f"ranks must be a non-empty list of integers >= 1, got {short_repr(ranks)}"
+                f"ranks must be a non-empty list of at most {MAX_LIST} integers in "
+                f"[1, {MAX_RANK}], got {short_repr(ranks)}"
             )
         elif len(set(ranks)) != len(ranks):
             problems.append(f"ranks has duplicates: {short_repr(ranks)}")

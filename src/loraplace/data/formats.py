@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -88,8 +89,9 @@ def extract_final_number(text: str) -> str | None:
         found = _NUMBER.search(text[marker + 4 :])
         if found is not None:
             return _normalise_number(found.group(0))
-    matches = list(_NUMBER.finditer(text))
-    return _normalise_number(matches[-1].group(0)) if matches else None
+    # The last match, without keeping the others: a huge text can hold millions.
+    last = deque(_NUMBER.finditer(text), maxlen=1)
+    return _normalise_number(last[0].group(0)) if last else None
 
 
 def _normalise_number(raw: str) -> str | None:
@@ -98,8 +100,11 @@ def _normalise_number(raw: str) -> str | None:
         value = Decimal(cleaned)
     except InvalidOperation:
         return None
+    # Through Decimal, not int: Python refuses to write an int of more than 4300 digits.
+    if value.is_zero():
+        return "0"
     if value == value.to_integral_value():
-        return str(int(value))
+        return format(value.to_integral_value(), "f")
     return format(value.normalize(), "f")
 
 
@@ -133,22 +138,22 @@ def read_records(path: Path) -> list[Record]:
 
 
 def _read_json_array(path: Path, text: str) -> list[Record]:
-    # Decode element by element so each record keeps the line it starts on.
+    # Decode element by element so each record keeps the line it starts on; lines are counted
+    # on from the last record, so a file of many records is read in linear time.
     decoder = json.JSONDecoder()
     records = []
     pos = text.index("[") + 1
     expect_value = True
+    lines = _LineCounter(text)
     while True:
         pos = _skip_space(text, pos)
         if pos >= len(text):
-            raise DataError(f"{path} line {_line_of(text, pos)}: invalid JSON (unterminated array)")
+            raise DataError(f"{path} line {lines.at(pos)}: invalid JSON (unterminated array)")
         if text[pos] == "]" and (not records or not expect_value):
             break
         if not expect_value:
             if text[pos] != ",":
-                raise DataError(
-                    f"{path} line {_line_of(text, pos)}: invalid JSON (expected ',' or ']')"
-                )
+                raise DataError(f"{path} line {lines.at(pos)}: invalid JSON (expected ',' or ']')")
             pos = _skip_space(text, pos + 1)
         try:
             value, end = decoder.raw_decode(text, pos)
@@ -156,11 +161,11 @@ def _read_json_array(path: Path, text: str) -> list[Record]:
             raise DataError(
                 f"{path} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
             ) from None
-        records.append(_as_record(value, f"{path} line {_line_of(text, pos)}"))
+        records.append(_as_record(value, f"{path} line {lines.at(pos)}"))
         pos, expect_value = end, False
     if text[pos + 1 :].strip():
         raise DataError(
-            f"{path} line {_line_of(text, pos + 1)}: invalid JSON (extra data after the array)"
+            f"{path} line {lines.at(pos + 1)}: invalid JSON (extra data after the array)"
         )
     return records
 
@@ -171,8 +176,18 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+class _LineCounter:
+    """The line of a position in ``text``, for positions asked in increasing order."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, pos: int) -> int:
+        if pos < self.pos:  # not expected; count from the start
+            self.pos, self.line = 0, 1
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
 
 
 def _as_record(value: Any, where: str) -> Record:

@@ -19,7 +19,7 @@ Tokenization, padding and batching live in `loraplace.batching` and are re-expor
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from loraplace.data.formats import (
 from loraplace.data.tasks import (
     BUILTIN_TASKS,
     TASK_FORMATS,
+    ChoiceExample,
     detect_task_format,
     task_examples,
     task_splits,
@@ -56,6 +57,7 @@ from loraplace.settings import DataConfig
 __all__ = [
     "BUILTIN_DATASETS",
     "FORMATS",
+    "MAX_CHARS_PER_TOKEN",
     "BuiltinDataset",
     "DataConfig",
     "DataSplits",
@@ -98,6 +100,13 @@ BUILTIN_DATASETS = {
     ),
 }
 """Built-in dataset aliases. Adding a packaged dataset is adding a row."""
+
+MAX_CHARS_PER_TOKEN = 256
+"""More characters than any token of a tokenizer in use covers (SmolLM2's longest token is 81).
+A text of more than ``max_length`` times this many characters has more than ``max_length``
+tokens, so cutting it there changes nothing a run sees: a completion is cut at ``max_length``
+tokens anyway, and an example whose prompt is that long is dropped. It keeps one huge record
+from being tokenized in full (a 50 MB record once took 15 GB)."""
 
 # Hub datasets whose loader needs a config name; used when the id does not give one.
 _HUB_DEFAULT_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
@@ -148,7 +157,7 @@ def load_splits(cfg: DataConfig) -> DataSplits:
             f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or a hub id"
         )
     else:
-        return _load_hub(name, cfg)
+        return _bounded(_load_hub(name, cfg), cfg.max_length)
     _check_enough(name, len(examples), cfg)
     order = _permutation(len(examples), cfg.split_seed)
     n_eval, n_val = cfg.eval_examples, cfg.validation_examples
@@ -158,7 +167,53 @@ def load_splits(cfg: DataConfig) -> DataSplits:
     provenance.update(
         _split_provenance(cfg, len(train), len(validation), len(eval_part), len(examples))
     )
-    return DataSplits(train, validation, eval_part, provenance)
+    return _bounded(DataSplits(train, validation, eval_part, provenance), cfg.max_length)
+
+
+def _bounded(splits: DataSplits, max_length: int) -> DataSplits:
+    """The splits with every text cut to ``max_length * MAX_CHARS_PER_TOKEN`` characters (see
+    :data:`MAX_CHARS_PER_TOKEN`); the provenance counts the examples cut (``cut_examples``),
+    and only when there are any, so the provenance of ordinary data is unchanged."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    cut = 0
+
+    def bound(examples: list[Example]) -> list[Example]:
+        nonlocal cut
+        out = []
+        for example in examples:
+            short = _cut_example(example, limit)
+            cut += short is not example
+            out.append(short)
+        return out
+
+    parts = [bound(part) for part in (splits.train, splits.validation, splits.eval)]
+    if not cut:
+        return splits
+    return DataSplits(*parts, provenance={**splits.provenance, "cut_examples": cut})
+
+
+def _cut_example(example: Example, limit: int) -> Example:
+    """``example`` with its prompt and its completion each cut to ``limit`` characters (the
+    prompt's messages in order, the rest left out); the same object when nothing is cut.
+
+    A multiple-choice completion is one of the example's choices, scored whole against the
+    others (:mod:`loraplace.data.tasks`): it is left as it is.
+    """
+    prompt, left = [], limit
+    for message in example.prompt:
+        if left <= 0:
+            break
+        prompt.append({**message, "content": message["content"][:left]})
+        left -= len(message["content"])
+    cut_prompt = left < 0 or len(prompt) < len(example.prompt)
+    cut_completion = len(example.completion) > limit and not isinstance(example, ChoiceExample)
+    if not cut_prompt and not cut_completion:
+        return example
+    return replace(
+        example,
+        prompt=prompt if cut_prompt else example.prompt,
+        completion=example.completion[:limit] if cut_completion else example.completion,
+    )
 
 
 def load_dataset_split(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:

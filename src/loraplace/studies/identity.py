@@ -14,10 +14,21 @@ from pathlib import Path
 from loraplace import store
 from loraplace.config.study import StudyConfig, read_yaml
 from loraplace.config.yamlio import dump_yaml
-from loraplace.errors import LoraplaceError
+from loraplace.errors import LoraplaceError, one_line
 from loraplace.settings import NO_RUN, keys_of_scope
 
-__all__ = ["check_out", "make_out", "prepare_study_dir", "same_study", "study_identity"]
+__all__ = [
+    "check_out",
+    "identity_changes",
+    "make_out",
+    "prepare_study_dir",
+    "same_study",
+    "study_identity",
+]
+
+#: Parts of a model's identity that loraplace records only since it covers them (issue #44):
+#: a study started before has none, and there they are unknown rather than changed.
+ADDED_MODEL_PARTS = ("tokenizer", "generation")
 
 
 def study_identity(config: StudyConfig) -> dict:
@@ -32,6 +43,37 @@ def study_identity(config: StudyConfig) -> dict:
     data = {k: provenance.get(k) for k in ("dataset", "sha256", "splits")}
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     return {"model": model_identity(source), "data": data}
+
+
+def identity_changes(stored: dict, current: dict) -> list[str]:
+    """What differs between the identity a study recorded and the current one, each named for
+    the user (``model tokenizer: chat_template.jinja``, ``data sha256``); empty when nothing
+    recorded differs.
+
+    A part of :data:`ADDED_MODEL_PARTS` that ``stored`` lacks was not recorded when the study
+    started: unknown, not a change. Everything else is compared exactly, so a recorded file
+    that is gone, or a file that was not there, is a change.
+    """
+    if not isinstance(stored, dict) or set(stored) != set(current):
+        return sorted(current)
+    changes = []
+    for section in sorted(current):
+        old, new = stored[section], current[section]
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            changes += [section] if old != new else []
+            continue
+        for part in sorted(set(old) | set(new)):
+            if section == "model" and part in ADDED_MODEL_PARTS and part not in old:
+                continue
+            before, after = old.get(part), new.get(part)
+            if before == after:
+                continue
+            if isinstance(before, dict) and isinstance(after, dict):
+                files = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+                changes.append(f"{section} {part}: {', '.join(files)}")
+            else:
+                changes.append(f"{section} {part}")
+    return changes
 
 
 def _normalised(config_dict: dict) -> str:
@@ -138,11 +180,13 @@ def prepare_study_dir(config: StudyConfig, out: Path, identity: dict) -> None:
                 "directory with --out"
             )
         stored = store.read_json(out / store.IDENTITY_FILE)
-        if stored is not None and stored != identity:
+        changes = identity_changes(stored, identity) if stored is not None else []
+        if changes:
+            sections = ", ".join(sorted({change.split()[0] for change in changes}))
             raise LoraplaceError(
-                f"'{out}' was started with different {_differences(stored, identity)} "
-                f"files (model files or data content changed since); its runs would mix them. "
-                "Restore them or choose another directory with --out"
+                f"'{out}' was started with different {sections} files (changed since: "
+                f"{one_line('; '.join(changes), 300)}); its runs would mix them. Restore them "
+                "or choose another directory with --out"
             )
         if stored is None:
             store.write_json_atomic(out / store.IDENTITY_FILE, identity)

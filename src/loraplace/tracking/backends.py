@@ -29,7 +29,7 @@ from loraplace.tracking.core import (
     require_extra,
 )
 
-__all__ = ["MlflowBackend", "TensorBoardBackend", "open_tracking"]
+__all__ = ["MLFLOW_HTTP_DEFAULTS", "MlflowBackend", "TensorBoardBackend", "open_tracking"]
 
 # What identifies a run in result.json besides its name (logged as "strategy") and its config.
 _RESULT_PARAMS = ("seed", "spec", "trainable_params", "total_params", "matched_to", "ranks")
@@ -40,6 +40,14 @@ _RUN_TAG = "loraplace.runner"
 _PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _BATCH = 100  # MLflow's limit on params or tags per log_batch call
+#: MLflow's HTTP settings for a tracking server, set for the process where the user has not:
+#: its defaults (7 retries, doubling waits, 120 s timeouts) let an unreachable server stall
+#: one call for over four minutes; these fail it in a few seconds.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def _result_params(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,6 +136,8 @@ class MlflowBackend:
     def __init__(self, study_dir: Path, study_name: str, params: dict[str, Any]):
         from mlflow import MlflowClient
 
+        for key, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         uri = env_uri or f"sqlite:///{study_dir}/mlflow.db"
         with _quiet("mlflow", "alembic"):
@@ -260,7 +270,10 @@ def open_tracking(
 
     Returns:
         A :class:`Tracking`. A backend whose store cannot be opened is left out with a
-        :class:`TrackingWarning`.
+        :class:`TrackingWarning`. MLflow's HTTP retries and timeouts are bounded
+        (:data:`MLFLOW_HTTP_DEFAULTS`, where the environment does not set them), and a backend
+        whose failures cost more than :data:`~loraplace.tracking.core.FAILURE_BUDGET_S` is
+        turned off for the rest of the study.
 
     Raises:
         LoraplaceError: An unknown backend name, or a backend whose extra is not installed.
@@ -275,9 +288,9 @@ def open_tracking(
     opened: list[Backend] = []
     for name in names:
         if name == "mlflow":
-            backend = guard(name, "open", MlflowBackend, study_dir, study_name, flat)
+            backend = guard.open(name, MlflowBackend, study_dir, study_name, flat)
         else:
-            backend = guard(name, "open", TensorBoardBackend, study_dir)
+            backend = guard.open(name, TensorBoardBackend, study_dir)
         if backend is not None:
             opened.append(backend)
     return Tracking(opened, guard)

@@ -6,26 +6,30 @@ tracking is a copy for the tools researchers already use. :func:`open_tracking` 
 (strategy, seed) run. Both backends are optional extras (``loraplace[mlflow]``,
 ``loraplace[tensorboard]``).
 
-Tracking never changes results and never stops a study: every call into a backend is guarded,
-and a failure (a locked store, a full disk) is reported once per backend as a
-:class:`TrackingWarning`, counted, and otherwise ignored. The backends themselves are in
-:mod:`loraplace.tracking_backends`. See ``docs/TRACKING.md``.
+Tracking never changes results and never stops or stalls a study: every call into a backend
+is guarded, and a failure (a locked store, a full disk) is reported once per backend as a
+:class:`TrackingWarning`, counted, and otherwise ignored. A backend whose store cannot be
+opened, or whose failed calls have cost the study :data:`FAILURE_BUDGET_S` seconds, is turned
+off for the rest of the study with one warning. The backends themselves are in
+:mod:`loraplace.tracking.backends`. See ``docs/TRACKING.md``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from loraplace.errors import LoraplaceError
+from loraplace.errors import LoraplaceError, one_line
 
 __all__ = [
     "BACKENDS",
+    "FAILURE_BUDGET_S",
     "FINAL_METRICS",
     "TrackingWarning",
     "Tracking",
@@ -47,6 +51,11 @@ FINAL_METRICS: tuple[str, ...] = (
     "peak_memory_mb",
 )
 """``result.json`` keys logged as a run's final metrics (at its last training step)."""
+
+FAILURE_BUDGET_S = 10.0
+"""Seconds a backend's failed calls may cost a study in all. Past it the backend is turned off
+for the rest of the study: a store that stalls (an unreachable server, each call retried)
+would otherwise hold up every run."""
 
 _EXTRAS = {"mlflow": ("mlflow", "sqlalchemy", "alembic"), "tensorboard": ("tensorboard",)}
 
@@ -154,26 +163,62 @@ class Backend(Protocol):
 
 
 class Guard:
-    """Runs backend calls; a failure is warned about once per backend, counted, and dropped."""
+    """Runs backend calls; a failure is warned about once per backend, counted, and dropped.
 
-    def __init__(self) -> None:
+    A backend is turned off (its calls no longer made) when it cannot be opened, or when its
+    failed calls have taken more than ``budget_s`` seconds in all; that is one more warning.
+    """
+
+    def __init__(self, budget_s: float = FAILURE_BUDGET_S) -> None:
+        self.budget_s = budget_s
         self.failures: dict[str, int] = {}
+        self.spent: dict[str, float] = {}
+        """Seconds spent in failed calls, per backend."""
+        self.off: set[str] = set()
+        """Backends turned off for the rest of the study."""
 
     def __call__(self, backend: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._call(backend, what, fn, args, opening=False)
+
+    def open(self, backend: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Open a backend; one that fails is turned off for the study."""
+        return self._call(backend, "open", fn, args, opening=True)
+
+    def _call(
+        self, backend: str, what: str, fn: Callable[..., Any], args: tuple, *, opening: bool
+    ) -> Any:
+        if backend in self.off:
+            return None
+        start = time.monotonic()
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - no tracking problem may stop a study
             self.failures[backend] = self.failures.get(backend, 0) + 1
-            if self.failures[backend] == 1:
-                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                warnings.warn(
+            self.spent[backend] = self.spent.get(backend, 0.0) + time.monotonic() - start
+            text = one_line(f"{type(exc).__name__}: {exc}".splitlines()[0], 300)
+            kept = "the study goes on, and its results stay complete in the study directory"
+            if opening:
+                self.off.add(backend)
+                _warn(f"{backend} tracking is off for this study: cannot open it ({text}); {kept}")
+            elif self.spent[backend] > self.budget_s:
+                self.off.add(backend)
+                _warn(
+                    f"{backend} tracking is off for the rest of this study: "
+                    f"{self.failures[backend]} failed call(s) took {self.spent[backend]:.0f} s "
+                    f"(last, {what}: {text}); {kept}"
+                )
+            elif self.failures[backend] == 1:
+                _warn(
                     f"{backend} tracking failed ({what}): {text}; the study goes on, its results "
                     "stay complete in the study directory, and further failures of this "
-                    "backend are only counted",
-                    TrackingWarning,
-                    stacklevel=3,
+                    "backend are only counted"
                 )
             return None
+
+
+def _warn(message: str) -> None:
+    # stacklevel 4: the loraplace code that called the guard, whose warnings the CLI prints.
+    warnings.warn(message, TrackingWarning, stacklevel=4)
 
 
 class TrackedRun:
@@ -233,8 +278,8 @@ class Tracking:
 
     @property
     def backends(self) -> list[str]:
-        """Names of the backends that opened."""
-        return [b.name for b in self._backends]
+        """Names of the backends that opened and are still on."""
+        return [b.name for b in self._backends if b.name not in self._guard.off]
 
     @property
     def failures(self) -> dict[str, int]:
@@ -286,7 +331,8 @@ class Tracking:
         status = "killed" if interrupted else "finished"
         for backend in self._backends:
             self._guard(backend.name, "close", backend.close, status)
-        lost = {k: v for k, v in self._guard.failures.items() if v}
+        # A backend turned off has had its warning, with its count.
+        lost = {k: v for k, v in self._guard.failures.items() if v and k not in self._guard.off}
         if lost:
             counts = ", ".join(f"{k}: {v}" for k, v in lost.items())
             warnings.warn(
