@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from loraplace import store
 from loraplace.placement.arch import ArchInfo
 from loraplace.placement.grammar import ROLES
 from loraplace.training.evaluate import accepts_logits_mask
@@ -332,32 +334,31 @@ def write_importance(
     from matplotlib.ticker import ScalarFormatter
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ranks = dict(chosen) if isinstance(chosen, Mapping) else dict.fromkeys(chosen, 0)
     roles = [r for r in ROLES if r in arch.roles_present]
     grid = np.full((arch.num_layers, len(roles)), np.nan)
     marks: list[tuple[int, int]] = []
     csv_path = out / "importance.csv"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["layer", "role", "module", "score", "chosen", "rank"])
-        for p in arch.projections:
-            score = None if scores is None else scores.get(p.name)
-            for role in p.roles:
-                taken = p.name in ranks
-                writer.writerow(
-                    [
-                        p.layer,
-                        role,
-                        p.name,
-                        "" if score is None else repr(float(score)),
-                        int(taken),
-                        ranks[p.name] or "" if taken else "",
-                    ]
-                )
-                grid[p.layer, roles.index(role)] = np.nan if score is None else score
-                if taken:
-                    marks.append((p.layer, roles.index(role)))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["layer", "role", "module", "score", "chosen", "rank"])
+    for p in arch.projections:
+        score = None if scores is None else scores.get(p.name)
+        for role in p.roles:
+            taken = p.name in ranks
+            writer.writerow(
+                [
+                    p.layer,
+                    role,
+                    p.name,
+                    "" if score is None else repr(float(score)),
+                    int(taken),
+                    ranks[p.name] or "" if taken else "",
+                ]
+            )
+            grid[p.layer, roles.index(role)] = np.nan if score is None else score
+            if taken:
+                marks.append((p.layer, roles.index(role)))
     height = 1.6 + 0.22 * arch.num_layers
     fig, ax = plt.subplots(figsize=(1.6 + 0.75 * len(roles), height), layout="constrained")
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
@@ -373,7 +374,11 @@ def write_importance(
     ax.set_xlabel("role (dots: chosen)")
     ax.set_ylabel("layer")
     ax.set_title(title)
+    # Both files atomically and never through a link, inside out_dir (docs/FORMATS.md).
+    store.write_text_atomic(csv_path, table.getvalue())
     png_path = out / "importance.png"
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    try:
+        store.write_atomic(png_path, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return csv_path, png_path

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from loraplace import store
-from loraplace.errors import LoraplaceError
 from loraplace.report import figures
 from loraplace.report import tables as report_tables
 from loraplace.report.analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS, Analysis, analyse
@@ -280,11 +279,9 @@ def write_report(study_dir: str | Path) -> Path:
     """
     study = load_study(study_dir)
     report = build_report(study)
-    out = study.root / store.REPORT_DIR
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LoraplaceError(f"cannot create {out}: {exc.strerror or exc}") from None
+    # A real directory inside the study, never a link out of it (its files are then written
+    # atomically and never through a link, each in its place).
+    out = store.make_dirs(study.root / store.REPORT_DIR, within=study.root)
     write_summary_csv(report.analysis.rows, out / "summary.csv")
     figs = _write_figures(report, out)
     doc = _document(report, figs)

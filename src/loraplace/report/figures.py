@@ -1,5 +1,5 @@
 """Report figures of a study's results: the Pareto plot, training-loss curves, budget curves
-and eval-loss checkpoints, and the saving shared with :mod:`loraplace.placement_figure`.
+and eval-loss checkpoints, and the saving shared with :mod:`loraplace.report.placement_map`.
 
 Each function draws one PNG from plain data (summary rows, metric records, budget curves, eval
 checkpoints), so the figures can be tested and reused without a study directory. Matplotlib runs
@@ -28,6 +28,8 @@ from matplotlib.ticker import (  # noqa: E402
     StrMethodFormatter,
 )
 
+from loraplace.store import write_atomic  # noqa: E402
+
 __all__ = [
     "plot_budget",
     "plot_curves",
@@ -52,13 +54,20 @@ def _plain_ticks(fig: plt.Figure) -> None:
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (plain tick labels, parents created) and close it."""
+    """Write ``fig`` as a PNG at ``path`` (plain tick labels, parents created) and close it.
+
+    The PNG is written atomically and never through a link (:func:`loraplace.store.write_atomic`):
+    a link in ``path``'s place is replaced, not followed, and a reader never sees half a figure.
+    """
     _plain_ticks(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    try:
+        write_atomic(
+            Path(path),
+            lambda handle: fig.savefig(handle, format="png", dpi=130, bbox_inches="tight"),
+        )
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def _empty(ax: plt.Axes, message: str) -> None:

@@ -9,6 +9,7 @@ and the report carries on without it.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,12 +56,21 @@ Unit = tuple[int, str]
 def read_importance(path: Path) -> tuple[dict[Unit, float], set[Unit]]:
     """An ``importance.csv``: its scores by (layer, role), empty for a method without scores
     (``random``), and its chosen units; both empty for a missing file."""
-    if not Path(path).is_file():
-        return {}, set()
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    scores = {(int(r["layer"]), r["role"]): float(r["score"]) for r in rows if r.get("score")}
-    return scores, {(int(r["layer"]), r["role"]) for r in rows if r.get("chosen") == "1"}
+    text = store.read_text(path)
+    scores, chosen = {}, set()
+    for r in csv.DictReader(io.StringIO(text or "", newline="")):
+        try:  # a damaged row is left out
+            unit = (int(r["layer"]), r["role"])
+            score = float(r["score"]) if r.get("score") else None
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not isinstance(unit[1], str):
+            continue
+        if score is not None:
+            scores[unit] = score
+        if r.get("chosen") == "1":
+            chosen.add(unit)
+    return scores, chosen
 
 
 @dataclass(frozen=True)
@@ -352,6 +362,12 @@ def load_study(study_dir: str | Path) -> Study:
     _check_dir(root)
     config, text = _read_config(root)
     study = Study(root, config, text, [], None, [])
+    if store.export_incomplete(root):
+        study.notes.append(
+            f"This directory is an export that was interrupted (it still has "
+            f"{store.EXPORT_MARKER}): records may be missing. Export the study again to "
+            "complete it."
+        )
     if config is not None:
         study.reference = config.reference
         todo = [(key.run_dir(root), key) for key in config.run_keys()]
@@ -371,7 +387,7 @@ def load_study(study_dir: str | Path) -> Study:
             continue
         study.records.append(record)
         index = (record["name"], record.get("rank"), record["seed"])
-        study.metrics[index] = store.read_jsonl(run_dir / store.METRICS_FILE)
+        study.metrics[index] = store.read_metrics(run_dir / store.METRICS_FILE)
         if record["status"] == "finished":
             study.examples[index] = store.read_eval_examples(run_dir / "eval_examples.jsonl")
     if config is not None:

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,12 +63,15 @@ _NOT_COPIED = (store.CHECKPOINTS_DIR,)
 
 
 def recipe(config_dict: dict) -> dict:
-    """The part of a saved study config that every one of its runs depends on."""
+    """The part of a saved study config that every one of its runs depends on (a section that
+    is not a mapping, in a damaged donor's config, is kept as it is and so differs)."""
     out = {k: v for k, v in config_dict.items() if k not in _NOT_RECIPE}
     training = out.get("training") or {}
-    out["training"] = {k: v for k, v in training.items() if k not in _NOT_RECIPE_TRAINING}
+    if isinstance(training, dict):
+        out["training"] = {k: v for k, v in training.items() if k not in _NOT_RECIPE_TRAINING}
     lora = out.get("lora") or {}
-    out["lora"] = {k: v for k, v in lora.items() if k != "rank"}  # the placement has the ranks
+    if isinstance(lora, dict):  # the placement has the ranks
+        out["lora"] = {k: v for k, v in lora.items() if k != "rank"}
     return out
 
 
@@ -92,28 +96,63 @@ class Donor:
         return None
 
 
+def _run_dirs(path: Path) -> list[Path]:
+    """A donor's run directories, its own only: a link among them is passed over (a note)."""
+    found, links = [], []
+    for part in (store.SELECTION_DIR, store.RUNS_DIR):
+        where = path / part
+        if where.is_symlink():
+            links.append(where)
+        elif where.is_dir():
+            for entry in sorted(os.scandir(where), key=lambda e: e.name):
+                if entry.is_symlink():
+                    links.append(Path(entry.path))
+                elif entry.is_dir(follow_symlinks=False):
+                    found.append(Path(entry.path))
+    if links:
+        print(
+            f"loraplace: note: reuse does not follow links: {store.describe(links)} in "
+            f"'{path}' passed over",
+            file=sys.stderr,
+            flush=True,
+        )
+    return found
+
+
+def _donor_record(run_dir: Path) -> dict | None:
+    """A donor run's finished record, or ``None``; a damaged one is passed over with a note."""
+    path = run_dir / store.RESULT_FILE
+    record = None if path.is_symlink() else store.read_json(path)
+    if record is None or record.get("status") != "finished":
+        return None  # in progress, interrupted, failed, or a link
+    problem = store.record_problem(record)
+    if problem is not None:
+        print(f"  reuse: skipping run '{run_dir}': its result.json is damaged ({problem})")
+        return None
+    return record
+
+
 def _index(path: Path, versions: dict, device: str) -> dict[tuple, Path]:
     runs = {}
-    for part in (store.SELECTION_DIR, store.RUNS_DIR):
-        for run_dir in sorted((path / part).glob("*")) if (path / part).is_dir() else []:
-            record = store.read_result(run_dir)
-            if record is None or record.get("status") != "finished":
-                continue
-            made_with = record.get("versions") or {}
-            if any(made_with.get(k) != versions.get(k) for k in _VERSIONS):
-                continue
-            if (record.get("hardware") or {}).get("device") != device:
-                continue
-            lr = record.get("learning_rate")
-            if not isinstance(lr, (int, float)) or not isinstance(record.get("placement"), dict):
-                continue
-            key = (
-                record.get("stage", "final"),
-                record.get("seed"),
-                float(lr),
-                _placement_key(record["placement"]),
-            )
-            runs.setdefault(key, run_dir)
+    for run_dir in _run_dirs(path):
+        record = _donor_record(run_dir)
+        if record is None:
+            continue
+        made_with = record.get("versions") or {}
+        if any(made_with.get(k) != versions.get(k) for k in _VERSIONS):
+            continue
+        if (record.get("hardware") or {}).get("device") != device:
+            continue
+        lr = record.get("learning_rate")
+        if not isinstance(lr, (int, float)) or not isinstance(record.get("placement"), dict):
+            continue
+        key = (
+            record.get("stage", "final"),
+            record.get("seed"),
+            float(lr),
+            _placement_key(record["placement"]),
+        )
+        runs.setdefault(key, run_dir)
     return runs
 
 
@@ -188,7 +227,7 @@ def reuse_runs(out: Path, jobs: list, donors: list[Donor], settings: dict) -> se
             "selected_from": job.selected_from,
             "auto": job.auto,
         }
-        _copy_run(source, key.run_dir(out), mine, donor.path)
+        _copy_run(source, key.run_dir(out), mine, donor.path, out)
         copied.add(key)
         used.add(donor.path)
     if copied:
@@ -197,16 +236,25 @@ def reuse_runs(out: Path, jobs: list, donors: list[Donor], settings: dict) -> se
     return copied
 
 
-def _copy_run(source: Path, target: Path, mine: dict, study: Path) -> None:
+def _copy_run(source: Path, target: Path, mine: dict, study: Path, out: Path) -> None:
+    """Copy a donor's run into ``target`` (inside ``out``): its regular files only, never
+    through a link (a note names what was passed over), ``result.json`` last."""
     store.clear_run_dir(target)
-    target.mkdir(parents=True)
-    for path in source.iterdir():
-        if path.name in _NOT_COPIED or path.name == store.RESULT_FILE:
+    store.make_dirs(target, within=out)
+    files, passed = store.walk_files(source, prune=lambda rel: rel.parts[0] in _NOT_COPIED)
+    for rel in files:
+        if rel.parts[0] in _NOT_COPIED or rel == Path(store.RESULT_FILE):
             continue
-        if path.is_dir():
-            shutil.copytree(path, target / path.name)
-        elif path.is_file():
-            shutil.copy2(path, target / path.name)
+        if not store.copy_file(source / rel, target / rel, within=out):
+            passed.append(rel)
+    passed = [rel for rel in passed if rel.parts[0] not in _NOT_COPIED]
+    if passed:
+        print(
+            f"loraplace: note: reuse copies regular files only: {store.describe(sorted(passed))} "
+            f"in '{source}' passed over",
+            file=sys.stderr,
+            flush=True,
+        )
     record = store.read_result(source)
     # This study's names and settings for the run; everything measured stays the donor's.
     for name in ("name", "rank", "spec", "ranks", "matched_to", "config", "selected_from", "auto"):

@@ -11,6 +11,7 @@ training state counts only the steps it has not logged.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -99,7 +100,12 @@ def _study_config(out: Path):
     """The config saved in a study directory, read without loading the model."""
 
     if not store.has_study_config(out):
-        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml)")
+        interrupted = (
+            "; it is an export that was interrupted: export the study again"
+            if store.export_incomplete(out)
+            else ""
+        )
+        raise LoraplaceError(f"'{out}' is not a study directory (no study.yaml){interrupted}")
     return load_study_config(out / store.STUDY_FILE, check_model=False)
 
 
@@ -274,6 +280,12 @@ def study_status(out: Path) -> str:  # noqa: C901 (one count per run state, read
         f"study process: {running}",
         f"{'stage':<10} " + " ".join(f"{c:>11}" for c in columns),
     ]
+    if store.export_incomplete(out):
+        lines.insert(
+            1,
+            f"export: incomplete (an interrupted `loraplace export` left {store.EXPORT_MARKER}); "
+            "records may be missing: export the study again",
+        )
     for stage in ("selection", "final"):
         if stage in counts:
             lines.append(f"{stage:<10} " + " ".join(f"{counts[stage][c]:>11}" for c in columns))
@@ -322,6 +334,11 @@ def _progress(out: Path, key: store.RunKey, running: bool = False) -> str:
     run_dir = key.run_dir(out)
     steps = _logged_steps(run_dir)
     text = f"step {max(steps)} logged" if steps else "no step logged"
+    damage = None
+    if os.path.lexists(run_dir / store.RESULT_FILE):  # present, yet no complete record
+        damage = store.record_problem(store.read_json(run_dir / store.RESULT_FILE))
+    if damage is not None:
+        text = f"result.json is damaged ({damage}), so the run is done again; " + text
     saved = store.can_resume(run_dir)
     if running:
         return text + ("; training state saved" if saved else "; no training state saved yet")
@@ -332,4 +349,4 @@ def _progress(out: Path, key: store.RunKey, running: bool = False) -> str:
 
 def _logged_steps(run_dir: Path) -> list[int]:
     """The optimizer steps a run's training curve holds."""
-    return [r["step"] for r in store.read_jsonl(run_dir / store.METRICS_FILE) if "loss" in r]
+    return [r["step"] for r in store.read_metrics(run_dir / store.METRICS_FILE) if "loss" in r]

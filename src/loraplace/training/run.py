@@ -267,8 +267,8 @@ def train_one(  # noqa: C901
             ),
         )
 
-    mode = "a" if resume is not None else "w"
-    with open(out_dir / store.METRICS_FILE, mode, encoding="utf-8") as metrics:
+    # Appended to line by line, never through a link or into a file another directory shares.
+    with store.open_append(out_dir / store.METRICS_FILE, truncate=resume is None) as metrics:
 
         def on_step(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
@@ -393,7 +393,7 @@ def adopt_selection_run(
     layer = plan.lowest_layer
     eval_start = time.perf_counter()
     curve = [r for r in store.read_jsonl(source / store.METRICS_FILE) if "loss" in r]
-    with open(out_dir / store.METRICS_FILE, "w", encoding="utf-8") as metrics:
+    with store.open_append(out_dir / store.METRICS_FILE, truncate=True) as metrics:
         metrics.writelines(json.dumps(r) + "\n" for r in curve)
         for step in steps[:-1]:
             _load_state(model, _checkpoint_path(source, step))
@@ -442,9 +442,12 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
     is refused, with or without ``force``, and nothing in ``out`` is removed before the model
     and data have loaded.
 
+    ``out`` is locked like a study directory (:class:`~loraplace.store.DirectoryLock`) for the
+    whole run, so a second ``loraplace run`` on it is refused.
+
     Raises:
         LoraplaceError: ``out`` is a file, holds anything but a run, holds a finished run and
-            ``force`` is not set, or cannot be written.
+            ``force`` is not set, is in use by another run, or cannot be written.
     """
 
     if out.exists() and not out.is_dir():
@@ -456,11 +459,17 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
             f"'{out}' holds files no run writes ({listed}); nothing was changed there: choose a "
             "new or empty directory with --out"
         )
+    store.check_writable(out)
+    with store.DirectoryLock(out, kind="run directory"):
+        return _run_locked(config, key, out, force)
+
+
+def _run_locked(config, key: RunKey, out: Path, force: bool) -> dict:
+    """:func:`run_single` once its run directory is checked and locked."""
     if store.read_result(out) is not None and not force:
         raise LoraplaceError(
             f"'{out}' already holds a finished run; pass --force to replace it or choose --out"
         )
-    store.check_writable(out)
     plan = config.plan_for(key)
     print(f"loading {config.model} and {config.data.dataset} ...", flush=True)
     bench = Workbench.for_config(config)
@@ -471,7 +480,7 @@ def run_single(config, key: RunKey, out: Path, *, force: bool = False) -> dict:
     )
     base = bench.base_metrics(config.eval)
     # An interrupted forced run must not leave the old result beside a new partial curve.
-    store.clear_run_dir(out)
+    store.clear_run_dir(out, keep=(store.LOCK_FILE,))
     result = train_one(
         bench,
         plan,
