@@ -227,7 +227,8 @@ def test_joined_file_joins_the_parts_and_checks_the_digest(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_gemma3_270m_alias_end_to_end(tmp_path):
-    """The real model: 268,098,176 parameters, 18 layers, its roles; a 2-step run."""
+    """The real model's files join and plan: 268,098,176 parameters, 18 layers, its roles (a
+    2-step run of it is in docs/CONCEPTS.md, "The embedded default")."""
     from loraplace.placement.planner import ModelPlanner
 
     planner = ModelPlanner.for_model("gemma3-270m")

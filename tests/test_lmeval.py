@@ -116,3 +116,13 @@ def test_an_unknown_task_is_one_line(piqa_study, capsys):
     code = main(["evaluate", str(piqa_study), "--lm-eval", "no_such_task_anywhere"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "no_such_task_anywhere" in err
+
+
+@needs_lm_eval
+def test_the_report_shows_lm_evals_scores(piqa_study):
+    from loraplace.report.build import write_report
+
+    evaluate_study(piqa_study, ["piqa"], device="cpu")
+    report = (write_report(piqa_study) / "report.md").read_text()
+    section = report.split("lm-evaluation-harness", 1)[1]
+    assert "base model" in section and "24 / 24" in section and r"acc\_norm" in section

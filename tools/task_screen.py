@@ -325,8 +325,9 @@ def main() -> None:
     if args.report is not None:
         write_report(args.out, args.report, args.seeds, args)
         return
-    for model_name in args.models.split(","):
-        for task in args.tasks.split(","):
+    # Task by task, both models each, so the cheapest tasks are decided first.
+    for task in args.tasks.split(","):
+        for model_name in args.models.split(","):
             screen_cell(model_name, task, args.out, args)
     _log("screen complete")
 

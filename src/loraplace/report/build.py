@@ -25,6 +25,7 @@ from loraplace.report import figures
 from loraplace.report import tables as report_tables
 from loraplace.report.analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS, Analysis, analyse
 from loraplace.report.findings import findings, training_lines
+from loraplace.report.lmeval_table import lm_eval_table
 from loraplace.report.load import Study, first, load_study
 from loraplace.report.placement_map import PlacementRow, plot_placement
 from loraplace.report.render import Document, code, render_html, render_markdown, render_tex
@@ -241,6 +242,7 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
         t.summary_table(study, a),
         t.comparison_table(study, a),
         t.accuracy_table(study, a),
+        lm_eval_table(study),
         t.speed_table(study, a),
         s.budget_table(report.budget),
         s.budget_pairs_table(report.budget),
