@@ -126,3 +126,30 @@ def test_the_report_shows_lm_evals_scores(piqa_study):
     report = (write_report(piqa_study) / "report.md").read_text()
     section = report.split("lm-evaluation-harness", 1)[1]
     assert "base model" in section and "24 / 24" in section and r"acc\_norm" in section
+
+
+@needs_lm_eval
+def test_a_users_own_task_yaml_runs_and_earlier_scores_are_kept(piqa_study, tmp_path):
+    problems = tmp_path / "mine.jsonl"
+    problems.write_text(
+        "".join(
+            json.dumps({"q": f"{a} plus {a} is", "options": [str(2 * a), str(a)], "gold": 0}) + "\n"
+            for a in range(1, 5)
+        )
+    )
+    (tmp_path / "my_sums.yaml").write_text(
+        "task: my_sums\ndataset_path: json\n"
+        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(problems))}}}}}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{options}}"\ndoc_to_target: gold\n'
+        "metric_list: [{metric: acc, aggregation: mean, higher_is_better: true}]\n"
+    )
+    evaluate_study(piqa_study, ["piqa"], device="cpu")
+    found = evaluate_study(piqa_study, ["my_sums"], include=[tmp_path], device="cpu")
+    stored = json.loads((piqa_study / "runs/all--seed0/lm_eval.json").read_text())
+    assert {"piqa", "my_sums"} <= set(stored["tasks"])  # (and asdiv, if scored before)
+    assert (
+        stored["tasks"]["my_sums"]["problems"] == 4
+        and "agreement" not in stored["tasks"]["my_sums"]
+    )
+    assert found["base"]["tasks"]["my_sums"]["metrics"]["acc"] in (0, 0.25, 0.5, 0.75, 1)

@@ -362,10 +362,7 @@ def evaluate_study(
     with tempfile.TemporaryDirectory(prefix="loraplace-lmeval-") as scratch:
         prepared = prepare_tasks(tasks, config.data, Path(scratch), limit=limit)
         manager = task_manager(prepared, [Path(scratch), *map(Path, include)])
-        key = {
-            "tasks": {t.name: t.data_sha256 for t in prepared},
-            "limit": limit,
-        }
+        keys = {t.name: {"data_sha256": t.data_sha256, "limit": limit} for t in prepared}
         runs = []
         for run_key in config.run_keys():
             run_dir = run_key.run_dir(study_dir)
@@ -389,8 +386,10 @@ def evaluate_study(
             for label, run_dir in runs
         ]
         for label, out, answers, run_dir in targets:
-            stored = store.read_json(out)
-            if not force and stored is not None and stored.get("key") == key:
+            stored = store.read_json(out) or {"tasks": {}, "samples": {}}
+            done = stored.get("tasks", {})
+            todo = [t for t in prepared if force or done.get(t.name, {}).get("key") != keys[t.name]]
+            if not todo:
                 print(f"{label}: already scored ({out.name}); --force scores it again")
                 written[label] = stored
                 continue
@@ -404,14 +403,22 @@ def evaluate_study(
             found = lm_eval_scores(
                 model,
                 tokenizer,
-                prepared,
+                todo,
                 manager,
                 limit=limit,
                 batch_size=batch_size,
                 device=device,
             )
-            found = {"key": key, **_with_agreement(found, prepared, study_task, answers)}
-            store.write_json_atomic(out, found)
+            found = _with_agreement(found, todo, study_task, answers)
+            for name in found["tasks"]:
+                found["tasks"][name]["key"] = keys[name]
+            # Scores of other tasks, from earlier calls, are kept beside the new ones.
+            merged = {
+                "lm_eval": found["lm_eval"],
+                "tasks": {**done, **found["tasks"]},
+                "samples": {**stored.get("samples", {}), **found["samples"]},
+            }
+            store.write_json_atomic(out, merged)
             print(_summary(label, found), flush=True)
-            written[label] = found
+            written[label] = merged
     return written
