@@ -197,3 +197,77 @@ def test_a_run_on_a_task_records_every_eval_problems_answer(piqa_bench, tmp_path
         assert all(math.isfinite(x) and x < 0 for x in row["loglik"])
     # The eval loss is the loss on the correct answers (the completions), as for any data.
     assert math.isfinite(result["eval_loss"])
+
+
+# --- the context once per problem ------------------------------------------------------------
+
+
+def _adapted(name: str, tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from test_gemma3 import tiny_gemma3
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    if name == "gemma3":  # a 4-token sliding window, shorter than the contexts
+        base = tiny_gemma3(len(tokenizer))
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        base = AutoModelForCausalLM.from_config(config)
+    # Random B as well as A, so the adapter changes every score.
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"])
+    config.init_lora_weights = False
+    return get_peft_model(base, config).eval()
+
+
+MIXED = [
+    choice_example(
+        "Question: how many eggs does she sell at the market?\nAnswer:",
+        ["12", "a dozen and one", "x"],
+        0,
+    ),
+    choice_example("Tweet: ok\nSentiment:", ["negative", "neutral", "positive"], 1),
+    choice_example("Q: 2+2 =", ["4", "five hundred and twelve"], 0),
+]
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_the_context_once_per_problem_gives_the_same_losses(name, tiny_tokenizer):
+    from loraplace.training.choices import shared_context_pass
+
+    model = _adapted(name, tiny_tokenizer)
+    features = choice_features(MIXED * 3, tiny_tokenizer)
+    collator = DynamicPaddingCollator(tiny_tokenizer)
+    full = eval_losses(model, features, collator, batch_size=4, device="cpu")
+    shared = shared_context_pass(model, features, collator, batch_size=4, device="cpu")
+    assert [(r.example, r.tokens) for r in full] == [(e, n) for e, n, _ in shared]
+    assert [s for _, _, s in shared] == pytest.approx([r.loss_sum for r in full], abs=1e-4)
+
+
+def test_the_context_is_shared_where_it_outweighs_the_answers(tiny_model, tiny_tokenizer):
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return eval_losses(*args, **kwargs)
+
+    collator = DynamicPaddingCollator(tiny_tokenizer)
+    options = dict(loss_pass=counting, batch_size=4, device="cpu")
+    short = [
+        choice_example(
+            "Tweet: a long tweet about " + "flights " * 20 + "\nSentiment:",
+            ["negative", "positive"],
+            0,
+        )
+    ]
+    long = [choice_example("Q:", ["a long answer " * 10, "another long answer " * 10], 1)]
+    score_task(tiny_model, tiny_tokenizer, short, collator, **options)
+    assert calls == []  # the shared pass scored the short answers
+    score_task(tiny_model, tiny_tokenizer, long, collator, **options)
+    assert calls == [2]

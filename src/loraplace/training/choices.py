@@ -23,6 +23,8 @@ A task's accuracy covers every problem of the eval split; each problem's outcome
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -46,6 +48,7 @@ __all__ = [
     "generate_numbers",
     "score_choices",
     "score_task",
+    "shared_context_pass",
     "task_problems",
 ]
 
@@ -145,6 +148,105 @@ def score_choices(
             }
         )
     return rows
+
+
+def _signature_has(model, argument: str) -> bool:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(inner.forward).parameters
+
+
+def _split(feature: dict) -> tuple[list[int], list[int]]:
+    """A choice feature's context and continuation tokens (where the labels start)."""
+    labels = feature["labels"]
+    start = next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)
+    return list(feature["input_ids"][:start]), list(feature["input_ids"][start:])
+
+
+@torch.inference_mode()
+def shared_context_pass(
+    model,
+    features: Sequence[dict],
+    collator,
+    *,
+    batch_size: int,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+) -> list[tuple[int, int, float]]:
+    """Each choice feature's summed loss, its problem's context run once for all its choices.
+
+    The same numbers as the loss pass of eval loss (:data:`LossPass`) on
+    :func:`choice_features`, for a fraction of its cost: a problem's context is the longest part
+    of each of its choice sequences, and here it runs once. Contexts are left-padded into a batch
+    (positions counted from each row's first token) and run with the key/value cache; each
+    choice's first token is scored from the context's last logits, and its further tokens are
+    run on a copy of the cache. Features of one problem whose contexts differ are run alone.
+
+    Returns:
+        ``(example, scored tokens, summed cross-entropy)`` per feature, in order.
+    """
+    pad = collator.pad_token_id
+    groups: dict[tuple, list[int]] = {}
+    split = [_split(f) for f in features]
+    for i, feature in enumerate(features):
+        groups.setdefault((feature["example"], tuple(split[i][0])), []).append(i)
+    order = sorted(groups.values(), key=lambda g: -len(split[g[0]][0]))
+    keep = {"logits_to_keep": 1} if _signature_has(model, "logits_to_keep") else {}
+    out: list[tuple[int, int, float] | None] = [None] * len(features)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            contexts = [split[g[0]][0] for g in batch]
+            width = max(len(c) for c in contexts)
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+            mask = mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with autocast_for(device, dtype):
+                result = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **keep,
+                )
+            first = torch.log_softmax(result.logits[:, -1].float(), -1)
+            pairs = [(row, i) for row, group in enumerate(batch) for i in group]
+            sums = {i: float(first[row, split[i][1][0]]) for row, i in pairs}
+            rest = [(row, i) for row, i in pairs if len(split[i][1]) > 1]
+            for chunk_start in range(0, len(rest), batch_size):
+                chunk = rest[chunk_start : chunk_start + batch_size]
+                more = max(len(split[i][1]) - 1 for _, i in chunk)
+                tails = [split[i][1][:-1] for _, i in chunk]
+                rows = torch.tensor([row for row, _ in chunk], device=device)
+                cache = copy.deepcopy(result.past_key_values)
+                cache.reorder_cache(rows)
+                tail_mask = torch.tensor(
+                    [[1] * len(t) + [0] * (more - len(t)) for t in tails], device=device
+                )
+                with autocast_for(device, dtype):
+                    logits = model(
+                        input_ids=torch.tensor(
+                            [t + [pad] * (more - len(t)) for t in tails], device=device
+                        ),
+                        attention_mask=torch.cat([mask[rows], tail_mask], dim=1),
+                        position_ids=mask[rows].sum(-1, keepdim=True)
+                        + torch.arange(more, device=device),
+                        past_key_values=cache,
+                        use_cache=True,
+                    ).logits.float()
+                norm = torch.logsumexp(logits, -1)
+                for k, (_, i) in enumerate(chunk):
+                    targets = torch.tensor(split[i][1][1:], device=device)
+                    n = len(targets)
+                    picked = logits[k, torch.arange(n, device=device), targets]
+                    sums[i] += float((picked - norm[k, :n]).double().sum())
+            for _, i in pairs:
+                out[i] = (int(features[i]["example"]), len(split[i][1]), -sums[i])
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
 
 
 _FIRST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -303,7 +405,9 @@ def score_task(
         examples: the split; problems of other kinds are skipped, and rows keep each problem's
             index in the split.
         collator: pads a batch of choice features.
-        loss_pass: the per-example loss pass (:data:`LossPass`), the one eval loss uses.
+        loss_pass: the per-example loss pass (:data:`LossPass`), the one eval loss uses; where
+            the contexts repeated over the choices outweigh the answers,
+            :func:`shared_context_pass` (the same numbers, to float rounding) is used instead.
         batch_size, device, dtype: of the loss pass and of generation.
         progress: optional tqdm-like bar, advanced by problems.
 
@@ -313,9 +417,17 @@ def score_task(
     choices = [(i, e) for i, e in enumerate(examples) if isinstance(e, ChoiceExample)]
     numbers = [(i, e) for i, e in enumerate(examples) if isinstance(e, NumberExample)]
     if choices:
+        features = choice_features([e for _, e in choices], tokenizer)
+        # The context once per problem pays where it is the longer part (a tweet or a passage
+        # before a one-word answer); before a long answer (PIQA's solutions) it costs more.
+        repeated = sum(len(_split(f)[0]) for f in features) - sum(
+            len(_split(f)[0]) for f in features if f["choice"] == 0
+        )
+        answers = sum(len(_split(f)[1]) for f in features)
+        chosen = shared_context_pass if repeated > answers else loss_pass
 
         def losses(features: list[dict]):
-            return loss_pass(
+            return chosen(
                 model, features, collator, batch_size=batch_size, device=device, dtype=dtype
             )
 
