@@ -21,7 +21,10 @@ from loraplace.training.evaluate import (
     eval_accuracy,
     eval_loss,
     eval_losses,
+    scored_token_losses,
+    scoring_head,
 )
+from loraplace.training.precision import store_frozen
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,6 +89,38 @@ def test_eval_loss_is_the_same_with_and_without_the_logits_mask(setup):
     full, n_full = eval_loss(fallback, features, collator, batch_size=4, device="cpu")
     assert n_masked == n_full == sum(sum(t != -100 for t in f["labels"][1:]) for f in features)
     assert masked == pytest.approx(full, rel=1e-6)
+
+
+def test_token_losses_through_the_chunked_head_are_the_models_own(setup, monkeypatch):
+    import loraplace.training.evaluate as evaluate
+
+    model, tokenizer, _, features = setup
+    batch = DynamicPaddingCollator(tokenizer)(features[:6])
+    labels = batch.pop("labels")
+    head = scoring_head(model, device="cpu", dtype=torch.float32)
+    assert head is not None and head.head is model.lm_head
+    monkeypatch.setattr(evaluate, "HEAD_CHUNK", 7)  # several chunks, the last one short
+    with torch.no_grad():
+        own = scored_token_losses(
+            model, None, batch, labels, dtype=torch.float32, mask_logits=False
+        )
+        split = scored_token_losses(
+            model, head, batch, labels, dtype=torch.float32, mask_logits=True
+        )
+    assert own.shape == split.shape == (int((labels[:, 1:] != -100).sum()),)
+    assert torch.allclose(split, own, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_eval_is_close_to_the_fp32_one(setup):
+    import copy
+
+    model, tokenizer, _, features = setup
+    collator = DynamicPaddingCollator(tokenizer)
+    bf16 = copy.deepcopy(model)
+    store_frozen(bf16, torch.bfloat16)
+    full, _ = eval_loss(model, features, collator, batch_size=4, device="cpu")
+    half, _ = eval_loss(bf16, features, collator, batch_size=4, device="cpu", dtype=torch.bfloat16)
+    assert half == pytest.approx(full, rel=0.01) and half != full
 
 
 class _Bar:

@@ -164,7 +164,9 @@ def test_per_example_eval_losses_add_up_to_the_eval_loss(bench, attn_run):
 
 
 def test_non_finite_loss_fails_the_run_with_nan_loss(bench, tmp_path):
-    absurd = TrainingSettings(steps=3, batch_size=4, learning_rate=1e30, warmup_steps=0)
+    absurd = TrainingSettings(steps=3, batch_size=4, warmup_steps=0)
+    # Validation refuses such a rate; set after it, it stands for any divergence.
+    absurd.learning_rate = 1e30
     result = _run(bench, "all", 0, tmp_path / "nan", training=absurd)
     assert result["status"] == "failed"
     assert result["error"] == "nan_loss"

@@ -18,7 +18,8 @@ from loraplace.data.batching import (
     tokenize_examples,
 )
 from loraplace.data.sources import DataConfig, load_dataset_split
-from loraplace.training.loop import batch_order, lr_factor, train_adapter
+from loraplace.training.evaluate import head_loss, scoring_head
+from loraplace.training.loop import batch_order, batches_from, lr_factor, train_adapter
 
 SETTINGS = dict(
     batch_size=4,
@@ -113,6 +114,55 @@ def test_batch_order_is_full_length_grouped_batches_epoch_after_epoch():
     assert batch_order(lengths, 4, 7, 6) != order
     with pytest.raises(ValueError, match="full batch"):
         batch_order(lengths[:3], 4, 1, 0)
+
+
+def _eager_order(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """The batch order as loraplace built it up to 0.x, whole: the saved training states and
+    the committed results were trained on it."""
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps:
+        batches += [
+            b
+            for b in length_grouped_batches(lengths, batch_size, seed + epoch)
+            if len(b) == batch_size
+        ]
+        epoch += 1
+    return batches[:steps]
+
+
+@pytest.mark.parametrize("n,batch_size", [(10, 4), (256, 4), (37, 5), (64, 16), (300, 2), (4, 4)])
+def test_the_lazy_batch_order_is_the_eager_one_for_every_seed(n, batch_size):
+    import itertools
+
+    lengths = [(13 * i) % 97 + 1 for i in range(n)]
+    for seed in (0, 1, 2, 7, 123):
+        eager = _eager_order(lengths, batch_size, 200, seed)
+        assert list(itertools.islice(batches_from(lengths, batch_size, seed), 200)) == eager
+        assert batch_order(lengths, batch_size, 200, seed) == eager
+        for start in (0, 1, 63, 64, 65, 150):  # a resumed run goes on at its step
+            lazy = itertools.islice(batches_from(lengths, batch_size, seed, start), 200 - start)
+            assert list(lazy) == eager[start:]
+
+
+def test_the_batch_order_holds_one_epoch_whatever_the_steps():
+    import itertools
+    import tracemalloc
+
+    lengths = [(13 * i) % 97 + 1 for i in range(256)]
+    full = len([b for b in length_grouped_batches(lengths, 4, 0) if len(b) == 4])
+    tracemalloc.start()
+    order = batches_from(lengths, 4, 0)
+    for _ in itertools.islice(order, 20 * full):  # 20 epochs
+        pass
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 200_000  # one epoch of 64 batches, not 20
+    # A state saved at step 10**12 goes on without drawing the epochs before it.
+    start = 10**12
+    epoch, skip = divmod(start, full)
+    expected = [b for b in length_grouped_batches(lengths, 4, epoch) if len(b) == 4][skip]
+    assert next(batches_from(lengths, 4, 0, start)) == expected
 
 
 @pytest.mark.parametrize("steps,warmup", [(10, 2), (5, 0), (3, 5), (1, 1)])
@@ -240,10 +290,12 @@ def test_a_nonfinite_loss_is_reported_and_stops_training_without_an_update(setup
     calls = []
 
     def poison(module, args, output):
+        if not module.training:  # the check that the model splits into backbone and head
+            return output
         calls.append(1)
         return output * float("nan") if len(calls) == 3 else output
 
-    handle = model.get_base_model().lm_head.register_forward_hook(poison)
+    handle = model.get_base_model().model.norm.register_forward_hook(poison)
     bar = _Bar()
     result, records = train(model, features, steps=6, progress=bar)
     handle.remove()
@@ -266,11 +318,82 @@ def test_no_key_value_cache_is_built_in_training(setup):
     model = adapted(base)
     caches = []
     handle = model.get_base_model().model.register_forward_hook(
-        lambda module, args, out: caches.append(out.past_key_values)
+        lambda module, args, out: caches.append(out.past_key_values) if module.training else None
     )
     train(model, features, steps=1)
     handle.remove()
     assert caches == [None]
+
+
+def test_the_chunked_head_loss_and_its_gradient_are_the_full_logits_ones():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    full = F.cross_entropy(head(hidden), targets, reduction="sum")
+    (expected,) = torch.autograd.grad(full, hidden)
+    for chunk in (1, 5, 23, 256):
+        rows = hidden.detach().clone().requires_grad_(True)
+        loss = head_loss(rows, targets, head, torch.float32, chunk=chunk)
+        (0.5 * loss).backward()
+        assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+        assert torch.allclose(rows.grad, 0.5 * expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert head_loss(hidden, targets, head, torch.float32, chunk=4).item() == pytest.approx(
+            full.item(), rel=1e-5
+        )
+
+
+def test_training_through_the_chunked_head_is_training_on_the_full_logits(setup, monkeypatch):
+    # The loss is taken from the backbone's hidden states at the scored positions, through the
+    # LM head a chunk at a time; the model's own logits (all positions) are never computed.
+    import loraplace.training.loop as loop
+    from loraplace.training.evaluate import HEAD_CHUNK, completion_positions
+
+    base, tokenizer, features = setup
+    model = adapted(base)
+    assert scoring_head(model, device="cpu", dtype=torch.float32) is not None
+    heads = []
+    handle = model.get_base_model().lm_head.register_forward_hook(
+        lambda module, args, out: heads.append(tuple(out.shape)) if module.training else None
+    )
+    _, chunked = train(model, features, steps=4)
+    handle.remove()
+    collate = DynamicPaddingCollator(tokenizer)
+    batches = batch_order([len(f["input_ids"]) for f in features], 4, 4, 3)
+    scored = [
+        int(completion_positions(collate([features[i] for i in b])["labels"]).sum())
+        for b in batches
+    ]
+    assert max(scored) <= HEAD_CHUNK  # so one chunk per step, of the scored rows only
+    assert [rows for rows, _ in heads] == scored
+    monkeypatch.setattr(loop, "scoring_head", lambda *args, **kwargs: None)
+    _, full = train(adapted(base), features, steps=4)
+    assert [r["loss"] for r in chunked] == pytest.approx([r["loss"] for r in full], rel=1e-5)
+    norms = [r["grad_norm"] for r in chunked]
+    assert norms == pytest.approx([r["grad_norm"] for r in full], rel=1e-5)
+
+
+def test_a_head_that_is_not_the_whole_story_is_not_split(setup):
+    # A model whose forward changes the head's logits (a logit scale, soft-capping) keeps its
+    # own logits.
+    base, _, _ = setup
+    model = adapted(base)
+    inner = model.get_base_model()
+    original = type(inner).forward
+
+    class Capped(type(inner)):
+        def forward(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            out.logits = 2 * out.logits
+            return out
+
+    capped = copy.copy(inner)
+    capped.__class__ = Capped
+    assert scoring_head(inner, device="cpu", dtype=torch.float32) is not None
+    assert scoring_head(capped, device="cpu", dtype=torch.float32) is None
 
 
 def test_a_model_without_trainable_parameters_is_refused(setup):

@@ -40,6 +40,7 @@ __all__ = [
     "EvalSettings",
     "ReportSettings",
     "SCALINGS",
+    "PRECISIONS",
     "MAX_SEED",
     "MAX_STEPS",
     "MAX_EXAMPLES",
@@ -85,6 +86,8 @@ MAX_FACTOR = 1.0e6
 MAX_PARAMS = 10**13
 #: LoRA scaling conventions (see docs/CONCEPTS.md, "LoRA scaling").
 SCALINGS = ("standard", "rslora")
+#: Numeric precisions of a run (see docs/CONCEPTS.md, "Precision").
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def is_int(value) -> bool:
@@ -265,8 +268,8 @@ class LoraSettings:
     """Dropout on the LoRA input. Off by default: short runs have little to regularise, and
     on a CPU the dropout masks cost about 30% of training time."""
     scaling: str = "standard"
-    """LoRA scaling convention: standard (alpha / r) or rslora (alpha / sqrt(r), rank-
-    stabilised; arXiv 2312.03732)."""
+    """LoRA scaling convention: standard (alpha / r) or rslora (alpha / sqrt(r), the
+    rank-stabilised scaling of arXiv 2312.03732)."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
@@ -307,6 +310,11 @@ class TrainingSettings:
     lowest validation loss. Unset: every run uses learning_rate."""
     selection_seeds: list[int] | None = field(default=None, metadata={SCOPE: STUDY_ONLY})
     """Seeds of the learning-rate selection stage (default: the first seed)."""
+    precision: str = "fp32"
+    """fp32, bf16 (frozen base weights in bf16, forward under bf16 autocast; adapters,
+    optimizer and losses in fp32) or auto (bf16 where the CPU has AMX-BF16 or AVX512-BF16 or
+    the GPU has bf16, else fp32). A study saves the precision auto chose, and never mixes
+    two."""
 
     def __post_init__(self) -> None:
         if self.seeds is None:
@@ -325,6 +333,7 @@ class TrainingSettings:
                 "warmup_steps": int_in(0, MAX_STEPS),
                 "weight_decay": number_in(0, MAX_FACTOR, low_open=False),
                 "max_grad_norm": number_in(0, MAX_FACTOR),
+                "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             },
         )
         seed_problem = _seed_list_problem("training.seeds", self.seeds, required=True)

@@ -296,8 +296,15 @@ def _placement_agreement(results) -> str:
 
 def cmd_report(args) -> int:
     # Deferred: importing it loads matplotlib, scipy.
+    from loraplace.report.atlas import write_atlas
     from loraplace.report.build import write_report
 
+    if args.atlas is not None:
+        out = write_atlas([args.study_dir, *args.more], args.atlas)
+        print(f"atlas written to {out / 'atlas.md'} and {out / 'atlas.png'}")
+        return 0
+    if args.more:
+        raise LoraplaceError("several study directories make an atlas: add --atlas OUT")
     report_dir = write_report(args.study_dir)
     print(f"report written to {report_dir}")
     return 0
@@ -456,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write the report of a study directory")
     p.add_argument("study_dir", help="a study directory (holding study.yaml and runs/)")
+    p.add_argument(
+        "more",
+        nargs="*",
+        metavar="STUDY_DIR",
+        help="with --atlas: further study directories, one per (model, task) cell",
+    )
+    p.add_argument(
+        "--atlas",
+        metavar="OUT",
+        default=None,
+        help="write one table and one heatmap across the studies (atlas.md, atlas.png) into "
+        "OUT: each placement against the reference per model and task; the studies must "
+        "differ in nothing but model and task",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="copy a study's records without its weights (to commit)")

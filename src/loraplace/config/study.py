@@ -140,6 +140,10 @@ class StudyConfig:
         out.pop("autos")
         if not out["reuse"]:
             out.pop("reuse")  # study.yaml files from before reuse existed stay the same
+        if out["training"]["precision"] == "fp32":
+            # Studies saved before precision existed ran in fp32: their study.yaml, without
+            # the key, stays the same study.
+            out["training"].pop("precision")
         return out
 
     @property
@@ -341,6 +345,13 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
         reuse=list(raw.get("reuse", [])),
         **sections,
     )
+    if config.training.precision == "auto":
+        # Deferred: importing it loads torch.
+        from loraplace.training.precision import resolve_precision
+
+        # Resolved once, here: study.yaml saves what auto chose on this machine, so a study
+        # resumed elsewhere never mixes precisions.
+        config.training.precision = resolve_precision("auto", config.device)
     if check_model:
         config.plans = plans
     return config

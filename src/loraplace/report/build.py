@@ -229,10 +229,15 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
     ref = code(study.reference) if study.reference else "none"
     ranks = f" at ranks {', '.join(map(str, study.config.ranks))}" if study.sweep else ""
     strategies = list(dict.fromkeys(c.name for c in study.conditions))
+    precision = (
+        study.config.training.precision if study.config else first(study.records, "precision")
+    )
+    # Only a precision other than fp32 is stated: reports of fp32 studies stay as they were.
+    computed = f", computed in {precision}" if precision not in (None, "fp32") else ""
     subtitle = (
         f"Model {code(model or '?')}, {len(strategies)} strategies{ranks}, seeds "
         f"{', '.join(map(str, seeds)) or 'none'}, "
-        f"reference {ref}."
+        f"reference {ref}{computed}."
     )
     note = study.report_settings.note
     if note:

@@ -56,11 +56,13 @@ class Estimate:
     """How the rate was measured."""
 
 
-def machine_matmul_rate(seconds: float = 2.0, size: int = 1024) -> float:
-    """This machine's fp32 matmul rate now, in GFLOP/s (median over ``seconds``)."""
+def machine_matmul_rate(seconds: float = 2.0, size: int = 1024, precision: str = "fp32") -> float:
+    """This machine's matmul rate now in ``precision`` (fp32 or bf16), in GFLOP/s (median over
+    ``seconds``)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     times = []
     deadline = time.perf_counter() + seconds
@@ -179,6 +181,10 @@ def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) ->
 
     finished = collect_results(config, out) if out.is_dir() else []
     found = estimate_study(config, todo, bench, finished, out)
+    precision = config.training.precision
+    bf16 = precision == "bf16"
+    matmul = machine_matmul_rate(precision="bf16") if bf16 else machine_matmul_rate()
+    computed = " in bf16" if bf16 else ""
     if found.at_once > 1.05:
         when = (
             f"about {format_duration(found.seconds / found.at_once)} at the {found.at_once:.1f} "
@@ -189,8 +195,8 @@ def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) ->
     print(
         f"estimate: {found.runs} runs to go, {found.train_tokens / 1e6:.2f}M training and "
         f"{found.eval_tokens / 1e6:.2f}M eval tokens; at {found.rate:.0f} tokens/s of "
-        f"all-layer training per run ({found.source}; fp32 matmul "
-        f"{machine_matmul_rate():.0f} GFLOP/s now), {when}",
+        f"all-layer training per run{computed} ({found.source}; {precision} matmul "
+        f"{matmul:.0f} GFLOP/s now), {when}",
         flush=True,
     )
 

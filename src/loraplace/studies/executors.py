@@ -289,7 +289,7 @@ _WORKER: dict = {}
 
 def _ray_task(config: StudyConfig, out: str, job, token: str) -> dict:
     """Body of one Ray task: reuse this worker's workbench when the study is the same."""
-    key = repr((config.model, config.data, config.device))
+    key = repr((config.model, config.data, config.device, config.training.precision))
     if key not in _WORKER:
         _WORKER.clear()
         bench = load_bench(config)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from loraplace.data.batching import IGNORE_INDEX, DynamicPaddingCollator, encode_prompt
@@ -27,7 +28,9 @@ from loraplace.training.precision import autocast_for
 from loraplace.training.prefix import PrefixCache
 
 __all__ = [
+    "HEAD_CHUNK",
     "ExampleLoss",
+    "ScoringHead",
     "answer_complete",
     "eval_loss",
     "eval_losses",
@@ -38,7 +41,15 @@ __all__ = [
     "completion_logits",
     "completion_loss",
     "accepts_logits_mask",
+    "head_loss",
+    "head_token_losses",
+    "scored_token_losses",
+    "scoring_head",
 ]
+
+#: Rows of logits the LM head computes at a time (:func:`head_loss`): with SmolLM2's 49,152-token
+#: vocabulary, 256 rows of float32 logits are 50 MB, whatever the batch.
+HEAD_CHUNK = 256
 
 
 def completion_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -110,6 +121,191 @@ def forward_scored(model, inputs: dict, labels: torch.Tensor, *, mask_logits: bo
         # A scoring pass never reuses keys and values; a cache would only copy them per layer.
         options["use_cache"] = False
     return completion_logits(model(**inputs, **options).logits, keep)
+
+
+class ScoringHead(NamedTuple):
+    """A causal LM split into the module that makes its last hidden states and its LM head."""
+
+    backbone: nn.Module
+    """The decoder stack: ``backbone(input_ids, attention_mask).last_hidden_state``."""
+    head: nn.Linear
+    """The frozen LM head: the model's logits are ``head(last_hidden_state)``, nothing more."""
+
+
+def scoring_head(model, *, device: str, dtype: torch.dtype) -> ScoringHead | None:
+    """The model's backbone and LM head, where its logits are exactly the head's output.
+
+    Checked, not assumed: four tokens go through the whole model and through the backbone and
+    head, in evaluation mode and ``dtype``, and the two sets of logits must agree. The answer
+    is kept for the head's weight tensor, the model's class and ``dtype``: every run of a
+    study shares its base's frozen head, so the check runs once per process, not once per run.
+    A model whose forward does more after the head (soft-capping, a logit scale) or whose head
+    is trained (LoRA on ``lm_head``) gets ``None``: its callers then ask the model for its
+    logits.
+
+    Args:
+        model: A causal LM, PEFT-wrapped or not.
+        device: Where the model is.
+        dtype: The run's compute dtype (bf16 autocast when bf16).
+
+    Returns:
+        A :class:`ScoringHead`, or ``None``.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    backbone = getattr(inner, "base_model", inner)
+    if type(head) is not nn.Linear or backbone is inner:
+        return None
+    if any(p.requires_grad for p in head.parameters()):
+        return None
+    known = _SPLIT_CHECKED.setdefault(head.weight, {})
+    key = (type(inner), dtype)
+    if key not in known:
+        known[key] = _splits(model, backbone, head, device, dtype)
+    return ScoringHead(backbone, head) if known[key] else None
+
+
+#: Head weight -> {(model class, dtype): whether the logits are the head's output}.
+_SPLIT_CHECKED = WeakIdKeyDictionary()
+
+
+def _splits(model, backbone, head: nn.Linear, device: str, dtype: torch.dtype) -> bool:
+    ids = (torch.arange(4, device=device) % head.out_features)[None]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast_for(device, dtype):
+            whole = model(input_ids=ids, **_no_cache(model)).logits.float()
+            hidden = backbone(input_ids=ids, **_no_cache(backbone)).last_hidden_state
+            split = _head_logits(hidden[0], head, dtype)
+    except Exception:  # noqa: BLE001 - any failure means "ask the model for its logits"
+        return False
+    finally:
+        model.train(was_training)
+    return split.shape == whole[0].shape and torch.allclose(split, whole[0], rtol=1e-3, atol=1e-3)
+
+
+def _no_cache(module) -> dict:
+    # A scoring pass never reuses keys and values; a cache would only copy them per layer.
+    return {"use_cache": False} if _accepts(module, "use_cache") else {}
+
+
+def _head_logits(hidden: torch.Tensor, head: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """float32 logits of ``hidden`` rows: the head module itself (its hooks run) under the
+    run's autocast."""
+    with autocast_for(hidden.device.type, dtype):
+        return head(hidden).float()
+
+
+def scored_hidden(head: ScoringHead, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """``(scored positions, hidden)``: the backbone's last hidden states where a loss is taken,
+    rows in row-major order of :func:`completion_positions`."""
+    keep = completion_positions(labels)
+    return head.backbone(**inputs, **_no_cache(head.backbone)).last_hidden_state[keep]
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of the LM head's logits, ``chunk`` rows at a time.
+
+    The logits never exist for more than one chunk: the gradient with respect to the hidden
+    states, ``(softmax - onehot) @ W``, is computed chunk by chunk in the forward pass and kept
+    (``rows x hidden``, small), so the backward pass only scales it. The head's weights are
+    frozen, so they need no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, head, targets, dtype, chunk):
+        grads = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = _head_logits(hidden[rows], head, dtype)
+            lse = torch.logsumexp(logits, dim=-1)
+            wanted = targets[rows]
+            total += (lse - logits.gather(1, wanted[:, None]).squeeze(1)).sum()
+            if grads is not None:
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(len(wanted), device=probs.device), wanted] -= 1.0
+                with torch.autocast(hidden.device.type, enabled=False):
+                    grads[rows] = (probs.to(dtype) @ head.weight.to(dtype)).to(grads.dtype)
+        ctx.save_for_backward(grads)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grads,) = ctx.saved_tensors
+        return grads * grad_total, None, None, None, None
+
+
+def head_loss(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Linear,
+    dtype: torch.dtype,
+    *,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Summed next-token cross-entropy of the scored rows, computed ``chunk`` rows at a time.
+
+    The loss and its gradient equal ``F.cross_entropy(head(hidden).float(), targets,
+    reduction="sum")`` (in float32 to summation order), with the head's matmul in ``dtype``;
+    memory grows with ``chunk x vocabulary``, not with the batch's scored tokens.
+
+    Args:
+        hidden: ``(scored positions, hidden)`` states (:func:`scored_hidden`).
+        targets: The next token at each of those positions.
+        head: The frozen LM head.
+        dtype: The matmul's dtype (the run's compute dtype).
+        chunk: Rows per matmul (default :data:`HEAD_CHUNK`).
+
+    Returns:
+        The float32 scalar sum; divide by the token count for the mean.
+    """
+    return _ChunkedHeadLoss.apply(hidden, head, targets, dtype, chunk or HEAD_CHUNK)
+
+
+@torch.no_grad()
+def head_token_losses(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Linear,
+    dtype: torch.dtype,
+    *,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """float32 cross-entropy of each scored row, ``chunk`` rows at a time (evaluation; default
+    :data:`HEAD_CHUNK`)."""
+    chunk = chunk or HEAD_CHUNK
+    losses = [
+        F.cross_entropy(
+            _head_logits(hidden[start : start + chunk], head, dtype),
+            targets[start : start + chunk],
+            reduction="none",
+        )
+        for start in range(0, hidden.shape[0], chunk)
+    ]
+    return torch.cat(losses) if losses else hidden.new_zeros((0,), dtype=torch.float32)
+
+
+def scored_token_losses(
+    model,
+    head: ScoringHead | None,
+    inputs: dict,
+    labels: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    mask_logits: bool,
+) -> torch.Tensor:
+    """float32 next-token loss at each scored position of a batch (row-major order of
+    :func:`completion_positions`): through ``head`` where there is one, else the model's own
+    logits at the scored positions (:func:`forward_scored`). Runs under the caller's autocast.
+    """
+    keep = completion_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]
+    if head is not None:
+        return head_token_losses(scored_hidden(head, inputs, labels), targets, head.head, dtype)
+    logits = forward_scored(model, inputs, labels, mask_logits=mask_logits)
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 class _MergedLinear(nn.Module):
@@ -205,9 +401,10 @@ def eval_losses(
     """Per-example summed cross-entropy over the scored tokens of ``features``.
 
     Forward passes only, in inference mode, over length-sorted batches (little padding), with
-    logits computed only at scored positions and LoRA adapters merged into copies of their
-    weights (:func:`merged_adapters`). Token losses are computed in float32 and summed per
-    example in float64.
+    logits computed only at scored positions, :data:`HEAD_CHUNK` rows at a time
+    (:func:`scored_token_losses`), and LoRA adapters merged into copies of their weights
+    (:func:`merged_adapters`). Token losses are computed in float32 and summed per example in
+    float64.
 
     Args:
         model: A causal LM (PEFT-wrapped or not); its train/eval mode is restored afterwards.
@@ -215,7 +412,7 @@ def eval_losses(
         collator: Pads a batch (right padding).
         batch_size: Sequences per forward pass.
         device: Where the model is.
-        dtype: Compute dtype (bf16 turns on autocast on CUDA).
+        dtype: Compute dtype (bf16 turns on bf16 autocast).
         prefix: A :class:`~loraplace.prefix.PrefixCache` built on ``features``; the model then
             runs only the layers from the cache's layer up.
         progress: Optional tqdm-like bar, advanced by the examples of each batch.
@@ -230,6 +427,7 @@ def eval_losses(
     """
     if prefix is not None:
         prefix.check(features)
+    head = scoring_head(model, device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     mask_logits = accepts_logits_mask(model)
@@ -249,10 +447,10 @@ def eval_losses(
                 if prefix is not None:
                     prefix.select(batch_ids)
                 with autocast_for(device, dtype):
-                    logits = forward_scored(model, inputs, labels, mask_logits=mask_logits)
+                    losses = scored_token_losses(
+                        model, head, inputs, labels, dtype=dtype, mask_logits=mask_logits
+                    )
                 keep = completion_positions(labels)
-                targets = labels[:, 1:][keep[:, :-1]]
-                losses = F.cross_entropy(logits.float(), targets, reduction="none")
                 rows = keep.nonzero(as_tuple=True)[0]
                 per_row = torch.zeros(len(batch_ids), dtype=torch.float64, device=losses.device)
                 per_row.index_add_(0, rows, losses.double())
@@ -384,7 +582,7 @@ def eval_accuracy(
         max_new_tokens: Generation budget per problem.
         batch_size: Problems decoded together.
         device: Where the model is.
-        dtype: Compute dtype (bf16 turns on autocast on CUDA).
+        dtype: Compute dtype (bf16 turns on bf16 autocast).
         progress: Optional tqdm-like bar, advanced by the problems of each batch.
 
     Returns:

@@ -1,7 +1,7 @@
 """The training loop of a run: plain PyTorch, no training framework.
 
 One function, :func:`train_adapter`, trains the LoRA parameters of a PEFT-wrapped causal LM for
-a fixed number of optimizer steps on a fixed sequence of batches (:func:`batch_order`), with
+a fixed number of optimizer steps on a fixed sequence of batches (:func:`batches_from`), with
 AdamW, a linear warm-up then linear decay, gradient clipping and the mean next-token loss over
 completion tokens. It reproduces what the study used to get from HF ``Trainer`` with these
 settings, without its per-step machinery, and it can start the forward pass from a
@@ -11,9 +11,10 @@ frozen-prefix activation cache (:mod:`loraplace.prefix`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +23,23 @@ from loraplace.data.batching import DynamicPaddingCollator, length_grouped_batch
 from loraplace.training.evaluate import (
     accepts_logits_mask,
     completion_loss,
+    completion_positions,
     forward_scored,
+    head_loss,
+    scored_hidden,
+    scoring_head,
 )
-from loraplace.training.precision import autocast_for
+from loraplace.training.precision import adapter_inputs_as_given, autocast_for
 from loraplace.training.prefix import PrefixCache
 
-__all__ = ["TrainResult", "TrainState", "batch_order", "lr_factor", "train_adapter"]
+__all__ = [
+    "TrainResult",
+    "TrainState",
+    "batch_order",
+    "batches_from",
+    "lr_factor",
+    "train_adapter",
+]
 
 
 @dataclass(frozen=True)
@@ -65,22 +77,27 @@ class TrainState:
     device_rng: torch.Tensor | None = None
 
 
-def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """The exact sequence of training batches: ``steps`` full, length-grouped batches.
+def batches_from(
+    lengths: list[int], batch_size: int, seed: int, start: int = 0
+) -> Iterator[list[int]]:
+    """The sequence of training batches from batch ``start`` on, drawn one epoch at a time.
 
-    Epoch ``e`` draws :func:`~loraplace.batching.length_grouped_batches` with seed ``seed + e``
-    and keeps its full batches; new epochs are drawn until there are ``steps`` batches. The
-    order depends only on the lengths, the batch size and the seed, so every strategy of a study
-    trains on the same batches for a given seed.
+    Epoch ``e`` draws :func:`~loraplace.data.batching.length_grouped_batches` with seed
+    ``seed + e`` and keeps its full batches; the epochs follow each other without end. Only one
+    epoch is held at a time, so memory does not grow with the number of steps, and every epoch
+    has the same number of full batches (its mega-batches have the same sizes whatever the
+    seed), so ``start`` skips whole epochs without drawing them. The order depends only on the
+    lengths, the batch size and the seed: every strategy of a study trains on the same batches
+    for a given seed.
 
     Args:
         lengths: Sequence length of each training feature.
         batch_size: Examples per batch.
-        steps: Batches wanted.
         seed: The run's seed.
+        start: Batches to skip (a resumed run's step).
 
     Returns:
-        ``steps`` lists of ``batch_size`` indices into ``lengths``.
+        An endless iterator of lists of ``batch_size`` indices into ``lengths``.
 
     Raises:
         ValueError: there are fewer examples than ``batch_size``.
@@ -89,16 +106,27 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int) -> l
         raise ValueError(
             f"cannot form a full batch: {len(lengths)} training examples, batch_size {batch_size}"
         )
-    batches: list[list[int]] = []
-    epoch = 0
-    while len(batches) < steps:
-        batches += [
-            b
-            for b in length_grouped_batches(lengths, batch_size, seed + epoch)
-            if len(b) == batch_size
-        ]
-        epoch += 1
-    return batches[:steps]
+
+    def epoch(e: int) -> list[list[int]]:
+        drawn = length_grouped_batches(lengths, batch_size, seed + e)
+        return [b for b in drawn if len(b) == batch_size]
+
+    def endless(e: int, skip: int) -> Iterator[list[int]]:
+        while True:
+            yield from epoch(e)[skip:]
+            e, skip = e + 1, 0
+
+    return endless(*divmod(start, len(epoch(0))))
+
+
+def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """The first ``steps`` batches of :func:`batches_from` as a list (for a few batches: a
+    training loop iterates :func:`batches_from` itself).
+
+    Raises:
+        ValueError: there are fewer examples than ``batch_size``.
+    """
+    return list(itertools.islice(batches_from(lengths, batch_size, seed), steps))
 
 
 def lr_factor(step: int, steps: int, warmup_steps: int) -> float:
@@ -124,6 +152,20 @@ def _rng_fork(device: str):
     """Fork torch's global RNG (and the device's), so seeding dropout leaves the caller's alone."""
     devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
     return torch.random.fork_rng(devices=devices)
+
+
+def _step_loss(model, head, inputs: dict, labels: torch.Tensor, dtype, mask_logits: bool):
+    """The mean loss over the batch's scored tokens: through the chunked LM head where the
+    model splits into backbone and head (:func:`~loraplace.training.evaluate.scoring_head`),
+    else from the model's logits at the scored positions."""
+    if head is None:
+        return completion_loss(
+            forward_scored(model, inputs, labels, mask_logits=mask_logits), labels
+        )
+    keep = completion_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]
+    total = head_loss(scored_hidden(head, inputs, labels), targets, head.head, dtype)
+    return total / max(targets.numel(), 1)
 
 
 @contextlib.contextmanager
@@ -162,13 +204,15 @@ def train_adapter(  # noqa: C901
 ) -> TrainResult:
     """Train the trainable (LoRA) parameters of ``model`` for ``steps`` optimizer steps.
 
-    The batches are :func:`batch_order` ``(lengths, batch_size, steps, seed)``, right-padded to
-    their longest sequence. Each step computes the mean next-token cross-entropy over the
-    batch's scored tokens (in float32, logits only at scored positions), clips the gradient
-    norm at ``max_grad_norm`` and takes an AdamW step at ``learning_rate * lr_factor(step)``.
-    The base weights are never touched. LoRA dropout is seeded with ``seed`` inside a forked
-    RNG, so the caller's random state is unchanged. On CUDA with ``dtype`` bf16 the forward
-    runs under bf16 autocast (no loss scaling is needed for bf16).
+    The batches are :func:`batches_from` ``(lengths, batch_size, seed)``, right-padded to their
+    longest sequence. Each step computes the mean next-token cross-entropy over the batch's
+    scored tokens (in float32, logits only at scored positions and only
+    :data:`~loraplace.training.evaluate.HEAD_CHUNK` rows of them at a time), clips the gradient
+    norm at ``max_grad_norm`` and takes a fused AdamW step at ``learning_rate *
+    lr_factor(step)`` on the float32 adapter. The base weights are never touched. LoRA dropout
+    is seeded with ``seed`` inside a forked RNG, so the caller's random state is unchanged.
+    With ``dtype`` bf16 the forward runs under bf16 autocast, on the CPU or CUDA (no loss
+    scaling is needed for bf16).
 
     Args:
         model: A PEFT-wrapped causal LM whose only trainable parameters are the adapter's; it
@@ -182,7 +226,7 @@ def train_adapter(  # noqa: C901
         max_grad_norm: Gradient clipping norm.
         seed: Seeds the data order and the LoRA dropout.
         device: Where the model is.
-        dtype: Compute dtype (bf16 turns on autocast on CUDA).
+        dtype: Compute dtype (bf16 turns on bf16 autocast).
         prefix: A :class:`~loraplace.prefix.PrefixCache` built on ``features``; the forward then
             starts at its layer. It must be at or below the lowest adapted layer.
         on_step: Called after each step with ``{"step", "loss", "learning_rate", "grad_norm",
@@ -214,9 +258,9 @@ def train_adapter(  # noqa: C901
     if prefix is not None:
         prefix.check(features)
     lengths = [len(f["input_ids"]) for f in features]
-    batches = batch_order(lengths, batch_size, steps, seed)
     collate = DynamicPaddingCollator(pad_token_id=pad_token_id)
     mask_logits = accepts_logits_mask(model)
+    head = scoring_head(model, device=device, dtype=dtype)
     # Fused AdamW (one kernel for all parameters) where torch has it, as HF Trainer's default.
     fused = torch.device(device).type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused)
@@ -245,18 +289,20 @@ def train_adapter(  # noqa: C901
                 torch.cuda.set_rng_state(resume.device_rng, torch.device(device))
             if progress is not None:
                 progress.update(start)
-        for step, batch_ids in enumerate(batches):
-            if step < start:
-                continue
+        batches = itertools.islice(batches_from(lengths, batch_size, seed, start), steps - start)
+        for step, batch_ids in enumerate(batches, start=start):
             started = time.perf_counter()
             batch = collate([features[i] for i in batch_ids])
             labels = batch.pop("labels").to(device)
             inputs = {k: v.to(device) for k, v in batch.items()}
             # Attached for the forward pass only: nothing below the cache's layer is in the
             # autograd graph, and ``on_checkpoint`` must see the whole model.
-            with _prefix_for(prefix, model, batch_ids), autocast_for(device, dtype):
-                logits = forward_scored(model, inputs, labels, mask_logits=mask_logits)
-            loss = completion_loss(logits, labels)
+            with (
+                _prefix_for(prefix, model, batch_ids),
+                autocast_for(device, dtype),
+                adapter_inputs_as_given(model, dtype),
+            ):
+                loss = _step_loss(model, head, inputs, labels, dtype, mask_logits)
             loss_value = loss.item()
             batch_tokens = int(inputs["attention_mask"].sum())
             rate = learning_rate * lr_factor(step, steps, warmup_steps)
@@ -271,7 +317,7 @@ def train_adapter(  # noqa: C901
                 done += 1
             else:
                 nonfinite = True
-            del loss, logits
+            del loss
             train_time += time.perf_counter() - started
             record = {
                 "step": step + 1,
@@ -294,7 +340,7 @@ def train_adapter(  # noqa: C901
             if step + 1 in checkpoints and on_checkpoint is not None:
                 on_checkpoint(step + 1)
                 model.train()
-            due = time.perf_counter() - last_state >= state_every_s or step + 1 == len(batches)
+            due = time.perf_counter() - last_state >= state_every_s or step + 1 == steps
             if on_state is not None and due:
                 on_state(
                     TrainState(

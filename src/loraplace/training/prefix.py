@@ -141,7 +141,9 @@ def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _returns_plain_tensor(model: nn.Module, layers: nn.ModuleList) -> tuple[bool, str]:
+def _returns_plain_tensor(
+    model: nn.Module, layers: nn.ModuleList, dtype: torch.dtype
+) -> tuple[bool, str]:
     """Run two tokens through layer 0 and look at what the layer takes and returns."""
     seen: dict = {}
 
@@ -155,7 +157,7 @@ def _returns_plain_tensor(model: nn.Module, layers: nn.ModuleList) -> tuple[bool
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_for(device.type, dtype):
             model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
     except _Stop:
         pass
@@ -174,7 +176,9 @@ def _returns_plain_tensor(model: nn.Module, layers: nn.ModuleList) -> tuple[bool
     return True, ""
 
 
-def prefix_supported(model: nn.Module, arch: ArchInfo, layer: int) -> tuple[bool, str]:
+def prefix_supported(
+    model: nn.Module, arch: ArchInfo, layer: int, *, dtype: torch.dtype = torch.float32
+) -> tuple[bool, str]:
     """Whether the frozen-prefix cache is exact for ``model`` with layers ``0 .. layer-1`` frozen.
 
     Exact requires decoder layers that take and return a plain hidden-state tensor (checked by
@@ -187,6 +191,7 @@ def prefix_supported(model: nn.Module, arch: ArchInfo, layer: int) -> tuple[bool
         model: The base causal LM (or a PEFT model around it).
         arch: Its classifier result (for the decoder-layer path and count).
         layer: The lowest adapted layer ``L``.
+        dtype: The runs' compute dtype (the probe runs as they do: bf16 weights need autocast).
 
     Returns:
         ``(True, "")`` where the cache is exact, else ``(False, reason)``.
@@ -197,7 +202,7 @@ def prefix_supported(model: nn.Module, arch: ArchInfo, layer: int) -> tuple[bool
     dropout = _dropout_problems(model, arch.layers_path, layer)
     if dropout:
         return False, f"dropout is active below layer {layer} in training: {', '.join(dropout)}"
-    return _returns_plain_tensor(model, layers)
+    return _returns_plain_tensor(model, layers, dtype)
 
 
 @dataclass(eq=False)
@@ -235,14 +240,15 @@ class PrefixCache:
         """Run the frozen base once and keep the hidden states entering layer ``layer``.
 
         Each batch stops at layer ``layer`` (nothing above it or the LM head runs). States are
-        kept in the dtype the residual stream has there (float32 on CPU) on ``device``.
+        kept in the dtype the residual stream has there (float32, in bf16 runs too: see
+        :func:`~loraplace.training.precision.store_frozen`) on ``device``.
 
         Args:
             model: The base causal LM (or a PEFT model with no adapter below ``layer``).
             features: Tokenized examples (``input_ids``); the cache is tied to this list.
             layer: The lowest adapted layer ``L`` (``0 < L < number of layers``).
             device: Where the model is and the cache is kept.
-            dtype: Compute dtype (bf16 turns on autocast on CUDA).
+            dtype: Compute dtype (bf16 turns on bf16 autocast).
             batch_size: Sequences per forward pass.
             layers_path: The dotted path of the decoder-layer list
                 (:attr:`loraplace.arch.ArchInfo.layers_path`); found from the config's layer

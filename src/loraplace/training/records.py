@@ -58,6 +58,7 @@ def run_record(
         "dataset": bench.data,
         "versions": versions(),
         "hardware": hardware(bench.device),
+        "precision": bench.precision,
         "config": settings_record(lora, training, evaluation),
     }
 

@@ -101,5 +101,5 @@ def load_resume(out_dir: Path, recipe: dict) -> dict | None:
 
 def keep_metrics(path: Path, step: int) -> None:
     """Keep the rows of ``metrics.jsonl`` up to ``step``: the ones the saved state has seen."""
-    rows = [r for r in store.read_jsonl(path) if r.get("step", 0) <= step]
+    rows = [r for r in store.read_metrics(path) if r.get("step", 0) <= step]
     store.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -30,6 +30,7 @@ from loraplace.progress import bar
 from loraplace.settings import EvalSettings
 from loraplace.training.choices import score_task
 from loraplace.training.evaluate import eval_accuracy, eval_losses
+from loraplace.training.precision import compute_dtype, prepare_base, resolve_precision
 from loraplace.training.prefix import PrefixCache, prefix_supported
 
 __all__ = ["Workbench", "Split", "pick_device", "DROPPED_WARNING"]
@@ -40,16 +41,19 @@ DROPPED_WARNING = 0.05
 PREFIX_MEMORY_SHARE = 0.25
 
 
-def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
-    """``(device, compute dtype)``: CUDA with bf16 where supported, else CPU with float32."""
+def pick_device(requested: str | None = None, precision: str = "fp32") -> tuple[str, str]:
+    """``(device, resolved precision)``: CUDA when available (or asked for), else the CPU, and
+    ``precision`` as it resolves there (:func:`~loraplace.training.precision.resolve_precision`).
+
+    Raises:
+        LoraplaceError: CUDA was asked for and is not available, or bf16 on a GPU without it.
+    """
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise LoraplaceError(
-                f"device '{device}' requested but CUDA is not available; use --device cpu"
-            )
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return device, torch.float32
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoraplaceError(
+            f"device '{device}' requested but CUDA is not available; use --device cpu"
+        )
+    return device, resolve_precision(precision, device)
 
 
 @dataclass
@@ -75,7 +79,9 @@ class Workbench:
         base_params: base parameter count.
         train, validation, eval: the tokenized splits (validation may be empty).
         data: provenance of the data (source, sha256, split sizes, token statistics).
-        device, dtype: where and in what precision runs compute.
+        device, dtype: where and in what dtype runs compute.
+        precision: the resolved precision, ``fp32`` or ``bf16`` (the base's weight matrices
+            are then stored in bf16).
     """
 
     source: ModelSource
@@ -89,6 +95,7 @@ class Workbench:
     data: dict
     device: str
     dtype: torch.dtype
+    precision: str = "fp32"
     _base: dict = field(default_factory=dict)
     _prefix: dict = field(default_factory=dict)
 
@@ -101,16 +108,20 @@ class Workbench:
         *,
         trust_remote_code: bool = False,
         min_train: int = 1,
+        precision: str = "fp32",
     ) -> Workbench:
         """Load the model and tokenize the data splits.
 
         Args:
             min_train: fewer kept training examples than this (a batch) is an error.
+            precision: ``fp32``, ``bf16`` or ``auto`` (:mod:`loraplace.training.precision`).
 
         Raises:
             DataError: no usable examples, or fewer training examples than a batch.
+            LoraplaceError: the device or precision is not available.
         """
-        device, dtype = pick_device(device)
+        device, precision = pick_device(device, precision)
+        dtype = compute_dtype(precision)
         source = resolve_model(model, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(source)
         parts = load_splits(data)
@@ -139,6 +150,7 @@ class Workbench:
         base = load_model(source, device=device)
         base.requires_grad_(False)
         base.eval()
+        prepare_base(base, device, dtype)
         provenance = {
             **parts.provenance,
             **{f"{name}_tokens": split.stats for name, split in splits.items()},
@@ -155,6 +167,7 @@ class Workbench:
             provenance,
             device,
             dtype,
+            precision,
         )
 
     @classmethod
@@ -167,6 +180,7 @@ class Workbench:
             config.device,
             trust_remote_code=config.trust_remote_code,
             min_train=config.training.batch_size,
+            precision=config.training.precision,
         )
 
     @property
@@ -195,7 +209,7 @@ class Workbench:
             return None, "the lowest adapted layer is 0"
         key = (split.name, layer)
         if key not in self._prefix:
-            supported, reason = prefix_supported(self.model, self.arch, layer)
+            supported, reason = prefix_supported(self.model, self.arch, layer, dtype=self.dtype)
             if not supported:
                 self._prefix[key] = (None, reason)
             else:
