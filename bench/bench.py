@@ -15,8 +15,9 @@ their load, so ratios stay readable there.
    loop of its own (forward with labels, backward, AdamW), in fp32 and under bf16 autocast.
 4. The eval pass (forward only) against training, in each precision (target: >= 2x).
 5. ``--changes``: each change of the bf16 step measured before and after, in the same run:
-   autocast alone, the frozen base stored in bf16, PEFT's input casts off, eager attention,
-   the chunked LM head, fused AdamW, and (``--compile``) torch.compile of the decoder layers.
+   autocast alone, the frozen base stored in bf16, LoRA updates added in fp32 (without PEFT's
+   input casts), eager attention, the chunked LM head, fused AdamW, and (``--compile``)
+   torch.compile of the decoder layers.
 6. ``--profile``: where one training step of all goes, fp32 and bf16: base matmuls, LoRA
    matmuls, the LM head, attention, elementwise work and the optimizer.
 7. ``--memory``: the peak memory (RSS) of training each strategy, fp32 against bf16 (target:
@@ -273,28 +274,28 @@ def section_changes(args, both: dict) -> None:
     stored.model = copy.deepcopy(fp32.model)
     store_frozen(stored.model, torch.bfloat16)
     stored.dtype, stored.precision, stored._prefix, stored._base = torch.bfloat16, "bf16", {}, {}
-    casting = loop.adapter_inputs_as_given
+    sums = loop.adapter_sums
 
     @contextlib.contextmanager
-    def patched(casts: bool = True, head: bool = True):
-        loop.adapter_inputs_as_given = casting if casts else (lambda m, d: contextlib.nullcontext())
+    def patched(fp32_sums: bool = True, head: bool = True):
+        loop.adapter_sums = sums if fp32_sums else (lambda m, d: contextlib.nullcontext())
         loop.scoring_head = scoring_head if head else (lambda *a, **k: None)
         try:
             yield
         finally:
-            loop.adapter_inputs_as_given, loop.scoring_head = casting, scoring_head
+            loop.adapter_sums, loop.scoring_head = sums, scoring_head
 
     def measure(variant: str) -> float:
-        bench, dtype, casts, head = {
+        bench, dtype, fp32_sums, head = {
             "fp32": (fp32, None, True, True),
             "fp32, full logits": (fp32, None, True, False),
             "bf16 autocast on fp32 weights": (fp32, torch.bfloat16, False, True),
             "+ frozen base stored in bf16": (stored, None, False, True),
-            "+ PEFT input casts off": (stored, None, True, True),
+            "+ fp32 adapter sums, no PEFT casts": (stored, None, True, True),
             "+ eager attention (= bf16)": (both["bf16"], None, True, True),
             "bf16, full logits": (both["bf16"], None, True, False),
         }[variant]
-        with patched(casts, head):
+        with patched(fp32_sums, head):
             return train_rate(bench, "all", args.steps, dtype=dtype)
 
     variants = [
@@ -302,7 +303,7 @@ def section_changes(args, both: dict) -> None:
         "fp32, full logits",
         "bf16 autocast on fp32 weights",
         "+ frozen base stored in bf16",
-        "+ PEFT input casts off",
+        "+ fp32 adapter sums, no PEFT casts",
         "+ eager attention (= bf16)",
         "bf16, full logits",
     ]

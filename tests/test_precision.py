@@ -23,6 +23,7 @@ from loraplace.studies.identity import prepare_study_dir
 from loraplace.training import precision
 from loraplace.training.loop import train_adapter
 from loraplace.training.precision import (
+    adapter_sums,
     autocast_for,
     compute_dtype,
     cpu_bf16_flags,
@@ -139,6 +140,43 @@ def test_frozen_matrices_go_to_bf16_and_the_residual_stream_stays_fp32():
     assert torch.allclose(out.float(), reference(ids), atol=0.05)
     assert store_frozen(reference, torch.float32) == 0
     assert reference.proj.weight.dtype == torch.float32
+
+
+class _One(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(64, 64, bias=False)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def test_a_small_lora_update_survives_a_bf16_layer():
+    # A short run's update is far below the spacing of bf16's grid at the base output: added
+    # to it in bf16 it is rounded away entirely; added in fp32 it stays.
+    torch.manual_seed(0)
+    base = _One().requires_grad_(False)
+    store_frozen(base, torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["proj"]))
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.copy_(1e-5 * torch.randn(64, 4))
+    x = torch.randn(16, 64)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    with torch.no_grad():
+        update = layer.scaling["default"] * (x @ a.T @ b.T)
+    with torch.no_grad(), autocast_for("cpu", torch.bfloat16):
+        with model.disable_adapter():
+            alone = model(x)
+        plain = model(x)
+        with adapter_sums(model, torch.bfloat16):
+            summed = model(x)
+    assert alone.dtype == plain.dtype == torch.bfloat16 and summed.dtype == torch.float32
+    # PEFT's bf16 sum: the update is gone but where the output is near zero.
+    assert (plain != alone).float().mean() < 0.1
+    kept = summed - alone.float()  # the update, to bf16's precision of computing it
+    assert (kept - update).norm() < 0.02 * update.norm()
+    assert layer.cast_input_dtype_enabled  # restored on leaving the block
 
 
 def _tiny_peft(tiny_model_dir, dtype):

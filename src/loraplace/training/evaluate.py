@@ -24,7 +24,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from loraplace.data.batching import IGNORE_INDEX, DynamicPaddingCollator, encode_prompt
 from loraplace.data.formats import Example, extract_final_number
-from loraplace.training.precision import autocast_for
+from loraplace.training.precision import adapter_sums, autocast_for
 from loraplace.training.prefix import PrefixCache
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "completion_logits",
     "completion_loss",
     "accepts_logits_mask",
+    "adapters_for_eval",
     "head_loss",
     "head_token_losses",
     "scored_token_losses",
@@ -370,6 +371,17 @@ def merged_adapters(model: nn.Module) -> Iterator[None]:
             setattr(parent, child, module)
 
 
+def adapters_for_eval(model: nn.Module, dtype: torch.dtype):
+    """How LoRA layers compute during evaluation: merged into their weights in float32
+    (:func:`merged_adapters`, the faster), unmerged with the update added in float32 in bf16
+    (:func:`~loraplace.training.precision.adapter_sums`): ``W + ΔW`` stored in bf16 would lose
+    every entry of ``ΔW`` smaller than half the spacing of bf16's grid at ``W``, and a short
+    run's ``ΔW`` is mostly that small."""
+    if dtype == torch.float32:
+        return merged_adapters(model)
+    return adapter_sums(model, dtype)
+
+
 class ExampleLoss(NamedTuple):
     """One eval example's summed next-token loss, the unit of paired per-example statistics."""
 
@@ -402,9 +414,9 @@ def eval_losses(
 
     Forward passes only, in inference mode, over length-sorted batches (little padding), with
     logits computed only at scored positions, :data:`HEAD_CHUNK` rows at a time
-    (:func:`scored_token_losses`), and LoRA adapters merged into copies of their weights
-    (:func:`merged_adapters`). Token losses are computed in float32 and summed per example in
-    float64.
+    (:func:`scored_token_losses`), and LoRA adapters merged into copies of their weights in
+    float32 (:func:`adapters_for_eval`). Token losses are computed in float32 and summed per
+    example in float64.
 
     Args:
         model: A causal LM (PEFT-wrapped or not); its train/eval mode is restored afterwards.
@@ -436,7 +448,7 @@ def eval_losses(
     try:
         with (
             prefix.attached(model) if prefix is not None else contextlib.nullcontext(),
-            merged_adapters(model),
+            adapters_for_eval(model, dtype),
         ):
             for batch_ids in _length_sorted_batches(
                 [len(f["input_ids"]) for f in features], batch_size
@@ -568,8 +580,8 @@ def eval_accuracy(
 ) -> tuple[float | None, list[dict]]:
     """Exact match of the final number from greedy decoding (GSM8K-style answers).
 
-    Batched greedy decoding with the KV cache and left padding, adapters merged
-    (:func:`merged_adapters`). Each sequence stops at EOS or as soon as its ``#### <number>``
+    Batched greedy decoding with the KV cache and left padding, adapters merged in float32
+    (:func:`adapters_for_eval`). Each sequence stops at EOS or as soon as its ``#### <number>``
     line is complete (a newline after it); a batch stops when all its sequences have stopped,
     so a model that answers and moves on does not spend the whole ``max_new_tokens`` budget.
     Greedy decoding is deterministic, so stopping early changes no prediction unless the model
@@ -595,7 +607,7 @@ def eval_accuracy(
     was_training = model.training
     model.eval()
     try:
-        with merged_adapters(model):
+        with adapters_for_eval(model, dtype):
             samples = _generate_answers(
                 model, tokenizer, scored, max_new_tokens, batch_size, device, dtype, progress
             )

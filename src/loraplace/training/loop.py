@@ -29,7 +29,7 @@ from loraplace.training.evaluate import (
     scored_hidden,
     scoring_head,
 )
-from loraplace.training.precision import adapter_inputs_as_given, autocast_for
+from loraplace.training.precision import adapter_sums, autocast_for
 from loraplace.training.prefix import PrefixCache
 
 __all__ = [
@@ -300,7 +300,7 @@ def train_adapter(  # noqa: C901
             with (
                 _prefix_for(prefix, model, batch_ids),
                 autocast_for(device, dtype),
-                adapter_inputs_as_given(model, dtype),
+                adapter_sums(model, dtype),
             ):
                 loss = _step_loss(model, head, inputs, labels, dtype, mask_logits)
             loss_value = loss.item()

@@ -19,7 +19,7 @@ from torch import nn
 from loraplace.errors import LoraplaceError
 
 __all__ = [
-    "adapter_inputs_as_given",
+    "adapter_sums",
     "autocast_for",
     "compute_dtype",
     "cpu_bf16_flags",
@@ -86,10 +86,6 @@ def autocast_for(device: str, dtype: torch.dtype):
     return contextlib.nullcontext()
 
 
-def _to_float32(module, args, output):
-    return output.float()
-
-
 def prepare_base(model: nn.Module, device: str, dtype: torch.dtype) -> None:
     """Ready a frozen base model for runs computing in ``dtype`` on ``device``, in place.
 
@@ -111,26 +107,45 @@ def prepare_base(model: nn.Module, device: str, dtype: torch.dtype) -> None:
         model.set_attn_implementation("eager")
 
 
-@contextlib.contextmanager
-def adapter_inputs_as_given(model: nn.Module, dtype: torch.dtype):
-    """Within the block, PEFT's adapter layers take their input as it comes under bf16.
+def _float32_output(module, args, output):
+    return output.float()
 
-    PEFT casts a LoRA layer's input to its adapter's dtype (float32) before ``A``; under bf16
-    autocast that is a round trip, since autocast casts it back to bf16 for the matmul, and its
-    backward converts the whole activation gradient twice more. Switching the cast off (PEFT's
-    ``cast_input_dtype_enabled``) leaves the arithmetic as it is and saves the copies. A no-op
-    for float32.
+
+@contextlib.contextmanager
+def adapter_sums(model: nn.Module, dtype: torch.dtype):
+    """Within the block, each LoRA layer adds its update to the base output in float32 (bf16).
+
+    Under bf16 autocast a LoRA layer computes ``base(x)`` and ``B A x`` in bf16 and adds them in
+    bf16. The base output is then already on bf16's grid (8 significant bits), and an update
+    smaller than half its spacing, as a short run's updates mostly are, is rounded away
+    entirely: the model in the forward pass is not the model being trained. Turning the base
+    output to float32 before the addition keeps the update in the layer's output; the next
+    bf16 matrix product rounds a value that is no longer on the grid, so the update survives
+    it on average. (A merged ``W + ΔW`` in bf16 loses it the same way, so bf16 evaluation does
+    not merge; docs/CONCEPTS.md, "Precision".) PEFT's cast of the layer's input to the
+    adapter's float32 is switched off as well (``cast_input_dtype_enabled``): autocast casts it
+    back to bf16 for ``A`` anyway, so the round trip only cost copies. A no-op for float32.
+
+    Args:
+        model: A PEFT-wrapped model.
+        dtype: The run's compute dtype.
     """
     layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     if dtype == torch.float32 or not layers:
         yield
         return
     before = [m.cast_input_dtype_enabled for m in layers]
-    for module in layers:
-        module.cast_input_dtype_enabled = False
+    hooks = []
     try:
+        for module in layers:
+            module.cast_input_dtype_enabled = False
+            base = getattr(module, "base_layer", None)
+            if isinstance(base, nn.Module):
+                hooks.append(base.register_forward_hook(_float32_output))
         yield
     finally:
+        for hook in hooks:
+            hook.remove()
         for module, value in zip(layers, before):
             module.cast_input_dtype_enabled = value
 
@@ -164,5 +179,5 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:
             saved += before - param.numel() * param.element_size()
     for module in model.modules():
         if isinstance(module, nn.Embedding):
-            module.register_forward_hook(_to_float32)
+            module.register_forward_hook(_float32_output)
     return saved
