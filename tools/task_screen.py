@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -322,6 +324,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        # A long screen that stops should say why in its log.
+        signal.signal(signum, lambda n, _: (_log(f"stopped by signal {n}"), sys.exit(128 + n)))
     if args.report is not None:
         write_report(args.out, args.report, args.seeds, args)
         return
