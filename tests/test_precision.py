@@ -251,6 +251,22 @@ def test_run_takes_a_precision_option():
     assert getattr(args, "training.precision") == "bf16"
 
 
+def test_study_takes_a_precision_option_over_its_config(monkeypatch):
+    from loraplace.cli import main as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "study", lambda config, **kw: seen.setdefault("config", config))
+    monkeypatch.setattr(cli, "load_study_config", lambda raw: raw)
+    args = cli.build_parser().parse_args(["study", "--preset", "smoke", "--precision", "bf16"])
+    cli.cmd_study(args)
+    assert seen["config"]["training"]["precision"] == "bf16"
+    seen.clear()
+    cli.cmd_study(cli.build_parser().parse_args(["study", "--preset", "smoke"]))
+    assert "precision" not in seen["config"]["training"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["study", "--precision", "fp16"])
+
+
 def test_a_study_saves_the_precision_auto_chose_and_fp32_as_before(
     tiny_model_dir, tiny_data_file, monkeypatch
 ):

@@ -36,7 +36,7 @@ from loraplace.errors import LoraplaceError, short_repr
 from loraplace.lmeval.bridge import BUILTIN_LMEVAL_TASKS, DEFAULT_BATCH_SIZE, evaluate_study
 from loraplace.report.load import placement_spread
 from loraplace.report.render import span
-from loraplace.settings import MATCH_TOLERANCE, AutoSpec, field_help
+from loraplace.settings import MATCH_TOLERANCE, PRECISIONS, AutoSpec, field_help
 from loraplace.store import write_json_atomic
 from loraplace.studies.export import export_study
 from loraplace.studies.status import study_status
@@ -165,6 +165,8 @@ def cmd_study(args) -> int:
     raw = _study_mapping(source)
     if args.seeds is not None:
         raw["training"] = {**(raw.get("training") or {}), "seeds": args.seeds}
+    if args.precision is not None:
+        raw["training"] = {**(raw.get("training") or {}), "precision": args.precision}
     if args.track is not None:
         raw["tracking"] = args.track
     if args.trust_remote_code:
@@ -414,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seeds", type=int_list, default=None, help="override training.seeds, e.g. 0,1,2"
+    )
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=None,
+        help="override training.precision: fp32, bf16 or auto (see CONCEPTS, Precision)",
     )
     p.add_argument("--track", type=word_list, default=None, help="trackers: mlflow,tensorboard")
     p.add_argument("--trust-remote-code", action="store_true", help="let the model's own code run")
