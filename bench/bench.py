@@ -28,11 +28,13 @@ their load, so ratios stay readable there.
 10. ``--batching``: what training several adapters in one pass could gain at most: tokens/s of
     the base model's training step at 4x the batch (target for keeping it: >= 1.3x).
 11. ``--study``: the wall time of ``loraplace study`` (the default study; target <= 10 min).
-12. ``--stats``: the report's example-level bootstrap, 2,000 resamples of 3 seeds x 128 eval
+12. ``--models``: ``loraplace run --strategy all`` on SmolLM2-135M and Gemma 3 270M in fp32 and
+    bf16, each in a fresh process: training tokens/s and peak memory as result.json records.
+13. ``--stats``: the report's example-level bootstrap, 2,000 resamples of 3 seeds x 128 eval
     examples (target <= 1 s, so a report of many pairs stays interactive).
 
 Run: python bench/bench.py [--steps 6] [--reps 2] [--cpu-time] [--changes [--compile]]
-     [--profile] [--memory] [--estimate] [--parallel] [--batching] [--study] [--stats]
+     [--profile] [--memory] [--estimate] [--parallel] [--batching] [--models] [--study] [--stats]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -586,6 +589,7 @@ def section_batching(args) -> None:
 
 def section_study(args) -> None:
     out = ROOT / "runs" / "bench-default-study"
+    shutil.rmtree(out, ignore_errors=True)  # a finished study would resume and run nothing
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "loraplace", "study", "--out", str(out), "--no-report"],
@@ -599,6 +603,36 @@ def section_study(args) -> None:
         f"\ndefault study: {minutes:.1f} min wall, {len(results)} runs "
         f"({'met' if minutes <= 10 else 'NOT met'}: target 10 min)"
     )
+
+
+def section_models(args) -> None:
+    """``loraplace run --strategy all`` on each built-in model, fp32 and bf16, each a fresh
+    process: its training tokens/s and peak memory as the run records them (result.json)."""
+    print("\nloraplace run --strategy all, each a fresh process (figures from result.json):")
+    for model in ("smollm2-135m", "gemma3-270m"):
+        figures = {}
+        for p in PRECISIONS:
+            with tempfile.TemporaryDirectory() as tmp:
+                command = [
+                    sys.executable, "-m", "loraplace", "run", "--strategy", "all",
+                    "--model", model, "--precision", p, "--steps", str(max(args.steps, 8)),
+                    "--train-examples", "64", "--eval-examples", "8", "--out", f"{tmp}/run",
+                ]  # fmt: skip
+                subprocess.run(
+                    command,
+                    check=True,
+                    cwd=ROOT,
+                    capture_output=True,
+                    env={**os.environ, "TQDM_DISABLE": "1"},
+                )
+                figures[p] = json.loads(Path(tmp, "run", "result.json").read_text())
+        fp32, bf16 = figures["fp32"], figures["bf16"]
+        print(
+            f"  {model:<13} fp32 {fp32['tokens_per_s']:6.1f} tokens/s, peak "
+            f"{fp32['peak_memory_mb']:6.0f} MB; bf16 {bf16['tokens_per_s']:6.1f} tokens/s "
+            f"({bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}x), peak "
+            f"{bf16['peak_memory_mb']:6.0f} MB"
+        )
 
 
 def section_stats(args) -> None:
@@ -643,6 +677,7 @@ def main() -> None:
     parser.add_argument("--batching", action="store_true", help="batch 16 vs 4 (mLoRA bound)")
     parser.add_argument("--study", action="store_true", help="time the default study")
     parser.add_argument("--stats", action="store_true", help="time the report's bootstrap")
+    parser.add_argument("--models", action="store_true", help="loraplace run on each model")
     parser.add_argument("--no-training", action="store_true", help="skip the training section")
     args = parser.parse_args()
     if args.cpu_time:
@@ -670,6 +705,7 @@ def main() -> None:
         (args.estimate, section_estimate),
         (args.parallel, section_parallel),
         (args.batching, section_batching),
+        (args.models, section_models),
         (args.study, section_study),
         (args.stats, section_stats),
     )
