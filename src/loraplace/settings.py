@@ -58,6 +58,9 @@ __all__ = [
     "field_help",
     "is_int",
     "is_number",
+    "planned_pairs",
+    "planned_shape",
+    "planned_terms",
 ]
 
 #: Seeds are passed to numpy and torch, which take 32-bit unsigned seeds.
@@ -432,6 +435,15 @@ class ReportSettings:
     other (without a rank sweep); its tests then join the comparisons with the reference in
     one Holm family. ``false`` keeps that family to the comparisons with the reference alone,
     as an analysis plan fixed in advance may require."""
+    comparisons: list | None = None
+    """Planned comparisons, fixed in advance: each ``[A, B]`` (paired t of A − B over seeds,
+    and TOST within the margin) or ``[[A, B], [C, D]]``, the per-seed difference of
+    differences (A − B) − (C − D) (paired t only), A to D strategy names. The t-tests form one
+    Holm family and the TOSTs another; they are the findings' families, and the report opens
+    with a recommendation drawn from them (docs/STATISTICS.md). Not with ``ranks``."""
+    accuracy_margin: float = 1.5
+    """Margin, in accuracy points, of the TOST of a planned comparison on accuracy (for a
+    study that scores accuracy)."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
@@ -439,6 +451,16 @@ class ReportSettings:
             "report",
             {
                 "equivalence_margin": number_in(0, MAX_FACTOR),
+                "accuracy_margin": number_in(0, 100),
+                "comparisons": (
+                    lambda v: v is None
+                    or (
+                        isinstance(v, list)
+                        and 0 < len(v) <= MAX_LIST
+                        and all(planned_shape(c) for c in v)
+                    ),
+                    "a non-empty list of [A, B] or [[A, B], [C, D]] (strategy names)",
+                ),
                 "lowest": (lambda v: isinstance(v, bool), "true or false"),
                 "note": (
                     lambda v: v is None or (isinstance(v, str) and len(v) <= 1000),
@@ -447,6 +469,57 @@ class ReportSettings:
             },
         )
         _raise(problems)
+
+    def planned_problems(self, strategies, sweep: bool = False) -> list[str]:
+        """Why ``comparisons`` does not fit a study's ``strategies`` (one line per problem).
+
+        Args:
+            strategies: The study's strategy names.
+            sweep: Whether the study sweeps ranks (planned comparisons name conditions of a
+                study without ``ranks``).
+        """
+        if not self.comparisons:
+            return []
+        if sweep:
+            return ["report.comparisons cannot be used with ranks: it names strategies of a "
+                    "study without a rank sweep"]  # fmt: skip
+        names, problems = list(strategies), []
+        for i, entry in enumerate(self.comparisons):
+            terms = planned_terms(entry)
+            unknown = [n for n in dict.fromkeys(terms) if n not in names]
+            if unknown:
+                problems.append(
+                    f"report.comparisons[{i}] names {short_repr(unknown[0])}, not a strategy of "
+                    f"this study (strategies: {', '.join(names)})"
+                )
+            elif any(a == b for a, b in planned_pairs(entry)):
+                problems.append(
+                    f"report.comparisons[{i}] compares a strategy with itself: {short_repr(entry)}"
+                )
+        return problems
+
+
+def _is_pair(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(
+        isinstance(x, str) and x.strip() for x in value
+    )
+
+
+def planned_shape(entry) -> bool:
+    """Whether ``entry`` of ``report.comparisons`` is ``[A, B]`` or ``[[A, B], [C, D]]``."""
+    return _is_pair(entry) or (
+        isinstance(entry, list) and len(entry) == 2 and all(_is_pair(x) for x in entry)
+    )
+
+
+def planned_pairs(entry) -> list[tuple[str, str]]:
+    """The ``(A, B)`` differences of a well-shaped planned comparison: one, or two."""
+    return [tuple(entry)] if _is_pair(entry) else [tuple(x) for x in entry]
+
+
+def planned_terms(entry) -> list[str]:
+    """The strategy names of a well-shaped planned comparison, in order."""
+    return [name for pair in planned_pairs(entry) for name in pair]
 
 
 #: Placement methods: data-free weight spectra, a trained probe's adapter outputs, the control.

@@ -295,6 +295,8 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     }
     strategies = named_strategies(raw.get("strategies"), problems)
     check_top_level(raw, strategies, problems)
+    if sections["report"] is not None and strategies:
+        problems += sections["report"].planned_problems(strategies, raw.get("ranks") is not None)
     training, data = sections["training"], sections["data"]
     if (
         training is not None
