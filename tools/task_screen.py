@@ -80,8 +80,18 @@ def screen_cell(model_name: str, task: str, out: Path, args) -> None:
         eval_examples=EVAL_EXAMPLES,
         max_length=args.max_length,
     )
+    if (cell / "base.json").is_file():
+        # One cell is never scored in two precisions (a record from before the option is fp32).
+        done = json.loads((cell / "base.json").read_text()).get("precision", "fp32")
+        if done != args.precision:
+            raise SystemExit(
+                f"{cell} was screened in {done}; go on with --precision {done} "
+                "(or move the cell away)"
+            )
     start = time.perf_counter()
-    bench = Workbench.load(model_name, data, device=args.device, min_train=args.batch_size)
+    bench = Workbench.load(
+        model_name, data, device=args.device, min_train=args.batch_size, precision=args.precision
+    )
     _log(
         f"{model_name} {task}: loaded in {time.perf_counter() - start:.0f} s; "
         f"{len(bench.train.features)} train, {len(bench.validation.examples)} validation "
@@ -93,6 +103,7 @@ def screen_cell(model_name: str, task: str, out: Path, args) -> None:
         "data": bench.data,
         "split": "validation",
         "device": bench.device,
+        "precision": bench.precision,
         "torch_threads": torch.get_num_threads(),
     }
     if not (cell / "base.json").is_file():
@@ -322,6 +333,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--eval-batch-size", type=int, default=8)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
