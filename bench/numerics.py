@@ -1,0 +1,93 @@
+"""Numerics check: does bf16 move a study's results by more than a seed does?
+
+Reads two finished studies of one design that differ only in ``training.precision`` and prints,
+for each condition, the eval loss in each precision, the per-seed difference bf16 - fp32 (its
+mean and its largest size over the seeds), and the seed-to-seed SD of the fp32 runs beside it;
+then every verdict of each study's report (against the reference, the lowest-loss finding and
+the all-pairs family), side by side, and whether all of them are the same.
+
+Run::
+
+    loraplace study --out runs/numerics-fp32 --precision fp32
+    loraplace study --out runs/numerics-bf16 --precision bf16
+    python bench/numerics.py runs/numerics-fp32 runs/numerics-bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from loraplace.config.yamlio import read_yaml
+from loraplace.report.analysis import analyse
+from loraplace.report.load import load_study
+
+
+def _design(study_dir: Path) -> dict:
+    raw = read_yaml(study_dir / "study.yaml")
+    raw.pop("name", None)
+    raw.get("training", {}).pop("precision", None)
+    return raw
+
+
+def _verdicts(analysis) -> dict[str, str]:
+    """Every verdict the report states, keyed by what it compares."""
+    out = {}
+    for label, c in analysis.comparisons.items():
+        out[f"{label} vs {c.reference}"] = f"{c.verdict}{'/' + c.direction if c.direction else ''}"
+    if analysis.best is not None:
+        for label, c in analysis.best.against.items():
+            out[f"lowest: {analysis.best.best} vs {label}"] = c.verdict
+    for c in analysis.pairwise:
+        out[f"pair: {c.strategy} vs {c.reference}"] = c.verdict
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("fp32", type=Path)
+    parser.add_argument("bf16", type=Path)
+    args = parser.parse_args()
+    if _design(args.fp32) != _design(args.bf16):
+        print("the two studies differ in more than the precision; refusing to compare")
+        return 2
+    studies = {p: load_study(d) for p, d in (("fp32", args.fp32), ("bf16", args.bf16))}
+    print(
+        "| condition | fp32 mean (SD) | bf16 mean (SD) | Δ bf16−fp32, mean | max |Δ| over "
+        "seeds | seed SD (fp32) | max |Δ| / SD |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    moved = []
+    for cond in studies["fp32"].conditions:
+        other = next(c for c in studies["bf16"].conditions if c.label == cond.label)
+        a, b = studies["fp32"].losses(cond), studies["bf16"].losses(other)
+        seeds = sorted(set(a) & set(b))
+        diffs = [b[s] - a[s] for s in seeds]
+        sd = statistics.stdev(a[s] for s in seeds) if len(seeds) > 1 else float("nan")
+        worst = max(abs(d) for d in diffs)
+        moved.append(worst > sd)
+        print(
+            f"| {cond.label} | {statistics.mean(a.values()):.4f} ({sd:.4f}) | "
+            f"{statistics.mean(b.values()):.4f} "
+            f"({statistics.stdev(b.values()) if len(b) > 1 else float('nan'):.4f}) | "
+            f"{statistics.mean(diffs):+.4f} | {worst:.4f} | {sd:.4f} | {worst / sd:.2f} |"
+        )
+    verdicts = {p: _verdicts(analyse(s)) for p, s in studies.items()}
+    print("\n| comparison | fp32 verdict | bf16 verdict |")
+    print("|---|---|---|")
+    same = True
+    for key in verdicts["fp32"]:
+        v32, v16 = verdicts["fp32"][key], verdicts["bf16"].get(key, "(none)")
+        same &= v32 == v16
+        print(f"| {key} | {v32} | {v16}{'' if v32 == v16 else ' (changed)'} |")
+    print(
+        f"\nevery verdict the same: {'yes' if same else 'NO'}; conditions moved by more than "
+        f"their seed SD: {sum(moved)} of {len(moved)}"
+    )
+    return 0 if same and not any(moved) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
