@@ -61,6 +61,8 @@ __all__ = [
     "planned_pairs",
     "planned_shape",
     "planned_terms",
+    "planned_tost",
+    "T_ONLY",
 ]
 
 #: Seeds are passed to numpy and torch, which take 32-bit unsigned seeds.
@@ -437,10 +439,11 @@ class ReportSettings:
     as an analysis plan fixed in advance may require."""
     comparisons: list | None = None
     """Planned comparisons, fixed in advance: each ``[A, B]`` (paired t of A − B over seeds,
-    and TOST within the margin) or ``[[A, B], [C, D]]``, the per-seed difference of
-    differences (A − B) − (C − D) (paired t only), A to D strategy names. The t-tests form one
-    Holm family and the TOSTs another; they are the findings' families, and the report opens
-    with a recommendation drawn from them (docs/STATISTICS.md). Not with ``ranks``."""
+    and TOST within the margin), ``[A, B, t-only]`` (paired t alone) or ``[[A, B], [C, D]]``,
+    the per-seed difference of differences (A − B) − (C − D) (paired t alone), A to D strategy
+    names. The t-tests form one Holm family and the TOSTs another; they are the findings'
+    families, and the report opens with a recommendation drawn from them
+    (docs/STATISTICS.md). Not with ``ranks``."""
     accuracy_margin: float = 1.5
     """Margin, in accuracy points, of the TOST of a planned comparison on accuracy (for a
     study that scores accuracy)."""
@@ -453,13 +456,16 @@ class ReportSettings:
                 "equivalence_margin": number_in(0, MAX_FACTOR),
                 "accuracy_margin": number_in(0, 100),
                 "comparisons": (
-                    lambda v: v is None
-                    or (
-                        isinstance(v, list)
-                        and 0 < len(v) <= MAX_LIST
-                        and all(planned_shape(c) for c in v)
+                    lambda v: (
+                        v is None
+                        or (
+                            isinstance(v, list)
+                            and 0 < len(v) <= MAX_LIST
+                            and all(planned_shape(c) for c in v)
+                        )
                     ),
-                    "a non-empty list of [A, B] or [[A, B], [C, D]] (strategy names)",
+                    "a non-empty list of [A, B], [A, B, t-only] or [[A, B], [C, D]] "
+                    "(strategy names)",
                 ),
                 "lowest": (lambda v: isinstance(v, bool), "true or false"),
                 "note": (
@@ -500,21 +506,41 @@ class ReportSettings:
 
 
 def _is_pair(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(
-        isinstance(x, str) and x.strip() for x in value
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(x, str) and x.strip() for x in value)
     )
 
 
+#: The third element of ``[A, B, t-only]``: a planned difference tested without a TOST.
+T_ONLY = "t-only"
+
+
+def _t_only(entry) -> bool:
+    return isinstance(entry, list) and len(entry) == 3 and entry[2] == T_ONLY
+
+
 def planned_shape(entry) -> bool:
-    """Whether ``entry`` of ``report.comparisons`` is ``[A, B]`` or ``[[A, B], [C, D]]``."""
-    return _is_pair(entry) or (
-        isinstance(entry, list) and len(entry) == 2 and all(_is_pair(x) for x in entry)
+    """Whether ``entry`` of ``report.comparisons`` is ``[A, B]``, ``[A, B, t-only]`` or
+    ``[[A, B], [C, D]]``."""
+    return (
+        _is_pair(entry)
+        or (_t_only(entry) and _is_pair(entry[:2]))
+        or (isinstance(entry, list) and len(entry) == 2 and all(_is_pair(x) for x in entry))
     )
 
 
 def planned_pairs(entry) -> list[tuple[str, str]]:
     """The ``(A, B)`` differences of a well-shaped planned comparison: one, or two."""
+    if _t_only(entry):
+        return [tuple(entry[:2])]
     return [tuple(entry)] if _is_pair(entry) else [tuple(x) for x in entry]
+
+
+def planned_tost(entry) -> bool:
+    """Whether a well-shaped planned comparison has a TOST: ``[A, B]`` only."""
+    return _is_pair(entry)
 
 
 def planned_terms(entry) -> list[str]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loraplace.report.load import Condition, Study, first, num
+from loraplace.settings import planned_pairs, planned_tost
 from loraplace.stats.measures import Ratio, mcnemar_exact, ratio_interval, wilson_interval
 from loraplace.stats.tests import (
     ci95,
@@ -34,6 +35,7 @@ from loraplace.stats.verdicts import (
     best_vs_others,
     compare_pairs,
     compare_to_reference,
+    planned_comparisons,
     speedup_claim,
     verdict,
 )
@@ -270,6 +272,12 @@ class Analysis:
     speedups: dict[str, Speedup]
     environments: Environments
     """The machines, versions and precisions of the runs, and the comparisons they split."""
+    planned: list[Comparison] = field(default_factory=list)
+    """``report.comparisons`` on eval loss, in its order: the findings' families (t-tests
+    Holm-adjusted together, TOSTs together); empty when the study plans none."""
+    planned_accuracy: list[Comparison] = field(default_factory=list)
+    """The same comparisons on the seeds' accuracies (differences as fractions, TOST within
+    ``report.accuracy_margin`` points), when the study scores accuracy."""
 
 
 def _losses_and_refs(study: Study) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
@@ -321,7 +329,7 @@ def _compare(
         return {}, 0, None
     examples = study.example_arrays() or None
     with_data = [label for label, values in losses.items() if values]
-    if not study.sweep and study.lowest_asked and len(with_data) >= 2:
+    if not study.sweep and study.lowest_asked and not study.planned and len(with_data) >= 2:
         # Over ranks the lowest loss is mostly the largest rank: the sweep's question is the
         # equal-budget comparison instead, so "lowest" is a finding only without a sweep.
         best = best_vs_others(losses, study.margin, refs, examples)
@@ -329,6 +337,26 @@ def _compare(
     found = compare_to_reference(losses, refs, study.margin, examples)
     size = max((c.family_size for c in found.values()), default=0)
     return found, size, None
+
+
+def _planned(study: Study) -> tuple[list[Comparison], list[Comparison]]:
+    """``report.comparisons`` on eval loss and, where runs were scored, on accuracy."""
+    if not study.planned:
+        return [], []
+    planned = [planned_pairs(entry) for entry in study.planned]
+    conditions = {c.name: c for c in study.conditions if c.rank is None}
+    if any(name not in conditions for pairs in planned for pair in pairs for name in pair):
+        return [], []  # a study.yaml validated elsewhere names them all; a bare runs/ has none
+    losses = {name: study.losses(c) for name, c in conditions.items()}
+    tosts = [planned_tost(entry) for entry in study.planned]
+    loss = planned_comparisons(losses, planned, study.margin, equivalence=tosts)
+    scores = {name: _seed_accuracies(study.runs(c)) for name, c in conditions.items()}
+    if not any(scores.values()):
+        return loss, []
+    margin = study.report_settings.accuracy_margin / 100.0
+    return loss, planned_comparisons(
+        scores, planned, margin, equivalence=tosts, higher_is_better=True
+    )
 
 
 def _counts(record: dict[str, Any]) -> tuple[int, int] | None:
@@ -559,5 +587,9 @@ def analyse(study: Study) -> Analysis:
         for c in [*comparisons.values(), *(best.against.values() if best else []), *pairs]
         if c.strategy != c.reference
     ]
+    planned, planned_accuracy = _planned(study)
+    compared += [(c.strategy, c.reference) for c in planned if len(c.terms) == 1]
     envs = environments(study, compared)
-    return Analysis(table, comparisons, size, best, pairs, accuracy, speedups, envs)
+    return Analysis(
+        table, comparisons, size, best, pairs, accuracy, speedups, envs, planned, planned_accuracy
+    )

@@ -24,7 +24,7 @@ from loraplace import store
 from loraplace.report import figures
 from loraplace.report import tables as report_tables
 from loraplace.report.analysis import REQUIRED_COLUMNS, SUMMARY_COLUMNS, Analysis, analyse
-from loraplace.report.findings import findings, training_lines
+from loraplace.report.findings import findings, recommendation, training_lines
 from loraplace.report.lmeval_table import lm_eval_table
 from loraplace.report.load import Study, first, load_study
 from loraplace.report.placement_map import PlacementRow, plot_placement
@@ -245,6 +245,8 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
     t = s = report_tables
     tables = [
         t.summary_table(study, a),
+        t.planned_table(study, a.planned, accuracy=False),
+        t.planned_table(study, a.planned_accuracy, accuracy=True),
         t.comparison_table(study, a),
         t.accuracy_table(study, a),
         lm_eval_table(study),
@@ -268,6 +270,7 @@ def _document(report: Report, figs: list[tuple[str, str]]) -> Document:
         provenance=t.provenance(study),
         config_text=study.config_text,
         sections={"Training budget": training} if training else {},
+        lead=[line] if (line := recommendation(study, a)) else [],
     )
 
 

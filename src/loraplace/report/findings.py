@@ -21,7 +21,7 @@ from loraplace.report.analysis import (
     Environments,
 )
 from loraplace.report.load import Condition, Study, first
-from loraplace.report.render import FAILURES_HEADING, code, holm_over, p_is
+from loraplace.report.render import FAILURES_HEADING, code, holm_over, p_is, sentence
 from loraplace.report.sweeps import (
     BudgetAnalysis,
     BudgetRow,
@@ -51,6 +51,9 @@ from loraplace.stats.verdicts import (
 
 __all__ = [
     "CAPACITY_TOLERANCE",
+    "planned_findings",
+    "planned_label",
+    "recommendation",
     "budget_findings",
     "checkpoint_findings",
     "dropped_findings",
@@ -192,7 +195,204 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:  # noqa: C901 
     return out
 
 
+# --- Planned comparisons (report.comparisons) and the recommendation ---------------------------
+
+
+def planned_label(c: Comparison) -> str:
+    """A planned comparison as rich text: ``A − B``, or ``(A − B) − (C − D)``."""
+    if len(c.terms) == 2:
+        return " − ".join(f"({code(a)} − {code(b)})" for a, b in c.terms)
+    return f"{code(c.strategy)} − {code(c.reference)}"
+
+
+def _scale(accuracy: bool) -> tuple[float, str, str]:
+    """Factor, unit and format of a difference: nats of eval loss, or accuracy points."""
+    return (100.0, "points", "+.1f") if accuracy else (1.0, "nats", "+.4f")
+
+
+def _planned_delta(c: Comparison, accuracy: bool) -> str:
+    factor, unit, spec = _scale(accuracy)
+    if c.mean is None:
+        return "Δ undefined"
+    text = f"Δ {factor * c.mean:{spec}} {unit}"
+    if c.ci_low is not None and c.ci_high is not None:
+        text += f", 95% CI [{factor * c.ci_low:{spec}}, {factor * c.ci_high:{spec}}]"
+    return text
+
+
+def _planned_item(c: Comparison, accuracy: bool) -> str:
+    text = f"{planned_label(c)}: {_planned_delta(c, accuracy)}"
+    if c.verdict == EXPLORATORY:
+        return text + f", n = {c.n}"
+    text += f", p {p_is(c.p)}, Holm p {p_is(c.p_holm)}"
+    if c.tost_p is not None:
+        text += f", TOST Holm p {p_is(c.tost_p_holm)}"
+    if c.verdict in (CLEAR, SUPPORTED, SUGGESTIVE) and c.direction and c.mean is not None:
+        word = "lower" if c.mean < 0 else "higher"
+        if len(c.terms) == 2:
+            text += f" (the first difference is {word})"
+        else:
+            measure = "accuracy" if accuracy else "eval loss"
+            text += f" ({code(c.strategy)} has {word} {measure} than {code(c.reference)})"
+    elif c.verdict == UNRESOLVED and c.sd:
+        mdd = min_detectable_difference(c.sd, c.n, 0.05 / max(1, c.family_size))
+        if mdd is not None:
+            factor, unit, spec = _scale(accuracy)
+            text += f"; differences below about {factor * mdd:{spec[1:]}} {unit} would likely go "
+            text += "undetected"
+    return text
+
+
+_PLANNED_RUNGS = (
+    (CLEAR, f"Clear (Holm-adjusted p < {CLEAR_P:.2f})"),
+    (SUPPORTED, f"Supported (Holm-adjusted p < {SUPPORTED_P:.2f})"),
+    (EQUIVALENT, "Equivalent (Holm-adjusted TOST p < 0.05, within the margin)"),
+    (
+        SUGGESTIVE,
+        f"Suggestive only (Holm-adjusted p < {SUGGESTIVE_P:.2f}, short of the "
+        f"{SUPPORTED_P:.2f} standard; more seeds are needed to establish it)",
+    ),
+    (UNRESOLVED, "Unresolved (no difference shown, and no equivalence)"),
+    (EXPLORATORY, f"Exploratory (fewer than {MIN_SEEDS} paired seeds: no test, no direction)"),
+)
+
+
+def _planned_family(study: Study, comps: list[Comparison], accuracy: bool) -> list[str]:
+    if not comps:
+        return []
+    _, unit, _ = _scale(accuracy)
+    measure = "accuracy (each seed's, higher is better)" if accuracy else "eval loss"
+    margin = (
+        f"±{study.report_settings.accuracy_margin:g} points ({code('report.accuracy_margin')})"
+        if accuracy
+        else f"±{study.margin:g} nats ({code('report.equivalence_margin')})"
+    )
+    size, tost_size = comps[0].family_size, comps[0].tost_family_size
+    tosts = (
+        f"the TOSTs within {margin} over the {tost_size} TOST(s)"
+        if tost_size
+        else f"the TOSTs within {margin}: none made yet"
+    )
+    out = [
+        f"Planned comparisons on {measure} ({code('report.comparisons')}, fixed in advance), "
+        "paired by seed: A − B is the mean per-seed difference in " + unit + ", and "
+        "(A − B) − (C − D) the mean per-seed difference of differences over the seeds all four "
+        "finished, each with its 95% t interval and a paired t-test. "
+        + sentence(holm_over(size, "planned t-test(s)"))
+        + f"; {tosts}, Holm-adjusted on their own. These are the findings' families: the "
+        "comparisons with the reference and the all-pairs table are families of their own."
+    ]
+    for label, rule in _PLANNED_RUNGS:
+        group = [c for c in comps if c.verdict == label]
+        if group:
+            out.append(f"{rule}: " + "; ".join(_planned_item(c, accuracy) for c in group) + ".")
+    return out
+
+
+def planned_findings(study: Study, a: Analysis) -> list[str]:
+    """The planned families' sentences, on eval loss and on accuracy, by verdict."""
+    return _planned_family(study, a.planned, False) + _planned_family(
+        study, a.planned_accuracy, True
+    )
+
+
+def _against_reference(
+    comps: list[Comparison], reference: str
+) -> list[tuple[str, int, Comparison]]:
+    """``(placement, sign, comparison)`` for each planned simple difference with the reference;
+    ``sign`` orients it as placement − reference."""
+    out = []
+    for c in comps:
+        if len(c.terms) != 1:
+            continue
+        if c.reference == reference and c.strategy != reference:
+            out.append((c.strategy, 1, c))
+        elif c.strategy == reference and c.reference != reference:
+            out.append((c.reference, -1, c))
+    return out
+
+
+def _neg(x: float | None) -> float | None:
+    return None if x is None else -x
+
+
+def recommendation(study: Study, a: Analysis) -> str | None:
+    """The report's opening line, from the planned comparisons with the reference.
+
+    Among placements with fewer trainable parameters than the reference, the one with the
+    fewest whose comparison is ``equivalent`` (its Holm-adjusted TOST passed); else each
+    placement shown ``clear`` or ``supported`` worse or better; else unresolved. On accuracy
+    when the study's task is scored by accuracy, else on eval loss (docs/STATISTICS.md).
+
+    Returns:
+        Rich text, or ``None`` without planned comparisons or a reference.
+    """
+    if not study.planned or not study.reference:
+        return None
+    accuracy = bool(a.planned_accuracy) and first(study.records, "accuracy_metric") is not None
+    comps = a.planned_accuracy if accuracy else a.planned
+    ref = study.reference
+    factor, unit, spec = _scale(accuracy)
+    on = "accuracy" if accuracy else "eval loss"
+    params = {c.name: r["trainable_params"] for c, r in zip(study.conditions, a.rows)}
+    found = _against_reference(comps, ref)
+    head = f"Recommendation (the planned comparisons with {code(ref)}, on {on}): "
+    smaller = [
+        (params[name], name, c)
+        for name, _, c in found
+        if c.verdict == EQUIVALENT and params.get(name) and params.get(ref)
+        and params[name] < params[ref]
+    ]  # fmt: skip
+    if smaller:
+        count, name, c = min(smaller, key=lambda t: t[0])
+        margin = (
+            f"±{study.report_settings.accuracy_margin:g} accuracy points"
+            if accuracy
+            else f"±{study.margin:g} nats of eval loss"
+        )
+        fewer = 100.0 * (1.0 - count / params[ref])
+        return (
+            f"{head}{code(name)} is equivalent to {code(ref)} within {margin} with "
+            f"{fewer:.0f}% fewer trainable parameters ({count:,} vs {params[ref]:,}; TOST "
+            f"Holm p {p_is(c.tost_p_holm)})."
+        )
+    shown = []
+    for name, sign, c in found:
+        if c.verdict not in (CLEAR, SUPPORTED) or c.mean is None or c.direction is None:
+            continue
+        better = (c.direction == BETTER) == (sign > 0)
+        mean, low, high = c.mean, c.ci_low, c.ci_high
+        if mean < 0:  # the size of the difference, its interval turned with it
+            mean, low, high = -mean, _neg(high), _neg(low)
+        size = f"{factor * mean:{spec[1:]}} {unit}"
+        if low is not None and high is not None:
+            size += f" [{factor * low:{spec[1:]}}, {factor * high:{spec[1:]}}]"
+        shown.append(
+            f"{code(name)} is {'better' if better else 'worse'} than {code(ref)} by {size} "
+            f"({c.verdict}, Holm p {p_is(c.p_holm)})"
+        )
+    if shown:
+        return (
+            f"{head}no placement with fewer parameters is shown equivalent to {code(ref)}; "
+            + "; ".join(shown)
+            + "."
+        )
+    why = ""
+    if not found:
+        why = f" (no planned comparison names {code(ref)})"
+    elif all(c.verdict == EXPLORATORY for _, _, c in found):
+        why = f" (no planned comparison with it has {MIN_SEEDS} paired seeds yet)"
+    return (
+        f"{head}unresolved: no placement is shown equivalent to or different from {code(ref)}{why}."
+    )
+
+
 def _lowest(study: Study, a: Analysis) -> list[str]:
+    if study.planned:
+        return [
+            f"The lowest mean eval loss is not tested: the planned comparisons "
+            f"({code('report.comparisons')}) are the findings' families."
+        ]
     if study.sweep:
         return [
             "The lowest loss over all ranks is not tested (it is mostly the largest rank): the "
@@ -503,7 +703,9 @@ def findings(
     """
     out = list(study.notes)
     out += budget_findings(budget)  # a rank sweep's placement question comes first
-    out += _comparison_findings(study, analysis) if study.reference else []
+    out += planned_findings(study, analysis)
+    if study.reference and not study.planned:
+        out += _comparison_findings(study, analysis)
     out += _lowest(study, analysis)
     out += _accuracy(study, analysis)
     out += _speed(study, analysis)

@@ -225,6 +225,11 @@ class Study:
         """Whether ``report.lowest`` asks for the "lowest mean eval loss" test (the default)."""
         return bool(self.report_settings.lowest)
 
+    @property
+    def planned(self) -> list:
+        """``report.comparisons``: the planned comparisons (empty when none are declared)."""
+        return list(self.report_settings.comparisons or [])
+
     def condition(self, name: str, rank: int | None) -> Condition | None:
         """The condition ``(name, rank)``, or ``None`` when the study has no such row."""
         return next((c for c in self.conditions if c.key == (name, rank)), None)

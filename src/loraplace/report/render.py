@@ -262,6 +262,8 @@ class Document:
     config_text: str
     sections: dict[str, list[str]] = field(default_factory=dict)
     """Extra headed lists (rich text), e.g. the training budget, after the findings."""
+    lead: list[str] = field(default_factory=list)
+    """Paragraphs (rich text) under the subtitle, before the findings: the recommendation."""
 
 
 FAILURES_HEADING = "Failed and unfinished runs"
@@ -289,7 +291,10 @@ def _fence(text: str) -> str:
 def render_markdown(doc: Document) -> str:
     """``report.md``: findings, tables, figures (by relative file name), failures, runs,
     provenance and the study config."""
-    md = [f"# {md_text(doc.title)}", "", md_text(doc.subtitle), "", "## Findings", ""]
+    md = [f"# {md_text(doc.title)}", "", md_text(doc.subtitle), ""]
+    for paragraph in doc.lead:
+        md += [md_text(paragraph), ""]
+    md += ["## Findings", ""]
     md += [f"- {md_text(n)}" for n in doc.findings] + [""]
     for heading, items in doc.sections.items():
         md += [f"## {md_text(heading)}", "", *(f"- {md_text(i)}" for i in items), ""]
@@ -343,6 +348,7 @@ def render_html(doc: Document, fig_dir: Path) -> str:
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
         f"<style>{_CSS}</style></head><body><h1>{title}</h1><p>{html_text(doc.subtitle)}</p>",
+        *(f"<p>{html_text(paragraph)}</p>" for paragraph in doc.lead),
         "<h2>Findings</h2>",
         _html_list(doc.findings),
     ]

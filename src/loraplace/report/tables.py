@@ -13,6 +13,7 @@ from typing import Any
 
 from loraplace import store
 from loraplace.report.analysis import Analysis
+from loraplace.report.findings import planned_label
 from loraplace.report.load import Study, num, placement_spread, read_importance
 from loraplace.report.render import (
     DASH,
@@ -30,7 +31,8 @@ from loraplace.report.render import (
     who_headers,
 )
 from loraplace.report.sweeps import BudgetAnalysis, CheckpointAnalysis, SelectionTable
-from loraplace.stats.verdicts import EQUIVALENCE_ALPHA
+from loraplace.settings import T_ONLY
+from loraplace.stats.verdicts import EQUIVALENCE_ALPHA, Comparison
 
 __all__ = [
     "accuracy_table",
@@ -41,6 +43,7 @@ __all__ = [
     "failures",
     "pairwise_table",
     "placement_seeds_table",
+    "planned_table",
     "provenance",
     "run_table",
     "selection_table",
@@ -166,6 +169,9 @@ def comparison_table(study: Study, a: Analysis) -> Table:
             else f"adjusted over this table's {a.family_size} test(s), at the same rank (the "
             "equal-budget comparisons and all pairs are families of their own)"
             if study.sweep
+            else f"adjusted over this table's {a.family_size} test(s), a family of its own "
+            "(the findings use the planned comparisons)"
+            if study.planned
             else f"adjusted over the {a.family_size} test(s) the findings make"
         )
         + ". TOST: equivalence within "
@@ -173,6 +179,52 @@ def comparison_table(study: Study, a: Analysis) -> Table:
         "dash is a test not made (fewer than 3 paired seeds) or undefined (equal differences)."
     )
     return Table("Comparison with the reference", headers, rows, note)
+
+
+def planned_table(study: Study, comps: list[Comparison], accuracy: bool) -> Table | None:
+    """The planned comparisons (``report.comparisons``) on eval loss or on accuracy."""
+    if not comps:
+        return None
+    factor, spec = (100.0, "+.1f") if accuracy else (1.0, "+.4f")
+
+    def scaled(x: float | None) -> float | None:
+        return None if x is None else factor * x
+
+    rows = [
+        [
+            planned_label(c),
+            str(c.n),
+            fmt(scaled(c.mean), spec),
+            interval(scaled(c.ci_low), scaled(c.ci_high), spec),
+            p_text(c.p),
+            p_text(c.p_holm),
+            p_text(c.tost_p),
+            p_text(c.tost_p_holm),
+            (c.verdict + (f", {c.direction}" if c.direction else "")) if c.n else DASH,
+        ]
+        for c in comps
+    ]
+    unit = "accuracy points (better = higher)" if accuracy else "nats of eval loss (better = lower)"
+    margin = (
+        f"±{study.report_settings.accuracy_margin:g} points"
+        if accuracy
+        else f"±{study.margin:g} nats"
+    )
+    size, tost_size = comps[0].family_size, comps[0].tost_family_size
+    note = (
+        f"Δ in {unit}: A − B is the mean per-seed difference over the seeds both finished; "
+        "(A − B) − (C − D) the mean per-seed difference of differences over the seeds all four "
+        f"finished; paired t 95% interval. Holm p: {holm_over(size, 'planned t-test(s)')}. "
+        f"TOST: equivalence within {margin} (not for a difference of differences or a "
+        f"{T_ONLY} pair), Holm over the "
+        f"{tost_size} TOST(s); equivalent below {EQUIVALENCE_ALPHA:g} and only without a clear "
+        "or supported difference. A dash is a test not made (fewer than 3 paired seeds) or "
+        "undefined (equal differences)."
+    )
+    headers = ["Comparison", "n", "Δ", "95% CI", "p (paired)", "Holm p", "TOST p", "TOST Holm p",
+               "Verdict"]  # fmt: skip
+    title = "Planned comparisons" + (": accuracy" if accuracy else "")
+    return Table(title, headers, rows, note)
 
 
 def accuracy_table(study: Study, a: Analysis) -> Table | None:

@@ -21,6 +21,7 @@ from loraplace.stats.tests import (
     family_size,
     finite,
     holm,
+    is_ok,
     mean,
     paired_difference,
     tost_paired,
@@ -52,6 +53,7 @@ __all__ = [
     "compare_pairs",
     "compare_to_reference",
     "pairwise",
+    "planned_comparisons",
     "speedup_claim",
     "verdict",
 ]
@@ -210,6 +212,9 @@ class Comparison:
     """Upper end of that interval."""
     welch_p: float | None
     """Unpaired Welch p over all finished seeds of each side (secondary, not used by verdicts)."""
+    terms: tuple[tuple[str, str], ...] = ()
+    """A planned comparison's differences (:func:`planned_comparisons`): ``((A, B),)``, or
+    ``((A, B), (C, D))`` for a difference of differences; empty for any other comparison."""
 
 
 def _flip(c: Comparison) -> Comparison:
@@ -463,3 +468,107 @@ def best_vs_others(
         c.verdict in (CLEAR, SUPPORTED) and c.direction == BETTER for c in against.values()
     )
     return BestFinding(best, against, vs_ref, found[0].family_size if found else 0, lowest)
+
+
+Planned = Sequence[tuple[str, str]]
+"""A planned comparison as differences: ``[(A, B)]`` (A − B) or ``[(A, B), (C, D)]``
+((A − B) − (C − D), per seed)."""
+
+
+def _seed_differences(values: Mapping[str, SeedValues], a: str, b: str) -> dict[int, float]:
+    """``{seed: a − b}`` over the seeds where both are finite."""
+    x, y = values[a], values[b]
+    return {s: float(x[s]) - float(y[s]) for s in x if s in y and is_ok(x[s]) and is_ok(y[s])}
+
+
+def planned_comparisons(
+    values: Mapping[str, SeedValues],
+    planned: Sequence[Planned],
+    margin: float,
+    *,
+    equivalence: Sequence[bool] | None = None,
+    higher_is_better: bool = False,
+    conf: float = 0.95,
+) -> list[Comparison]:
+    """A planned family, fixed in advance: paired t-tests Holm-adjusted together, and TOSTs of
+    the simple differences Holm-adjusted together.
+
+    ``[(A, B)]`` is the paired t of ``A − B`` over the seeds both finished, and a TOST within
+    ``±margin``. ``[(A, B), (C, D)]`` is the paired t of the per-seed difference of differences
+    ``(A_s − B_s) − (C_s − D_s)`` over the seeds all four finished, with no TOST (nor a simple
+    difference marked so in ``equivalence``). Either joins
+    its family with at least :data:`MIN_SEEDS` seeds and a defined p; the verdict ladder
+    applies as in :func:`compare_pairs`.
+
+    Args:
+        values: ``{strategy: {seed: value}}`` (eval loss, or accuracy as a fraction).
+        planned: The planned comparisons, in the order the results are wanted.
+        margin: Positive equivalence margin, in the unit of ``values``.
+        equivalence: Per planned comparison, whether a simple difference gets a TOST
+            (default: every simple difference; a difference of differences never does).
+        higher_is_better: ``True`` for accuracy: a positive difference is :data:`BETTER`.
+        conf: Confidence level of the intervals.
+
+    Returns:
+        One :class:`Comparison` per planned comparison: ``strategy`` and ``reference`` are
+        ``A`` and ``B``, or ``"A − B"`` and ``"C − D"``; ``terms`` holds the differences.
+
+    Raises:
+        ValueError: When a comparison names an unknown strategy or is not one or two pairs.
+    """
+    if not (margin > 0 and math.isfinite(margin)):
+        raise ValueError(f"margin must be a positive number, got {margin!r}")
+    runs = []
+    wanted = list(equivalence) if equivalence is not None else [True] * len(planned)
+    for pairs, tost_wanted in zip(planned, wanted, strict=True):
+        pairs = tuple((str(a), str(b)) for a, b in pairs)
+        missing = [s for pair in pairs for s in pair if s not in values]
+        if missing or len(pairs) not in (1, 2):
+            raise ValueError(
+                f"cannot test {pairs!r}: "
+                + (f"unknown {missing}; known: {sorted(values)}" if missing else "not 1 or 2 pairs")
+            )
+        if len(pairs) == 1:
+            ((a, b),) = pairs
+            x, y = values[a], values[b]
+        else:
+            x, y = (_seed_differences(values, *pair) for pair in pairs)
+        tost = tost_paired(x, y, margin, EQUIVALENCE_ALPHA).p if len(pairs) == 1 else None
+        if not tost_wanted:
+            tost = None
+        runs.append((pairs, paired_difference(x, y, conf), tost))
+    in_family = [pd.n >= MIN_SEEDS for _, pd, _ in runs]
+    ps = [pd.p if ok else None for (_, pd, _), ok in zip(runs, in_family)]
+    tps = [t if ok else None for (_, _, t), ok in zip(runs, in_family)]
+    ps_holm, tps_holm = holm(ps), holm(tps)
+    sizes = {"family_size": family_size(ps), "tost_family_size": family_size(tps)}
+    out = []
+    for i, (pairs, pd, _) in enumerate(runs):
+        signed = -pd.mean if higher_is_better and pd.mean is not None else pd.mean
+        v = verdict(pd.n, signed, ps_holm[i], tps_holm[i])
+        names = [f"{a} − {b}" for a, b in pairs] if len(pairs) == 2 else list(pairs[0])
+        out.append(
+            Comparison(
+                strategy=names[0],
+                reference=names[1],
+                n=pd.n,
+                mean=pd.mean,
+                sd=pd.sd,
+                ci_low=pd.ci_low,
+                ci_high=pd.ci_high,
+                conf=conf,
+                p=ps[i],
+                p_holm=ps_holm[i],
+                margin=margin,
+                tost_p=tps[i],
+                tost_p_holm=tps_holm[i],
+                verdict=v.label,
+                direction=v.direction,
+                boot_low=None,
+                boot_high=None,
+                welch_p=None,
+                terms=pairs,
+                **sizes,
+            )
+        )
+    return out
