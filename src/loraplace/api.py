@@ -22,6 +22,7 @@ from typing import Any
 
 from loraplace import store
 from loraplace.config.study import StudyConfig, load_study_config, read_study_mapping
+from loraplace.config.templates import is_marker
 from loraplace.errors import LoraplaceError
 from loraplace.placement.grammar import parse_strategy
 from loraplace.settings import STUDY_ONLY, TrainingSettings, keys_of_scope
@@ -120,6 +121,8 @@ def run(
     else:
         spec = strategy
         name = name or str(parse_strategy(strategy))
+    if is_marker(spec):  # resolved for the model with the rest of its config
+        spec = _config(base, overrides).strategies[strategy]
     if not isinstance(spec, str):
         raise LoraplaceError(
             f"'{strategy}' is an automatic strategy: a study resolves it before its runs; for a "
@@ -128,6 +131,8 @@ def run(
     base.update(
         {"strategies": {name: spec}, "reference": name, "ranks": None, "match_params": None}
     )
+    if isinstance(base.get("report"), dict):  # a single run plans no comparisons of the study's
+        base["report"] = {k: v for k, v in base["report"].items() if k != "comparisons"}
     training = {
         k: v
         for k, v in (base.get("training") or {}).items()

@@ -32,6 +32,7 @@ from loraplace.config.study import (
     preset_path,
     read_study_mapping,
 )
+from loraplace.config.templates import apply_pilot, describe_strategies
 from loraplace.errors import LoraplaceError, short_repr
 from loraplace.lmeval.bridge import BUILTIN_LMEVAL_TASKS, DEFAULT_BATCH_SIZE, evaluate_study
 from loraplace.report.load import placement_spread
@@ -163,6 +164,17 @@ def cmd_study(args) -> int:
         raise LoraplaceError("give a config file or --preset, not both")
     source = args.config or preset_path(args.preset or "default")
     raw = _study_mapping(source)
+    if args.pilot:
+        where = (
+            short_repr(args.config, 200)
+            if args.config
+            else f"the preset '{args.preset or 'default'}'"
+        )
+        raw = apply_pilot(raw, where)
+    if args.model is not None:
+        raw["model"] = args.model
+    if args.dataset is not None:
+        raw["data"] = {**(raw.get("data") or {}), "dataset": args.dataset}
     if args.seeds is not None:
         raw["training"] = {**(raw.get("training") or {}), "seeds": args.seeds}
     if args.precision is not None:
@@ -171,8 +183,11 @@ def cmd_study(args) -> int:
         raw["tracking"] = args.track
     if args.trust_remote_code:
         raw["trust_remote_code"] = True
+    config = load_study_config(raw)
+    if config.resolved:  # what the preset's markers became for this model, before the estimate
+        print(describe_strategies(config), flush=True)
     return study(
-        load_study_config(raw),
+        config,
         out=args.out,
         executor=args.executor,
         retry_failed=args.retry_failed,
@@ -406,7 +421,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "config", nargs="?", default=None, help="study YAML (default: the default study)"
     )
-    p.add_argument("--preset", default=None, help="a built-in study (default, smoke, pilot)")
+    p.add_argument(
+        "--preset", default=None, help="a built-in study (default, smoke, pilot, placement)"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="M",
+        help="override the config's model: a built-in alias, local directory or hub id",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="D",
+        help="override data.dataset: gsm8k, a task scored by accuracy (piqa, boolq, asdiv, "
+        "tweet-sentiment), a local file or a hub id",
+    )
+    p.add_argument(
+        "--pilot",
+        action="store_true",
+        help="run the config's pilot, a small exploratory version of it (its 'pilot:' key; "
+        "the placement preset: 2 seeds, 32 steps, one learning rate)",
+    )
     p.add_argument("--out", default=None, help="study directory (default runs/<name>)")
     p.add_argument(
         "--executor",

@@ -17,6 +17,14 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
+from loraplace.config.templates import (
+    PILOT_KEY,
+    Resolved,
+    is_marker,
+    pilot_problems,
+    resolve_eval_examples,
+    resolve_strategies,
+)
 from loraplace.config.yamlio import load_yaml
 from loraplace.config.yamlio import read_yaml as _read
 from loraplace.errors import ConfigError, LoraplaceError, one_line, short_repr
@@ -132,12 +140,17 @@ class StudyConfig:
     for automatic strategies resolved per seed (not part of the saved config)."""
     autos: dict = field(default_factory=dict, repr=False, compare=False)
     """Resolved automatic strategies: the same keys as ``plans`` -> their record."""
+    resolved: dict[str, Resolved] = field(default_factory=dict, repr=False, compare=False)
+    """Strategies written as markers (``{match: ...}``, ``{upper_half: ...}``) -> what they
+    resolved to for the model (:mod:`loraplace.config.templates`); ``strategies`` holds the
+    resolved strings, and so does ``study.yaml``."""
 
     def to_dict(self) -> dict:
         """The config as saved in ``study.yaml`` (everything but the compiled plans)."""
         out = asdict(self)
         out.pop("plans")
         out.pop("autos")
+        out.pop("resolved")
         if not out["reuse"]:
             out.pop("reuse")  # study.yaml files from before reuse existed stay the same
         if out["training"]["precision"] == "fp32":
@@ -287,13 +300,16 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     """
     raw, where = _read_source(source)
     study_mapping(raw, where)
-    problems = unknown_keys(
-        raw, [f.name for f in fields(StudyConfig) if f.name not in ("plans", "autos")], ""
-    )
+    keys = [f.name for f in fields(StudyConfig) if f.compare]
+    # A preset's pilot is what --pilot changes (config.templates), not part of the study.
+    problems = unknown_keys(raw, [*keys, PILOT_KEY], "") + pilot_problems(raw, keys)
+    if "data" in raw:
+        raw = {**raw, "data": resolve_eval_examples(raw["data"], problems)}
     sections = {
         key: build_section(cls, raw.get(key), key, problems) for key, cls in _SECTIONS.items()
     }
-    strategies = named_strategies(raw.get("strategies"), problems)
+    planner, written, resolved = _resolve_markers(raw, sections["lora"], problems)
+    strategies = named_strategies(written, problems)
     check_top_level(raw, strategies, problems)
     if sections["report"] is not None and strategies:
         problems += sections["report"].planned_problems(strategies, raw.get("ranks") is not None)
@@ -325,6 +341,7 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
         try:
             plans = compile_plans(
                 probe,
+                planner,
                 match=not problems and raw.get("match_params") is not None,
                 match_params=raw.get("match_params"),
             )
@@ -345,6 +362,7 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
         tracking=list(raw.get("tracking", [])),
         trust_remote_code=bool(raw.get("trust_remote_code", False)),
         reuse=list(raw.get("reuse", [])),
+        resolved=resolved,
         **sections,
     )
     if config.training.precision == "auto":
@@ -357,6 +375,39 @@ def load_study_config(source: str | Path | dict, *, check_model: bool = True) ->
     if check_model:
         config.plans = plans
     return config
+
+
+def _resolve_markers(raw: dict, lora: LoraSettings | None, problems: list[str]):
+    """``(planner, strategies, resolved)``: the strategies as written with their markers
+    resolved for the model (:mod:`loraplace.config.templates`); the planner is ``None`` when
+    there is no marker (the strategies' plans then build their own)."""
+    written = raw.get("strategies")
+    if not (isinstance(written, dict) and any(is_marker(v) for v in written.values())):
+        return None, written, {}
+    planner = _planner(raw)
+    written, resolved = resolve_strategies(
+        written,
+        planner,
+        lora.rank if lora is not None else LoraSettings().rank,
+        problems,
+        sweep=raw.get("ranks") is not None,
+    )
+    return planner, written, resolved
+
+
+def _planner(raw: dict):
+    """The planner of the config's model, for resolving markers; a model that cannot be
+    planned is the one problem reported, as nothing that depends on it can be checked."""
+    # Deferred: importing it loads torch.
+    from loraplace.placement.planner import ModelPlanner
+
+    model = raw.get("model", "smollm2-135m")
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError([f"'model' must be a non-empty string, got {short_repr(model)}"])
+    try:
+        return ModelPlanner.for_model(model, trust_remote_code=raw.get("trust_remote_code") is True)
+    except LoraplaceError as exc:
+        raise ConfigError([f"model: {exc}"]) from None
 
 
 def compile_plans(
