@@ -96,7 +96,10 @@ def test_the_preset_is_the_atlas_design_with_markers():
     data = config.data
     assert (data.train_examples, data.validation_examples, data.eval_examples) == (512, 64, 128)
     assert config.reference == "all-linear" and config.report.lowest is False
-    assert len(config.report.comparisons) == 7  # the plan's t-tests
+    # The plan's tests: 7 paired t-tests, of which 5 also have a TOST.
+    comparisons = config.report.comparisons
+    assert len(comparisons) == 7
+    assert sum(len(c) == 2 and isinstance(c[0], str) for c in comparisons) == 5
 
 
 def test_markers_resolve_for_the_model_with_peft_counts(model_dir, tiny_data_file):
