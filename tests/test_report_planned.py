@@ -14,6 +14,7 @@ from loraplace import store
 from loraplace.config.study import load_study_config
 from loraplace.errors import ConfigError
 from loraplace.report.analysis import analyse
+from loraplace.report.atlas import build_atlas, write_atlas
 from loraplace.report.build import build_report, load_study, write_report
 from loraplace.report.findings import recommendation
 from loraplace.report.render import plain_text
@@ -330,3 +331,54 @@ def test_planned_comparisons_are_refused_with_a_rank_sweep_and_keep_out_of_the_i
     from loraplace.settings import NO_RUN, keys_of_scope
 
     assert "report" in keys_of_scope(StudyConfig, NO_RUN)
+
+
+def test_the_atlas_reads_the_planned_comparisons_where_a_study_declares_them(tmp_path):
+    a = _study(tmp_path / "a")
+    shifted = {
+        name: (
+            *entry[:3],
+            [(loss + (0.0 if name == "all" else 0.003), *rest) for loss, *rest in entry[3]],
+        )
+        for name, entry in DESIGN.items()
+    }
+    b = make_study(
+        tmp_path / "b", shifted, reference="all", model="other-model", report={"comparisons": PLAN}
+    )
+    atlas = build_atlas([a, b])
+    assert atlas.placements == ["attn", "mlp", "upper"]
+    assert atlas.pairs == [
+        "attn − all-r3",
+        "mlp − all-r5",
+        "attn − mlp",
+        "(attn − all-r3) − (mlp − all-r5)",
+    ]
+    for cell, root in zip(atlas.cells, (a, b)):
+        planned = analyse(load_study(root)).planned
+        assert cell.planned and cell.comparisons["attn"] == planned[0]
+        assert cell.pairs["(attn − all-r3) − (mlp − all-r5)"] == planned[-1]
+        assert cell.comparisons["attn"].family_size == 7
+    text = (write_atlas([a, b], tmp_path / "atlas") / "atlas.md").read_text()
+    assert "Pairs every study tested (planned family of each study)" in text
+    assert "Read from each study's planned comparisons" in text
+    assert "Accuracy, for the studies that score it" not in text
+
+
+def test_the_atlas_shows_planned_accuracy_in_points(tmp_path):
+    acc = [0.6, 0.62, 0.58, 0.64, 0.61]
+    strategies = {
+        name: (
+            *entry[:3],
+            [(*run[:2], a - (0.05 if name == "attn" else 0.0)) for run, a in zip(entry[3], acc)],
+        )
+        for name, entry in DESIGN.items()
+    }
+    root = _study(tmp_path, strategies)
+    _score_by_choice(root)
+    atlas = build_atlas([root])
+    cell = atlas.cells[0]
+    assert cell.accuracy["attn"].mean == pytest.approx(-0.05)
+    text = (write_atlas([root], tmp_path / "atlas") / "atlas.md").read_text()
+    assert "Accuracy, for the studies that score it" in text
+    assert "-5.0 [-5.0, -5.0]" not in text  # constant differences: no interval, no test
+    assert "| -5.0 unresolved |" in text

@@ -4,7 +4,11 @@ Each study is one cell (model, task). Its report's comparisons against the study
 (all-linear, in the atlas design) give one entry per placement: the mean paired difference,
 its 95% interval and its verdict, exactly as that study's own report words them. Pairs that
 every study tests in its all-pairs family (an equal-budget pair, attention-only against
-FFN-only) get their own columns. Nothing is recomputed across cells: a cell's family and Holm
+FFN-only) get their own columns. A study that declares planned comparisons
+(``report.comparisons``) is read from them instead: its planned comparisons with the
+reference are the placement columns, and its other planned comparisons (equal-budget pairs,
+the difference of differences) the pair columns, with their accuracy verdicts beside them
+where the study scores accuracy. Nothing is recomputed across cells: a cell's family and Holm
 adjustment are its own study's.
 
 Studies that differ in anything but model and task (and their names) are refused with the
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraplace import store
@@ -46,8 +50,14 @@ class Cell:
     comparisons: dict[str, Comparison]
     """Placement label -> its comparison against :attr:`reference`."""
     pairs: dict[str, Comparison]
-    """``"A − B"`` -> that comparison of the study's all-pairs family."""
+    """``"A − B"`` -> that comparison of the study's all-pairs family, or of its planned
+    family (``"(A − B) − (C − D)"`` for a difference of differences)."""
     path: Path
+    planned: bool = False
+    """Whether the entries come from the study's planned comparisons."""
+    accuracy: dict[str, Comparison] = field(default_factory=dict)
+    """Planned comparisons on accuracy (differences as fractions), by the same labels as
+    :attr:`comparisons` and :attr:`pairs`; empty without them."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,45 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _label(c: Comparison) -> str:
+    """A pair column's name: ``A − B``, or ``(A − B) − (C − D)``."""
+    if len(c.terms) == 2:
+        return " − ".join(f"({a} − {b})" for a, b in c.terms)
+    return f"{c.strategy} − {c.reference}"
+
+
+def _planned(
+    comps: list[Comparison], reference: str
+) -> tuple[dict[str, Comparison], dict[str, Comparison]]:
+    """Planned comparisons as ``(placement columns, pair columns)``."""
+    against, pairs = {}, {}
+    for c in comps:
+        if len(c.terms) == 1 and c.reference == reference:
+            against[c.strategy] = c
+        else:
+            pairs[_label(c)] = c
+    return against, pairs
+
+
+def _planned_cell(study: Study, analysis: Analysis) -> Cell:
+    against, pairs = _planned(analysis.planned, study.reference)
+    accuracy_against, accuracy_pairs = _planned(analysis.planned_accuracy, study.reference)
+    return Cell(
+        model=str(study.config.model),
+        task=str(study.config.data.dataset),
+        measure="eval loss (nats)",
+        reference=study.reference,
+        comparisons=against,
+        pairs=pairs,
+        path=study.root,
+        planned=True,
+        accuracy={**accuracy_against, **accuracy_pairs},
+    )
+
+
 def _cell(study: Study, analysis: Analysis) -> Cell:
+    if analysis.planned and study.reference:
+        return _planned_cell(study, analysis)
     config = study.config
     reference = study.conditions[0].label if study.conditions else ""
     compared = {label: c for label, c in analysis.comparisons.items() if c.strategy != c.reference}
@@ -136,7 +184,9 @@ def build_atlas(study_dirs: list[str | Path]) -> Atlas:
     for cell in cells[1:]:
         placements += [p for p in cell.comparisons if p not in placements]
     pairs = [p for p in cells[0].pairs if all(p in c.pairs for c in cells[1:])]
-    return Atlas(cells, placements, [p for p in pairs if _is_design_pair(p, placements)])
+    if not all(c.planned for c in cells):
+        pairs = [p for p in pairs if _is_design_pair(p, placements)]
+    return Atlas(cells, placements, pairs)
 
 
 def _is_design_pair(pair: str, placements: list[str]) -> bool:
@@ -145,15 +195,17 @@ def _is_design_pair(pair: str, placements: list[str]) -> bool:
     return a in placements and b in placements
 
 
-def _entry(c: Comparison | None) -> str:
+def _entry(c: Comparison | None, factor: float = 1.0) -> str:
+    """``Δ [low, high] verdict``; differences times ``factor`` (100: accuracy points)."""
     if c is None or c.mean is None:
         return DASH
+    spec = "+.4f" if factor == 1.0 else "+.1f"
     interval = (
-        f" [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+        f" [{factor * c.ci_low:{spec}}, {factor * c.ci_high:{spec}}]"
         if c.ci_low is not None and c.ci_high is not None and math.isfinite(c.ci_low)
         else ""
     )
-    return f"{c.mean:+.4f}{interval} {c.verdict}"
+    return f"{factor * c.mean:{spec}}{interval} {c.verdict}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -183,13 +235,45 @@ def atlas_markdown(atlas: Atlas) -> str:
         for c in atlas.cells
     ]
     out.append(_table(header, rows))
+    planned = [c for c in atlas.cells if c.planned]
+    if planned:
+        out += [
+            "",
+            "Read from each study's planned comparisons (`report.comparisons`): "
+            + ", ".join(f"`{c.model}` on `{c.task}`" for c in planned)
+            + ". Their Holm families are the planned t-tests and the planned TOSTs.",
+        ]
     if atlas.pairs:
-        out += ["", "Pairs every study tested (all-pairs family of each study):", ""]
+        family = (
+            "planned family of each study"
+            if len(planned) == len(atlas.cells)
+            else "all-pairs or planned family of each study"
+            if planned
+            else "all-pairs family of each study"
+        )
+        out += ["", f"Pairs every study tested ({family}):", ""]
         rows = [
             [f"`{c.model}`", f"`{c.task}`", *[_entry(c.pairs.get(p)) for p in atlas.pairs]]
             for c in atlas.cells
         ]
         out.append(_table(["Model", "Task", *atlas.pairs], rows))
+    scored = [c for c in atlas.cells if c.accuracy]
+    if scored:
+        columns = [
+            p for p in [*atlas.placements, *atlas.pairs] if any(p in c.accuracy for c in scored)
+        ]
+        out += [
+            "",
+            "Accuracy, for the studies that score it (planned comparisons on each seed's "
+            "accuracy, in points; positive is higher accuracy; placement columns against the "
+            "cell's reference):",
+            "",
+        ]
+        rows = [
+            [f"`{c.model}`", f"`{c.task}`", *[_entry(c.accuracy.get(p), 100.0) for p in columns]]
+            for c in scored
+        ]
+        out.append(_table(["Model", "Task", *columns], rows))
     out += ["", "Studies: " + ", ".join(f"`{c.path}`" for c in atlas.cells), ""]
     return "\n".join(out)
 

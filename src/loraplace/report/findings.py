@@ -21,7 +21,14 @@ from loraplace.report.analysis import (
     Environments,
 )
 from loraplace.report.load import Condition, Study, first
-from loraplace.report.render import FAILURES_HEADING, code, holm_over, p_is, sentence
+from loraplace.report.render import (
+    FAILURES_HEADING,
+    code,
+    holm_over,
+    p_is,
+    planned_label,
+    sentence,
+)
 from loraplace.report.sweeps import (
     BudgetAnalysis,
     BudgetRow,
@@ -52,7 +59,6 @@ from loraplace.stats.verdicts import (
 __all__ = [
     "CAPACITY_TOLERANCE",
     "planned_findings",
-    "planned_label",
     "recommendation",
     "budget_findings",
     "checkpoint_findings",
@@ -196,13 +202,6 @@ def _comparison_findings(study: Study, a: Analysis) -> list[str]:  # noqa: C901 
 
 
 # --- Planned comparisons (report.comparisons) and the recommendation ---------------------------
-
-
-def planned_label(c: Comparison) -> str:
-    """A planned comparison as rich text: ``A − B``, or ``(A − B) − (C − D)``."""
-    if len(c.terms) == 2:
-        return " − ".join(f"({code(a)} − {code(b)})" for a, b in c.terms)
-    return f"{code(c.strategy)} − {code(c.reference)}"
 
 
 def _scale(accuracy: bool) -> tuple[float, str, str]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     # Deferred: importing it loads numpy.
     from loraplace.report.load import Condition, Study
+    from loraplace.stats.verdicts import Comparison
 
 __all__ = [
     "DASH",
@@ -32,6 +33,7 @@ __all__ = [
     "md_text",
     "p_is",
     "p_text",
+    "planned_label",
     "pm",
     "interval",
     "plain_text",
@@ -113,6 +115,13 @@ def signed(value: float | None) -> str:
 def sentence(text: str) -> str:
     """``text`` with its first letter capitalised, to open a sentence."""
     return text[:1].upper() + text[1:]
+
+
+def planned_label(c: Comparison) -> str:
+    """A planned comparison as rich text: ``A − B``, or ``(A − B) − (C − D)``."""
+    if len(c.terms) == 2:
+        return " − ".join(f"({code(a)} − {code(b)})" for a, b in c.terms)
+    return f"{code(c.strategy)} − {code(c.reference)}"
 
 
 def who(study: Study, cond: Condition) -> list[str]:

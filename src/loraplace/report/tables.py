@@ -13,7 +13,6 @@ from typing import Any
 
 from loraplace import store
 from loraplace.report.analysis import Analysis
-from loraplace.report.findings import planned_label
 from loraplace.report.load import Study, num, placement_spread, read_importance
 from loraplace.report.render import (
     DASH,
@@ -23,6 +22,7 @@ from loraplace.report.render import (
     holm_over,
     interval,
     p_text,
+    planned_label,
     pm,
     sentence,
     signed,
