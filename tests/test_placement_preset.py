@@ -19,7 +19,7 @@ from helpers import tiny_study
 from loraplace import api
 from loraplace.cli import main as cli
 from loraplace.config.study import load_study_config, preset_path, read_study_mapping
-from loraplace.config.templates import apply_pilot, is_marker
+from loraplace.config.templates import apply_pilot, describe_strategies, is_marker
 from loraplace.errors import ConfigError, LoraplaceError
 from loraplace.placement.planner import ModelPlanner
 from loraplace.settings import MATCH_TOLERANCE
@@ -169,6 +169,15 @@ def test_bad_markers_are_config_problems(llama_dir, tiny_data_file, change, expe
     with pytest.raises(ConfigError) as err:
         load_study_config(raw)
     assert expected in str(err.value)
+
+
+def test_upper_half_works_in_a_rank_sweep(llama_dir, tiny_data_file):
+    raw = tiny_study(llama_dir, tiny_data_file, ranks=[2, 4], reference=None)
+    raw["strategies"] = {"all": "all", "top": {"upper_half": "mlp"}}
+    config = load_study_config(raw)
+    assert config.strategies["top"] == "mlp@last:2"
+    assert {rank for _, rank in config.plans} == {2, 4}
+    assert "mlp@last:2" in describe_strategies(config)
 
 
 def _cli_config(monkeypatch, argv):

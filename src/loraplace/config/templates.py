@@ -231,21 +231,24 @@ def describe_strategies(config) -> str:
     """The strategies of a loaded study with their trainable counts, and for each matched one
     its error against the count it was matched to, in %."""
     plans = config.plans or {}
+    first = {}  # each strategy's plan at the study's rank, or its first sweep rank
+    for (name, _), plan in plans.items():
+        first.setdefault(name, plan)
     rows = []
     for name, spec in config.strategies.items():
-        plan = plans.get((name, None))
+        plan = first.get(name)
         if plan is None:
-            continue
+            continue  # automatic: placed when the study starts
         note = ""
         resolved = config.resolved.get(name)
         if resolved is not None and resolved.matched_to is not None:
-            budget = plans[(resolved.matched_to, None)].trainable_params
+            budget = first[resolved.matched_to].trainable_params
             error = 100 * (plan.trainable_params - budget) / budget
             note = f"matched to {resolved.matched_to} ({budget:,}): {error:+.2f}%"
         elif resolved is not None:
             note = f"upper half of {plan.num_layers} layers"
         rows.append((str(name), str(spec), f"{plan.trainable_params:,}", note))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
     layers = next(iter(plans.values())).num_layers if plans else 0
     lines = [f"strategies for {config.model} ({layers} layers), trainable parameters:"]
     for name, spec, count, note in rows:
