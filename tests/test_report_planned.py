@@ -382,3 +382,17 @@ def test_the_atlas_shows_planned_accuracy_in_points(tmp_path):
     assert "Accuracy, for the studies that score it" in text
     assert "-5.0 [-5.0, -5.0]" not in text  # constant differences: no interval, no test
     assert "| -5.0 unresolved |" in text
+
+
+def test_planned_comparisons_refuse_unknown_names_and_keep_tosts_where_asked():
+    from loraplace.stats.verdicts import planned_comparisons
+
+    values = _losses(DESIGN)
+    with pytest.raises(ValueError, match="unknown"):
+        planned_comparisons(values, [[("attn", "nope")]], MARGIN)
+    found = planned_comparisons(
+        values, [[("attn", "all")], [("mlp", "all")]], MARGIN, equivalence=[False, True]
+    )
+    assert found[0].tost_p is None and found[1].tost_p is not None
+    assert [c.tost_family_size for c in found] == [1, 1]
+    assert [c.family_size for c in found] == [2, 2]
