@@ -157,6 +157,7 @@ def test_eval_size_follows_the_kind_of_dataset(llama_dir):
         ({"strategies": {"a": "all", "m": {"match": "a", "rank": 2}}}, "takes the keys"),
         ({"strategies": {"a": "all", "m": {"match": "a"}}, "ranks": [2, 4]}, "drop 'ranks'"),
         ({"data": {"eval_examples": {"accuracy": 10}}}, "exactly the keys accuracy, loss"),
+        ({"data": {"eval_examples": {"accuracy": "x", "loss": 8}}}, "eval_examples.accuracy must"),
         ({"pilot": 3}, "'pilot' must be a mapping"),
         ({"pilot": {"trainig": {}}}, "pilot: unknown key 'trainig'"),
     ],

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from loraplace.errors import LoraplaceError, one_line, short_repr
 from loraplace.placement.grammar import LayerSelector, Strategy, parse_strategy
-from loraplace.settings import MATCH_TOLERANCE
+from loraplace.settings import MATCH_TOLERANCE, is_int
 
 __all__ = [
     "EVAL_SIZE_KEYS",
@@ -173,6 +173,13 @@ def resolve_eval_examples(data, problems: list[str]):
         problems.append(
             "data.eval_examples given per kind of dataset needs exactly the keys "
             f"{', '.join(EVAL_SIZE_KEYS)}, got {short_repr(sizes)}"
+        )
+        return {k: v for k, v in data.items() if k != "eval_examples"}
+    bad = [k for k in EVAL_SIZE_KEYS if not (is_int(sizes[k]) and sizes[k] >= 1)]
+    if bad:  # both are checked, whichever kind this dataset is
+        problems.append(
+            f"data.eval_examples.{bad[0]} must be a positive integer, got "
+            f"{short_repr(sizes[bad[0]])}"
         )
         return {k: v for k, v in data.items() if k != "eval_examples"}
     # Deferred: importing it loads torch.
