@@ -58,6 +58,37 @@ def test_studies_that_differ_beyond_model_and_task_are_refused(tmp_path):
         build_atlas([a, same])
 
 
+def _respecced(spec: str) -> dict:
+    """MAIN with the upper half at another depth: what the placement preset resolves for a
+    model of another depth."""
+    return {**MAIN, "last_half": (spec, *MAIN["last_half"][1:])}
+
+
+def test_strategy_strings_follow_the_model_and_the_eval_size_follows_the_task(tmp_path):
+    small = make_study(tmp_path / "a", MAIN)
+    deeper = make_study(tmp_path / "b", _respecced("all@last:9"), model="deeper")
+    other_task = make_study(tmp_path / "c", MAIN, data={"dataset": "piqa", "eval_examples": 500})
+    atlas = build_atlas([small, deeper, other_task])
+    assert [(c.model, c.task) for c in atlas.cells] == [
+        ("tiny", "gsm8k"),
+        ("deeper", "gsm8k"),
+        ("tiny", "piqa"),
+    ]
+    # One model's cells share its strategy strings, and one task's cells their eval size.
+    same_model = make_study(tmp_path / "d", _respecced("all@last:3"), data={"dataset": "piqa"})
+    with pytest.raises(LoraplaceError, match=r"have the same model but differ in last_half"):
+        build_atlas([small, same_model])
+    same_task = make_study(
+        tmp_path / "e", MAIN, model="deeper", data={"dataset": "gsm8k", "eval_examples": 99}
+    )
+    with pytest.raises(LoraplaceError, match=r"have the same task but differ in eval_examples"):
+        build_atlas([small, same_task])
+    # Strategy names are the design: another name is another design.
+    renamed = {("upper" if k == "last_half" else k): v for k, v in MAIN.items()}
+    with pytest.raises(LoraplaceError, match=r"in more than model and task \(strategies\)"):
+        build_atlas([small, make_study(tmp_path / "f", renamed, model="deeper")])
+
+
 def test_the_command_writes_an_atlas_and_refuses_several_studies_without_it(tmp_path, capsys):
     a = make_study(tmp_path / "a", MAIN)
     b = make_study(tmp_path / "b", MAIN, model="other-model")

@@ -201,7 +201,9 @@ def test_cli_model_and_dataset_override_and_print_the_strategies(
     config, status = _cli_config(monkeypatch, argv)
     assert status == 0
     assert config.model == str(llama_dir) and config.data.dataset == str(tiny_data_file)
-    assert config.name == "placement" and config.training.learning_rates
+    # Another model or dataset is another study, in its own directory by default.
+    assert config.name == f"placement-{llama_dir.name}-{tiny_data_file.stem}"
+    assert config.training.learning_rates
     printed = capsys.readouterr().out
     assert f"({LAYERS} layers)" in printed and "all@last:2" in printed
     assert "matched to attention-only" in printed and "%" in printed
@@ -216,11 +218,24 @@ def test_cli_model_and_dataset_override_any_study(monkeypatch, tmp_path, llama_d
     assert config.model == str(llama_dir) and config.data.dataset == str(tiny_data_file)
 
 
+@pytest.mark.parametrize(
+    ("model", "dataset", "name"),
+    [
+        ("gemma3-270m", "piqa", "placement-gemma3-270m-piqa"),
+        (None, "gsm8k", "placement-gsm8k"),
+        ("HuggingFaceTB/SmolLM2-135M", None, "placement-SmolLM2-135M"),
+        ("/data/my models/m/", "/data/my task.jsonl", "placement-m-my-task"),
+    ],
+)
+def test_a_cell_is_named_by_its_model_and_dataset(model, dataset, name):
+    assert cli.cell_name("placement", model, dataset) == name
+
+
 def test_cli_pilot_is_the_plans_pilot(monkeypatch, llama_dir, tiny_data_file):
     argv = ["--preset", "placement", "--pilot", "--model", str(llama_dir)]
     config, _ = _cli_config(monkeypatch, [*argv, "--dataset", str(tiny_data_file)])
     training = config.training
-    assert config.name == "placement-pilot"
+    assert config.name == f"placement-pilot-{llama_dir.name}-{tiny_data_file.stem}"
     assert training.seeds == [0, 1] and training.steps == 32
     assert training.learning_rates is None and training.learning_rate == 2e-3
     assert "exploratory" in config.report.note and config.report.comparisons

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -256,13 +257,13 @@ def test_study_takes_a_precision_option_over_its_config(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(cli, "study", lambda config, **kw: seen.setdefault("config", config))
-    monkeypatch.setattr(cli, "load_study_config", lambda raw: raw)
+    monkeypatch.setattr(cli, "load_study_config", lambda raw: SimpleNamespace(resolved={}, **raw))
     args = cli.build_parser().parse_args(["study", "--preset", "smoke", "--precision", "bf16"])
     cli.cmd_study(args)
-    assert seen["config"]["training"]["precision"] == "bf16"
+    assert seen["config"].training["precision"] == "bf16"
     seen.clear()
     cli.cmd_study(cli.build_parser().parse_args(["study", "--preset", "smoke"]))
-    assert "precision" not in seen["config"]["training"]
+    assert "precision" not in seen["config"].training
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["study", "--precision", "fp16"])
 

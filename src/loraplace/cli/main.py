@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 import warnings
 from dataclasses import fields
@@ -171,18 +172,7 @@ def cmd_study(args) -> int:
             else f"the preset '{args.preset or 'default'}'"
         )
         raw = apply_pilot(raw, where)
-    if args.model is not None:
-        raw["model"] = args.model
-    if args.dataset is not None:
-        raw["data"] = {**(raw.get("data") or {}), "dataset": args.dataset}
-    if args.seeds is not None:
-        raw["training"] = {**(raw.get("training") or {}), "seeds": args.seeds}
-    if args.precision is not None:
-        raw["training"] = {**(raw.get("training") or {}), "precision": args.precision}
-    if args.track is not None:
-        raw["tracking"] = args.track
-    if args.trust_remote_code:
-        raw["trust_remote_code"] = True
+    _override(raw, args)
     config = load_study_config(raw)
     if config.resolved:  # what the preset's markers became for this model, before the estimate
         print(describe_strategies(config), flush=True)
@@ -194,6 +184,37 @@ def cmd_study(args) -> int:
         report=not args.no_report,
         estimate=args.estimate,
     )
+
+
+def _override(raw: dict, args) -> None:
+    """The options of `study` that change its config, applied to the raw mapping."""
+    if args.model is not None:
+        raw["model"] = args.model
+    if args.dataset is not None:
+        raw["data"] = {**(raw.get("data") or {}), "dataset": args.dataset}
+    if (args.model or args.dataset) and isinstance(raw.get("name"), str):
+        # Another model or dataset is another study: by default, in a directory of its own.
+        raw["name"] = cell_name(raw["name"], args.model, args.dataset)
+    if args.seeds is not None:
+        raw["training"] = {**(raw.get("training") or {}), "seeds": args.seeds}
+    if args.precision is not None:
+        raw["training"] = {**(raw.get("training") or {}), "precision": args.precision}
+    if args.track is not None:
+        raw["tracking"] = args.track
+    if args.trust_remote_code:
+        raw["trust_remote_code"] = True
+
+
+def cell_name(name: str, model: str | None, dataset: str | None) -> str:
+    """``name`` with the model and dataset given on the command line appended, each as its
+    last path part without a suffix and in file-name characters:
+    ``placement-gemma3-270m-piqa``."""
+    parts = [name]
+    for given in (model, dataset):
+        if given:
+            stem = Path(given.rstrip("/")).stem or given
+            parts.append(re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "x")
+    return "-".join(parts)[:100]
 
 
 def _study_mapping(source) -> dict:

@@ -70,15 +70,57 @@ class Atlas:
 
 
 def _recipe(config: StudyConfig) -> dict:
-    """The parts of a study config that every cell of an atlas must share."""
+    """The parts of a study config that every cell of an atlas must share: everything but the
+    model, the task and what follows from them (:func:`_per_model`, :func:`_per_task`); of the
+    strategies, their names."""
     raw = json.loads(json.dumps(config.to_dict(), default=str))
     for key in (*CELL_KEYS, *keys_of_scope(StudyConfig, NO_RUN)):
         raw.pop(key, None)
     data = dict(raw.get("data") or {})
-    for key in CELL_DATA_KEYS:
+    for key in (*CELL_DATA_KEYS, "eval_examples"):
         data.pop(key, None)
     raw["data"] = data
+    raw["strategies"] = list(raw.get("strategies") or {})
     return raw
+
+
+def _per_model(config: StudyConfig) -> dict:
+    """What may differ between models but not between two cells of one model: the strategy
+    strings (the upper half and the matched ranks depend on the model's depth and shapes)."""
+    return json.loads(json.dumps(config.to_dict().get("strategies") or {}, default=str))
+
+
+def _per_task(config: StudyConfig) -> dict:
+    """What may differ between tasks but not between two cells of one task: the eval size
+    (the placement preset's 128 GSM8K problems, 500 items of an accuracy task)."""
+    return {"eval_examples": config.data.eval_examples}
+
+
+def _check_recipes(studies: list[Study]) -> None:
+    """Refuses studies whose designs differ beyond model and task, naming the keys."""
+    first = studies[0]
+    for other in studies[1:]:
+        differ = _differences(_recipe(first.config), _recipe(other.config))
+        if differ:
+            raise LoraplaceError(
+                f"'{other.root}' differs from '{first.root}' in more than model and task "
+                f"({', '.join(differ[:8])}{', ...' if len(differ) > 8 else ''}); an atlas "
+                "compares one design across models and tasks"
+            )
+    for kind, key, part in (
+        ("model", lambda s: s.config.model, _per_model),
+        ("task", lambda s: (s.config.data.dataset, s.config.data.format), _per_task),
+    ):
+        seen: dict = {}
+        for study in studies:
+            earlier = seen.setdefault(key(study), study)
+            differ = _differences(part(earlier.config), part(study.config))
+            if differ:
+                raise LoraplaceError(
+                    f"'{study.root}' and '{earlier.root}' have the same {kind} but differ in "
+                    f"{', '.join(differ[:8])}; an atlas compares one design across models "
+                    "and tasks"
+                )
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -162,15 +204,7 @@ def build_atlas(study_dirs: list[str | Path]) -> Atlas:
         if not store.has_study_config(Path(path)):
             raise LoraplaceError(f"'{path}' is not a study directory (no study.yaml)")
         studies.append(load_study(path))
-    first = studies[0]
-    for other in studies[1:]:
-        differ = _differences(_recipe(first.config), _recipe(other.config))
-        if differ:
-            raise LoraplaceError(
-                f"'{other.root}' differs from '{first.root}' in more than model and task "
-                f"({', '.join(differ[:8])}{', ...' if len(differ) > 8 else ''}); an atlas "
-                "compares one design across models and tasks"
-            )
+    _check_recipes(studies)
     cells = [_cell(study, analyse(study)) for study in studies]
     seen: dict[tuple[str, str], Path] = {}
     for cell in cells:
