@@ -20,16 +20,19 @@ import statistics
 import sys
 from pathlib import Path
 
-from loraplace.config.study import load_study_config
+from loraplace.config.study import StudyConfig, load_study_config
 from loraplace.report.analysis import analyse
 from loraplace.report.load import load_study
+from loraplace.settings import NO_RUN, keys_of_scope
 
 
 def _design(study_dir: Path) -> dict:
-    """The study's validated config (keys added since it was written take their defaults),
-    without its name and precision."""
+    """What the study's runs depend on: its validated config (keys added since it was written
+    take their defaults) without the settings that touch no run (name, report, tracking) and
+    without the precision."""
     raw = load_study_config(study_dir / "study.yaml", check_model=False).to_dict()
-    raw.pop("name", None)
+    for key in ("name", *keys_of_scope(StudyConfig, NO_RUN)):
+        raw.pop(key, None)
     raw.get("training", {}).pop("precision", None)
     return raw
 

@@ -4,7 +4,11 @@ bf16 autocast on the CPU, and a study that never mixes precisions (its saved con
 from __future__ import annotations
 
 import copy
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -374,3 +378,31 @@ def test_the_report_states_a_precision_other_than_fp32(tmp_path):
     bf16 = make_study(tmp_path / "bf16", MAIN, examples=True, training={"precision": "bf16"})
     text = (write_report(bf16) / "report.md").read_text()
     assert "reference `baseline`, computed in bf16." in text
+
+
+def test_the_numerics_tables_in_concepts_are_printed_from_the_committed_studies():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bench" / "numerics.py"),
+            str(root / "docs" / "results" / "default"),
+            str(root / "docs" / "results" / "default-bf16"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    printed = result.stdout
+    assert result.returncode == 1, printed + result.stderr  # the check does not pass
+    assert "every verdict the same: yes" in printed
+    assert "differences against the reference moved by more than their seed SD: 1 of 3" in printed
+    concepts = (root / "docs" / "CONCEPTS.md").read_text()
+    section = concepts[concepts.index("## Precision") : concepts.index("## Learning-rate")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "−" in line[2:]]
+    rows += [line for line in section.splitlines() if line.startswith("| all-linear |")]
+    assert len(rows) >= 4
+    for row in rows:
+        # Every figure of the documented row is one the script printed.
+        for figure in re.findall(r"[+−-]?\d+\.\d{4}", row):
+            assert figure.replace("−", "-").lstrip("+-") in printed, (figure, row)
