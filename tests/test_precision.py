@@ -40,7 +40,13 @@ from loraplace.training.run import train_one
 from loraplace.training.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/study.yaml"))
+#: The committed studies written before the precision setting existed (their study.yaml has no
+#: precision key): they must read as fp32 and resume as the same study.
+COMMITTED = sorted(
+    p.parent
+    for p in (ROOT / "docs" / "results").glob("*/study.yaml")
+    if "precision:" not in p.read_text()
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -291,6 +297,7 @@ def test_a_study_saves_the_precision_auto_chose_and_fp32_as_before(
 
 @pytest.mark.parametrize("study", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_the_committed_studies_read_as_fp32_and_stay_the_same_study(study, tmp_path):
+    assert len(COMMITTED) >= 6  # the glob found the studies from before the setting
     copy_dir = tmp_path / study.name
     copy_dir.mkdir()
     for name in (store.STUDY_FILE, store.IDENTITY_FILE):
