@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(
     p.parent
     for p in (ROOT / "docs" / "results").glob("*/study.yaml")
-    if "precision:" not in p.read_text()
+    if "precision" not in (read_yaml(p).get("training") or {})
 )
 
 
