@@ -181,12 +181,14 @@ def screen_cell(model_name: str, task: str, out: Path, args) -> None:
 
 
 def _majority(rows: list[dict], metric: str) -> float | None:
-    """The accuracy of always giving the most frequent correct answer (by label position)."""
-    if metric != "acc" or not rows:
+    """The accuracy of always giving the most frequent correct answer: by label position for a
+    multiple-choice task, by the reference number for an exact-match task (ASDiv)."""
+    key = {"acc": "label", "exact_match": "number"}.get(metric)
+    if key is None or not rows:
         return None
-    counts: dict[int, int] = {}
+    counts: dict = {}
     for row in rows:
-        counts[row["label"]] = counts.get(row["label"], 0) + 1
+        counts[row[key]] = counts.get(row[key], 0) + 1
     return max(counts.values()) / len(rows)
 
 
@@ -307,7 +309,8 @@ def write_report(out: Path, report: Path, seeds: list[int], args) -> None:
     lines += [
         "",
         "Percentages of the validation problems. Majority: always the most frequent correct "
-        "answer (by its position among the choices). A movement needs all "
+        "answer (multiple choice: by its position among the choices; ASDiv: the most frequent "
+        "reference number, a model that always answered it). A movement needs all "
         f"{len(seeds)} seeds and a paired interval that excludes 0. Tokens/s: training, on the "
         "development host's 2 CPU cores shared with other work.",
         "",
