@@ -145,7 +145,7 @@ def test_saved_study_yaml_is_explicit_and_loads_the_same_plans(llama_dir, tiny_d
 
 
 def test_eval_size_follows_the_kind_of_dataset(llama_dir):
-    assert load_study_config(_preset(llama_dir, "piqa")).data.eval_examples == 500
+    assert load_study_config(_preset(llama_dir, "piqa")).data.eval_examples == 300
     assert load_study_config(_preset(llama_dir, "gsm8k")).data.eval_examples == 128
 
 

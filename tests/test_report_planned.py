@@ -245,20 +245,24 @@ def _score_by_choice(root) -> None:
         store.write_result(path.parent, {**record, **scored})
 
 
+ACCURACY = {
+    "all": [0.60, 0.62, 0.58, 0.64, 0.61],
+    "attn": [0.55, 0.56, 0.54, 0.58, 0.555],
+    "mlp": [0.602, 0.618, 0.583, 0.641, 0.608],
+    "upper": [0.5, 0.7, 0.55, 0.66, 0.6],
+    "all-r3": [0.58, 0.6, 0.57, 0.62, 0.6],
+    "all-r5": [0.6, 0.62, 0.58, 0.64, 0.61],
+}
+#: The design with each run's accuracy.
+SCORED = {
+    name: (spec, params, placement, [(*run[:2], a) for run, a in zip(runs, ACCURACY[name])])
+    for name, (spec, params, placement, runs) in DESIGN.items()
+}
+
+
 def test_accuracy_is_tested_in_its_own_planned_families_and_leads_the_recommendation(tmp_path):
-    acc = {
-        "all": [0.60, 0.62, 0.58, 0.64, 0.61],
-        "attn": [0.55, 0.56, 0.54, 0.58, 0.555],
-        "mlp": [0.602, 0.618, 0.583, 0.641, 0.608],
-        "upper": [0.5, 0.7, 0.55, 0.66, 0.6],
-        "all-r3": [0.58, 0.6, 0.57, 0.62, 0.6],
-        "all-r5": [0.6, 0.62, 0.58, 0.64, 0.61],
-    }
-    strategies = {
-        name: (spec, params, placement, [(*run[:2], a) for run, a in zip(runs, acc[name])])
-        for name, (spec, params, placement, runs) in DESIGN.items()
-    }
-    root = _study(tmp_path, strategies, accuracy_margin=1.5)
+    acc = ACCURACY
+    root = _study(tmp_path, SCORED, accuracy_margin=1.5)
     _score_by_choice(root)
     study = load_study(root)
     a = build_report(study).analysis
@@ -396,3 +400,28 @@ def test_planned_comparisons_refuse_unknown_names_and_keep_tosts_where_asked():
     assert found[0].tost_p is None and found[1].tost_p is not None
     assert [c.tost_family_size for c in found] == [1, 1]
     assert [c.family_size for c in found] == [2, 2]
+
+
+def test_verdicts_on_loss_keeps_the_accuracy_tests_but_the_recommendation_reads_loss(tmp_path):
+    # An analysis plan may put a task scored by accuracy's verdicts on eval loss (the atlas's
+    # task 2): the recommendation then reads the loss family and the accuracy family is labelled.
+    root = _study(tmp_path, SCORED, accuracy_margin=1.5, verdicts_on="loss")
+    _score_by_choice(root)
+    study = load_study(root)
+    a = build_report(study).analysis
+    assert len(a.planned_accuracy) == len(PLAN)
+    line = _words(recommendation(study, a))
+    assert line.startswith("Recommendation (the planned comparisons with all, on eval loss)")
+    md = (write_report(root) / "report.md").read_text()
+    assert "## Planned comparisons: accuracy (descriptive: the verdicts are on eval loss)" in md
+    assert "Descriptive: this study's verdicts are on eval loss" in md
+    auto = tmp_path / "auto"
+    root = _study(auto, SCORED, accuracy_margin=1.5)
+    _score_by_choice(root)
+    study = load_study(root)
+    assert "on accuracy)" in _words(recommendation(study, build_report(study).analysis))
+
+
+def test_verdicts_on_names_a_measure(tmp_path):
+    with pytest.raises(ConfigError, match="report.verdicts_on"):
+        _study(tmp_path, verdicts_on="perplexity")

@@ -25,12 +25,16 @@ MATCH_TOLERANCE = 0.025
 #: ``choice`` by :mod:`loraplace.data.tasks`).
 FORMATS = ("gsm8k", "alpaca", "messages", "text", "choice")
 
+#: Values of ``report.verdicts_on``: the measure the report's recommendation reads.
+VERDICT_MEASURES = ("auto", "loss", "accuracy")
+
 __all__ = [
     "MATCH_TOLERANCE",
     "NO_RUN",
     "RECORDED",
     "SCOPE",
     "STUDY_ONLY",
+    "VERDICT_MEASURES",
     "keys_of_scope",
     "AutoSpec",
     "METHODS",
@@ -447,6 +451,11 @@ class ReportSettings:
     accuracy_margin: float = 1.5
     """Margin, in accuracy points, of the TOST of a planned comparison on accuracy (for a
     study that scores accuracy)."""
+    verdicts_on: str = "auto"
+    """The measure the recommendation reads: ``auto`` (accuracy where the study's task is
+    scored by accuracy, else eval loss), ``loss`` or ``accuracy``. ``loss`` on a task scored by
+    accuracy keeps its accuracy tests in the report, labelled descriptive, as an analysis plan
+    may fix in advance (docs/ATLAS-PLAN.md, task 2)."""
 
     def __post_init__(self) -> None:
         problems = check_fields(
@@ -455,6 +464,10 @@ class ReportSettings:
             {
                 "equivalence_margin": number_in(0, MAX_FACTOR),
                 "accuracy_margin": number_in(0, 100),
+                "verdicts_on": (
+                    lambda v: v in VERDICT_MEASURES,
+                    "one of " + ", ".join(VERDICT_MEASURES),
+                ),
                 "comparisons": (
                     lambda v: (
                         v is None

@@ -92,7 +92,7 @@ def _per_model(config: StudyConfig) -> dict:
 
 def _per_task(config: StudyConfig) -> dict:
     """What may differ between tasks but not between two cells of one task: the eval size
-    (the placement preset's 128 GSM8K problems, 500 items of an accuracy task)."""
+    (the placement preset's 128 GSM8K problems, 300 items of an accuracy task)."""
     return {"eval_examples": config.data.eval_examples}
 
 

@@ -272,8 +272,15 @@ def _planned_family(study: Study, comps: list[Comparison], accuracy: bool) -> li
         if tost_size
         else f"the TOSTs within {margin}: none made yet"
     )
+    descriptive = (
+        f"Descriptive: this study's verdicts are on eval loss ({code('report.verdicts_on')}: "
+        "loss), so the tests on accuracy below are reported beside them and decide nothing. "
+        if accuracy and study.report_settings.verdicts_on == "loss"
+        else ""
+    )
     out = [
-        f"Planned comparisons on {measure} ({code('report.comparisons')}, fixed in advance), "
+        descriptive
+        + f"Planned comparisons on {measure} ({code('report.comparisons')}, fixed in advance), "
         "paired by seed: A − B is the mean per-seed difference in " + unit + ", and "
         "(A − B) − (C − D) the mean per-seed difference of differences over the seeds all four "
         "finished, each with its 95% t interval and a paired t-test. "
@@ -315,20 +322,29 @@ def _neg(x: float | None) -> float | None:
     return None if x is None else -x
 
 
+def on_accuracy(study: Study, a: Analysis) -> bool:
+    """Whether the study's verdicts are on accuracy: ``report.verdicts_on``, where ``auto``
+    means accuracy when the runs are scored by accuracy and have planned comparisons on it."""
+    scored = bool(a.planned_accuracy) and first(study.records, "accuracy_metric") is not None
+    setting = study.report_settings.verdicts_on
+    return scored and setting != "loss"
+
+
 def recommendation(study: Study, a: Analysis) -> str | None:
     """The report's opening line, from the planned comparisons with the reference.
 
     Among placements with fewer trainable parameters than the reference, the one with the
     fewest whose comparison is ``equivalent`` (its Holm-adjusted TOST passed); else each
     placement shown ``clear`` or ``supported`` worse or better; else unresolved. On accuracy
-    when the study's task is scored by accuracy, else on eval loss (docs/STATISTICS.md).
+    when the study's task is scored by accuracy, else on eval loss, unless
+    ``report.verdicts_on`` says which (docs/STATISTICS.md).
 
     Returns:
         Rich text, or ``None`` without planned comparisons or a reference.
     """
     if not study.planned or not study.reference:
         return None
-    accuracy = bool(a.planned_accuracy) and first(study.records, "accuracy_metric") is not None
+    accuracy = on_accuracy(study, a)
     comps = a.planned_accuracy if accuracy else a.planned
     ref = study.reference
     factor, unit, spec = _scale(accuracy)

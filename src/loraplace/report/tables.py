@@ -224,6 +224,8 @@ def planned_table(study: Study, comps: list[Comparison], accuracy: bool) -> Tabl
     headers = ["Comparison", "n", "Δ", "95% CI", "p (paired)", "Holm p", "TOST p", "TOST Holm p",
                "Verdict"]  # fmt: skip
     title = "Planned comparisons" + (": accuracy" if accuracy else "")
+    if accuracy and study.report_settings.verdicts_on == "loss":
+        title += " (descriptive: the verdicts are on eval loss)"
     return Table(title, headers, rows, note)
 
 
