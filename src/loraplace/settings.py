@@ -457,6 +457,11 @@ class ReportSettings:
     accuracy keeps its accuracy tests in the report, labelled descriptive, as an analysis plan
     may fix in advance (docs/ATLAS-PLAN.md, task 2)."""
 
+    @property
+    def accuracy_descriptive(self) -> bool:
+        """Whether tests on accuracy are reported beside the verdicts rather than as them."""
+        return self.verdicts_on == "loss"
+
     def __post_init__(self) -> None:
         problems = check_fields(
             self,

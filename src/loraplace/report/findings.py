@@ -275,7 +275,7 @@ def _planned_family(study: Study, comps: list[Comparison], accuracy: bool) -> li
     descriptive = (
         f"Descriptive: this study's verdicts are on eval loss ({code('report.verdicts_on')}: "
         "loss), so the tests on accuracy below are reported beside them and decide nothing. "
-        if accuracy and study.report_settings.verdicts_on == "loss"
+        if accuracy and study.report_settings.accuracy_descriptive
         else ""
     )
     out = [
@@ -326,8 +326,7 @@ def on_accuracy(study: Study, a: Analysis) -> bool:
     """Whether the study's verdicts are on accuracy: ``report.verdicts_on``, where ``auto``
     means accuracy when the runs are scored by accuracy and have planned comparisons on it."""
     scored = bool(a.planned_accuracy) and first(study.records, "accuracy_metric") is not None
-    setting = study.report_settings.verdicts_on
-    return scored and setting != "loss"
+    return scored and not study.report_settings.accuracy_descriptive
 
 
 def recommendation(study: Study, a: Analysis) -> str | None:

@@ -224,7 +224,7 @@ def planned_table(study: Study, comps: list[Comparison], accuracy: bool) -> Tabl
     headers = ["Comparison", "n", "Δ", "95% CI", "p (paired)", "Holm p", "TOST p", "TOST Holm p",
                "Verdict"]  # fmt: skip
     title = "Planned comparisons" + (": accuracy" if accuracy else "")
-    if accuracy and study.report_settings.verdicts_on == "loss":
+    if accuracy and study.report_settings.accuracy_descriptive:
         title += " (descriptive: the verdicts are on eval loss)"
     return Table(title, headers, rows, note)
 
