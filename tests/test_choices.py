@@ -271,3 +271,29 @@ def test_the_context_is_shared_where_it_outweighs_the_answers(tiny_model, tiny_t
     assert calls == []  # the shared pass scored the short answers
     score_task(tiny_model, tiny_tokenizer, long, collator, **options)
     assert calls == [2]
+
+
+def test_scoring_tokens_count_what_the_scoring_pass_runs(tiny_tokenizer):
+    from loraplace.training.choices import NUMBER_TOKENS, scoring_tokens
+
+    tweet = choice_example(
+        "Tweet: a long tweet about " + "flights " * 20 + "\nSentiment:",
+        ["negative", "positive"],
+        0,
+    )
+    context = len(encode_prompt(tiny_tokenizer, tweet.prompt))
+    answers = [
+        len(tiny_tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in tweet.choices
+    ]
+    # The context outweighs the answers: it runs once, then each answer.
+    assert scoring_tokens([tweet], tiny_tokenizer) == context + sum(answers)
+    # Long answers: every choice runs with its context.
+    long = choice_example("Q:", ["a long answer " * 10, "another long answer " * 10], 1)
+    features = choice_features([long], tiny_tokenizer)
+    assert scoring_tokens([long], tiny_tokenizer) == sum(len(f["input_ids"]) for f in features)
+    number = NumberExample(
+        prompt=[{"role": "user", "content": "2+2?"}], completion="4", answer=None, number="4"
+    )
+    prompt = len(encode_prompt(tiny_tokenizer, number.prompt))
+    assert scoring_tokens([number], tiny_tokenizer) == prompt + NUMBER_TOKENS
+    assert scoring_tokens([], tiny_tokenizer) == 0

@@ -246,12 +246,13 @@ def test_the_study_estimate_divides_by_the_runs_at_a_time_it_measured(
 class _StubBench:
     """What the estimate reads of a workbench: layer count and the splits' token lengths."""
 
-    def __init__(self):
+    def __init__(self, examples=(), tokenizer=None):
         from types import SimpleNamespace
 
-        split = SimpleNamespace(features=[{"input_ids": [0] * 100}] * 8)
+        split = SimpleNamespace(features=[{"input_ids": [0] * 100}] * 8, examples=list(examples))
         self.arch = SimpleNamespace(num_layers=2)
         self.train = self.validation = self.eval = split
+        self.tokenizer = tokenizer
 
 
 def test_status_says_which_learning_rates_are_chosen_and_whether_the_grid_can_grow(
@@ -284,12 +285,38 @@ def test_status_says_which_learning_rates_are_chosen_and_whether_the_grid_can_gr
     assert "the grid can no longer grow (a final run is complete)" in study_status(out)
 
 
-def _estimate(config, pending, finished, out, monkeypatch):
+def _estimate(config, pending, finished, out, monkeypatch, bench=None):
     """The estimate of ``pending`` with a calibration that reports 100 tokens/s."""
     import loraplace.studies.estimate as estimate
 
     monkeypatch.setattr(estimate, "_calibrate", lambda bench, config: 100.0)
-    return estimate.estimate_study(config, pending, _StubBench(), finished, out)
+    return estimate.estimate_study(config, pending, bench or _StubBench(), finished, out)
+
+
+def test_the_estimate_prices_the_task_scoring_of_final_runs_and_the_base_model(
+    tiny_model_dir, tiny_data_file, tiny_tokenizer, tmp_path, monkeypatch
+):
+    from loraplace.data.tasks import choice_example
+    from loraplace.training.choices import scoring_tokens
+
+    config = load_study_config(tiny_study(tiny_model_dir, tiny_data_file))
+    out = tmp_path / "study"
+    keys = config.run_keys()
+    tweets = [
+        choice_example(f"Tweet {i}: " + "late " * 30, ["negative", "positive"], 0) for i in range(3)
+    ]
+    scored = scoring_tokens(tweets, tiny_tokenizer)
+    assert scored > 0
+    plain = _estimate(config, keys, [], out, monkeypatch)
+    task = _estimate(config, keys, [], out, monkeypatch, _StubBench(tweets, tiny_tokenizer))
+    finals = sum(k.stage != "selection" for k in keys)
+    # Every final run scores the task once, and so does the base model, not yet measured.
+    assert task.eval_tokens - plain.eval_tokens == (finals + 1) * scored
+    assert task.seconds > plain.seconds
+    out.mkdir()
+    (out / store.BASE_FILE).write_text("{}")
+    measured = _estimate(config, keys, [], out, monkeypatch, _StubBench(tweets, tiny_tokenizer))
+    assert task.eval_tokens - measured.eval_tokens == 800 + scored  # the base pass, no more
 
 
 def test_the_estimate_prices_only_the_steps_a_saved_state_has_left(
@@ -360,6 +387,7 @@ def test_a_strategy_placed_per_seed_is_timed_and_priced_by_its_seeds_own_plan(
     config.plans[("baseline", None, 1)] = top
     keys = config.run_keys()
     seed1 = next(k for k in keys if k.name == "baseline" and k.seed == 1)
+    (tmp_path / store.BASE_FILE).write_text("{}")  # the base model is measured already
     found = _estimate(config, [seed1], [_finished(seed1, 60.0)], tmp_path, monkeypatch)
     depth = (2 - 1 + 2) / (2 + 2)  # 2 layers from layer 1 up, the head costing 2 layers
     assert found.rate == pytest.approx(60.0 / depth)

@@ -3,7 +3,8 @@
 The estimate counts the tokens every pending run trains on and evaluates, and prices them at a
 rate measured on this machine: the training rate of finished runs of the same strategy and rank
 when there are some, else a short calibration (a few steps of all-layer LoRA on the study's own
-batches). A strategy whose lowest adapted layer is ``L`` runs only the layers from ``L`` up
+batches). A final run's eval includes scoring its task's accuracy, and the study scores the
+base model once. A strategy whose lowest adapted layer is ``L`` runs only the layers from ``L`` up
 (the frozen-prefix cache), so its cost is scaled by its depth; a strategy placed per seed has
 its depth per seed. Evaluation runs forward only, at about twice the training rate
 (docs/CONCEPTS.md). A run that saved its training state goes on from there, so only its steps
@@ -140,6 +141,8 @@ def estimate_study(
     per_run_train = config.training.steps * config.training.batch_size * mean_length
     val_tokens = sum(len(f["input_ids"]) for f in bench.validation.features)
     eval_tokens = sum(len(f["input_ids"]) for f in bench.eval.features)
+    # A final run also scores its task's accuracy, after its last eval (training/run.py).
+    scored = _scoring_tokens(config, bench)
     checkpoints = len(config.eval.checkpoint_steps(config.training.steps))
     timed_here = [r for r in finished if r.get("status") == "finished" and not r.get("reused_from")]
     measured = [
@@ -167,11 +170,31 @@ def estimate_study(
         else:
             done = _saved_step(key.run_dir(out)) if out is not None else 0
             train = per_run_train * max(0, config.training.steps - done) / config.training.steps
-        evaluated = val_tokens if key.stage == "selection" else checkpoints * eval_tokens
+        evaluated = val_tokens if key.stage == "selection" else checkpoints * eval_tokens + scored
         train_total += train
         eval_total += evaluated
         seconds += depth * (train / rate + evaluated / (EVAL_SPEEDUP * rate))
+    if pending and not (out is not None and (Path(out) / store.BASE_FILE).is_file()):
+        # The base model's eval loss and accuracy, measured once per study.
+        eval_total += eval_tokens + scored
+        seconds += (eval_tokens + scored) / (EVAL_SPEEDUP * rate)
     return Estimate(len(pending), int(train_total), int(eval_total), seconds, at_once, rate, source)
+
+
+def _scoring_tokens(config, bench) -> int:
+    """Tokens a final run's accuracy scoring runs: its task's problems
+    (:func:`~loraplace.training.choices.scoring_tokens`), and the GSM8K-style problems of
+    ``eval.accuracy_examples``, each prompt with its whole generation budget."""
+    # Deferred: importing it loads torch, transformers.
+    from loraplace.data.batching import encode_prompt
+    from loraplace.training.choices import scoring_tokens
+
+    examples = bench.eval.examples
+    generated = [e for e in examples[: config.eval.accuracy_examples] if e.answer is not None]
+    return scoring_tokens(examples, bench.tokenizer) + sum(
+        len(encode_prompt(bench.tokenizer, e.prompt)) + config.eval.max_new_tokens
+        for e in generated
+    )
 
 
 def print_estimate(config: StudyConfig, out: Path, todo: list[RunKey], bench) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "generate_numbers",
     "score_choices",
     "score_task",
+    "scoring_tokens",
     "shared_context_pass",
     "task_problems",
 ]
@@ -380,6 +381,32 @@ class TaskScore:
         return "".join(json.dumps(row) + "\n" for row in self.rows)
 
 
+def _shares_context(features: Sequence[dict]) -> bool:
+    """Whether :func:`score_task` runs each problem's context once for all its choices: that
+    pays where the context is the longer part (a tweet or a passage before a one-word answer);
+    before a long answer (PIQA's solutions) it costs more."""
+    contexts = [len(_split(f)[0]) for f in features]
+    repeated = sum(contexts) - sum(n for f, n in zip(features, contexts) if f["choice"] == 0)
+    answers = sum(len(_split(f)[1]) for f in features)
+    return repeated > answers
+
+
+def scoring_tokens(examples: Sequence[Example], tokenizer) -> int:
+    """The tokens :func:`score_task` runs through the model to score ``examples`` (0 where none
+    is a task problem), for the estimate of a study's time: each choice's tokens, with its
+    context once per problem where :func:`shared_context_pass` is used; a numeric problem's
+    prompt and its full answer budget (:data:`NUMBER_TOKENS`), each generated token counted as
+    one token of a forward pass, which it costs more than."""
+    choices = [e for e in examples if isinstance(e, ChoiceExample)]
+    if choices:
+        features = choice_features(choices, tokenizer)
+        if not _shares_context(features):
+            return sum(len(f["input_ids"]) for f in features)
+        return sum(len(f["input_ids"]) if f["choice"] == 0 else len(_split(f)[1]) for f in features)
+    numbers = [e for e in examples if isinstance(e, NumberExample)]
+    return sum(len(encode_prompt(tokenizer, e.prompt)) + NUMBER_TOKENS for e in numbers)
+
+
 def task_problems(examples: Sequence[Example]) -> int:
     """How many of ``examples`` are task problems scored by accuracy (0 for GSM8K, text...)."""
     return sum(isinstance(e, (ChoiceExample, NumberExample)) for e in examples)
@@ -418,13 +445,7 @@ def score_task(
     numbers = [(i, e) for i, e in enumerate(examples) if isinstance(e, NumberExample)]
     if choices:
         features = choice_features([e for _, e in choices], tokenizer)
-        # The context once per problem pays where it is the longer part (a tweet or a passage
-        # before a one-word answer); before a long answer (PIQA's solutions) it costs more.
-        repeated = sum(len(_split(f)[0]) for f in features) - sum(
-            len(_split(f)[0]) for f in features if f["choice"] == 0
-        )
-        answers = sum(len(_split(f)[1]) for f in features)
-        chosen = shared_context_pass if repeated > answers else loss_pass
+        chosen = shared_context_pass if _shares_context(features) else loss_pass
 
         def losses(features: list[dict]):
             return chosen(
