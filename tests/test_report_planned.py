@@ -167,6 +167,8 @@ def test_the_report_shows_the_planned_table_and_findings_and_leaves_the_lowest_u
     assert "(`attn` − `all-r3`) − (`mlp` − `all-r5`)" in md
     assert "The lowest mean eval loss is not tested: the planned comparisons" in md
     assert "a family of its own (the findings use the planned comparisons)" in md
+    # The summary's verdict column is that other family too, and says so.
+    assert "Verdict: see the comparison table (a family of its own: the findings and" in md
     lines = md.splitlines()
     assert lines[4].startswith("Recommendation (the planned comparisons with `all`, on eval loss)")
     html = (out / "report.html").read_text()
@@ -295,6 +297,7 @@ def test_without_planned_comparisons_the_report_has_no_recommendation(tmp_path):
     assert a.planned == [] and a.planned_accuracy == []
     md = (write_report(root) / "report.md").read_text()
     assert "Recommendation" not in md and "Planned comparisons" not in md
+    assert "Verdict: see the comparison table. Pareto" in md
 
 
 @pytest.mark.parametrize(
@@ -386,6 +389,16 @@ def test_the_atlas_shows_planned_accuracy_in_points(tmp_path):
     assert "Accuracy, for the studies that score it" in text
     assert "-5.0 [-5.0, -5.0]" not in text  # constant differences: no interval, no test
     assert "| -5.0 unresolved |" in text
+    assert "(descriptive)" not in text
+
+
+def test_the_atlas_marks_accuracy_descriptive_where_a_studys_verdicts_are_on_loss(tmp_path):
+    root = _study(tmp_path, SCORED, verdicts_on="loss")
+    _score_by_choice(root)
+    assert build_atlas([root]).cells[0].accuracy_descriptive
+    text = (write_atlas([root], tmp_path / "atlas") / "atlas.md").read_text()
+    assert "` (descriptive) | " in text  # the task of the row
+    assert "Descriptive: a study whose verdicts are on eval loss" in text
 
 
 def test_planned_comparisons_refuse_unknown_names_and_keep_tosts_where_asked():

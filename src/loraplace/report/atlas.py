@@ -58,6 +58,9 @@ class Cell:
     accuracy: dict[str, Comparison] = field(default_factory=dict)
     """Planned comparisons on accuracy (differences as fractions), by the same labels as
     :attr:`comparisons` and :attr:`pairs`; empty without them."""
+    accuracy_descriptive: bool = False
+    """Whether the study's verdicts are on eval loss and its accuracy tests only descriptive
+    (``report.verdicts_on: loss``)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ def _planned_cell(study: Study, analysis: Analysis) -> Cell:
         path=study.root,
         planned=True,
         accuracy={**accuracy_against, **accuracy_pairs},
+        accuracy_descriptive=study.report_settings.accuracy_descriptive,
     )
 
 
@@ -304,10 +308,21 @@ def atlas_markdown(atlas: Atlas) -> str:
             "",
         ]
         rows = [
-            [f"`{c.model}`", f"`{c.task}`", *[_entry(c.accuracy.get(p), 100.0) for p in columns]]
+            [
+                f"`{c.model}`",
+                f"`{c.task}`" + (" (descriptive)" if c.accuracy_descriptive else ""),
+                *[_entry(c.accuracy.get(p), 100.0) for p in columns],
+            ]
             for c in scored
         ]
         out.append(_table(["Model", "Task", *columns], rows))
+        if any(c.accuracy_descriptive for c in scored):
+            out += [
+                "",
+                "Descriptive: a study whose verdicts are on eval loss (`report.verdicts_on: "
+                "loss`, as its analysis plan fixed) reports its tests on accuracy beside them; "
+                "they decide nothing.",
+            ]
     out += ["", "Studies: " + ", ".join(f"`{c.path}`" for c in atlas.cells), ""]
     return "\n".join(out)
 

@@ -105,9 +105,15 @@ def summary_table(study: Study, a: Analysis) -> Table:
         "n = finished seeds. Eval loss = mean ± 95% t half-width over seeds; perplexity = "
         "exp(mean eval loss). % of model = trainable / (base + adapter). Reduction = 1 − "
         "trainable / the reference's trainable (at the same rank). Accuracy interval: Wilson "
-        "95% over all problems of all finished seeds. Verdict: see the comparison table. "
-        "Pareto: non-dominated in (trainable params, mean eval loss), counts within 5% being one "
-        "budget."
+        "95% over all problems of all finished seeds. Verdict: see the comparison table"
+        + (
+            " (a family of its own: the findings and the recommendation read the planned "
+            "comparisons). "
+            if study.planned
+            else ". "
+        )
+        + "Pareto: non-dominated in (trainable params, mean eval loss), counts within 5% being "
+        "one budget."
         + (
             " A range of trainable params: the strategy placed its adapters per seed and the "
             "seeds' counts differ; their mean counts for % of model, the reduction and the Pareto "

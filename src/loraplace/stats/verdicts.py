@@ -277,12 +277,8 @@ def compare_pairs(
         tests.setdefault(frozenset((a, b)), (a, b))
     runs = list(tests.values())
     paired = [paired_difference(losses[a], losses[b], conf) for a, b in runs]
-    tosts = [tost_paired(losses[a], losses[b], margin, EQUIVALENCE_ALPHA) for a, b in runs]
-    in_family = [pd.n >= MIN_SEEDS for pd in paired]
-    ps = [pd.p if ok else None for pd, ok in zip(paired, in_family)]
-    tps = [t.p if ok else None for t, ok in zip(tosts, in_family)]
-    ps_holm, tps_holm = holm(ps), holm(tps)
-    sizes = {"family_size": family_size(ps), "tost_family_size": family_size(tps)}
+    tosts = [tost_paired(losses[a], losses[b], margin, EQUIVALENCE_ALPHA).p for a, b in runs]
+    family = _Family.of(paired, tosts)
     result: dict[tuple[str, str], Comparison] = {}
     for i, (a, b) in enumerate(runs):
         pd = paired[i]
@@ -292,29 +288,65 @@ def compare_pairs(
             ea = {s: v for s, v in examples[a].items() if s in seeds}
             eb = {s: v for s, v in examples[b].items() if s in seeds}
             boot = bootstrap_paired_examples(ea, eb, n_boot, seed, conf)
-        v = verdict(pd.n, pd.mean, ps_holm[i], tps_holm[i])
-        result[(a, b)] = Comparison(
-            strategy=a,
-            reference=b,
+        result[(a, b)] = family.comparison(
+            i,
+            a,
+            b,
+            pd,
+            pd.mean,
+            conf=conf,
+            margin=margin,
+            boot_low=boot.low if boot else None,
+            boot_high=boot.high if boot else None,
+            welch_p=welch_p_value(list(losses[a].values()), list(losses[b].values())),
+        )
+    return [result[(a, b)] if (a, b) in result else _flip(result[(b, a)]) for a, b in pairs]
+
+
+@dataclass(frozen=True)
+class _Family:
+    """A family of paired t-tests and one of TOSTs, each Holm-adjusted together; a test on
+    fewer than :data:`MIN_SEEDS` seeds stays out of both (its p is ``None``)."""
+
+    p: list[float | None]
+    p_holm: list[float | None]
+    tost_p: list[float | None]
+    tost_p_holm: list[float | None]
+
+    @classmethod
+    def of(cls, paired: Sequence, tosts: Sequence[float | None]) -> _Family:
+        """The family of ``paired`` differences and their TOST p-values (``None``: no TOST)."""
+        in_family = [pd.n >= MIN_SEEDS for pd in paired]
+        ps = [pd.p if ok else None for pd, ok in zip(paired, in_family)]
+        tps = [t if ok else None for t, ok in zip(tosts, in_family)]
+        return cls(ps, holm(ps), tps, holm(tps))
+
+    def comparison(
+        self, i: int, strategy: str, reference: str, pd, signed, *, conf, margin, **extra
+    ) -> Comparison:
+        """Test ``i`` as a :class:`Comparison`, its verdict on ``signed`` (the difference with
+        the sign where positive is worse)."""
+        v = verdict(pd.n, signed, self.p_holm[i], self.tost_p_holm[i])
+        return Comparison(
+            strategy=strategy,
+            reference=reference,
             n=pd.n,
             mean=pd.mean,
             sd=pd.sd,
             ci_low=pd.ci_low,
             ci_high=pd.ci_high,
             conf=conf,
-            p=ps[i],
-            p_holm=ps_holm[i],
+            p=self.p[i],
+            p_holm=self.p_holm[i],
+            family_size=family_size(self.p),
             margin=margin,
-            tost_p=tps[i],
-            tost_p_holm=tps_holm[i],
+            tost_p=self.tost_p[i],
+            tost_p_holm=self.tost_p_holm[i],
+            tost_family_size=family_size(self.tost_p),
             verdict=v.label,
             direction=v.direction,
-            boot_low=boot.low if boot else None,
-            boot_high=boot.high if boot else None,
-            welch_p=welch_p_value(list(losses[a].values()), list(losses[b].values())),
-            **sizes,
+            **extra,
         )
-    return [result[(a, b)] if (a, b) in result else _flip(result[(b, a)]) for a, b in pairs]
 
 
 def _reference_entry(
@@ -537,38 +569,23 @@ def planned_comparisons(
         if not tost_wanted:
             tost = None
         runs.append((pairs, paired_difference(x, y, conf), tost))
-    in_family = [pd.n >= MIN_SEEDS for _, pd, _ in runs]
-    ps = [pd.p if ok else None for (_, pd, _), ok in zip(runs, in_family)]
-    tps = [t if ok else None for (_, _, t), ok in zip(runs, in_family)]
-    ps_holm, tps_holm = holm(ps), holm(tps)
-    sizes = {"family_size": family_size(ps), "tost_family_size": family_size(tps)}
+    family = _Family.of([pd for _, pd, _ in runs], [t for _, _, t in runs])
     out = []
     for i, (pairs, pd, _) in enumerate(runs):
         signed = -pd.mean if higher_is_better and pd.mean is not None else pd.mean
-        v = verdict(pd.n, signed, ps_holm[i], tps_holm[i])
         names = [f"{a} − {b}" for a, b in pairs] if len(pairs) == 2 else list(pairs[0])
         out.append(
-            Comparison(
-                strategy=names[0],
-                reference=names[1],
-                n=pd.n,
-                mean=pd.mean,
-                sd=pd.sd,
-                ci_low=pd.ci_low,
-                ci_high=pd.ci_high,
+            family.comparison(
+                i,
+                *names,
+                pd,
+                signed,
                 conf=conf,
-                p=ps[i],
-                p_holm=ps_holm[i],
                 margin=margin,
-                tost_p=tps[i],
-                tost_p_holm=tps_holm[i],
-                verdict=v.label,
-                direction=v.direction,
                 boot_low=None,
                 boot_high=None,
                 welch_p=None,
                 terms=pairs,
-                **sizes,
             )
         )
     return out
