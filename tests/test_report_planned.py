@@ -438,3 +438,15 @@ def test_verdicts_on_loss_keeps_the_accuracy_tests_but_the_recommendation_reads_
 def test_verdicts_on_names_a_measure(tmp_path):
     with pytest.raises(ConfigError, match="report.verdicts_on"):
         _study(tmp_path, verdicts_on="perplexity")
+
+
+def test_the_capacity_caution_names_the_planned_comparisons_at_an_equal_budget(tmp_path):
+    md = (write_report(_study(tmp_path)) / "report.md").read_text()
+    caution = next(line for line in md.splitlines() if "confounded with capacity" in line)
+    # attn (800) against all-r3 (790), mlp (1,200) against all-r5 (1,210): planned, equal
+    # budget; attn against mlp is planned too, but 800 against 1,200 is no equal budget.
+    assert caution.endswith(
+        "The planned comparisons also test `attn` with `all-r3` (800 vs 790, +1.3%); `mlp` with "
+        "`all-r5` (1,200 vs 1,210, -0.8%) at an equal budget."
+    )
+    assert "match_params" not in caution

@@ -524,8 +524,11 @@ def _capacity(study: Study, a: Analysis) -> list[str]:
             flagged.append(text)
     if not flagged:
         return []
+    matched = _planned_at_equal_budget(study, rows)
     if study.sweep:
         hint = " The equal-budget comparison separates the two."
+    elif matched:
+        hint = " The planned comparisons also test " + "; ".join(matched) + " at an equal budget."
     elif study.config is not None and study.config.match_params is None:
         hint = (
             f" To compare placements at an equal budget, rerun with "
@@ -539,6 +542,21 @@ def _capacity(study: Study, a: Analysis) -> list[str]:
         + f" (more than {CAPACITY_TOLERANCE:.0%} apart, or other ranks): their loss differences "
         "mix where the adapters are with how large they are." + hint
     ]
+
+
+def _planned_at_equal_budget(study: Study, rows: dict) -> list[str]:
+    """The planned simple comparisons of two strategies, neither the reference, whose
+    trainable parameters are within :data:`CAPACITY_TOLERANCE` of each other, as text."""
+    found = []
+    for entry in study.planned:
+        if not isinstance(entry[0], str) or study.reference in entry[:2]:
+            continue
+        a, b = (rows.get(name) for name in entry[:2])
+        p, q = (r["trainable_params"] if r else None for r in (a, b))
+        if p and q and abs(p / q - 1.0) <= CAPACITY_TOLERANCE:
+            change = f"{100 * (p / q - 1):+.1f}%"
+            found.append(f"{code(entry[0])} with {code(entry[1])} ({p:,} vs {q:,}, {change})")
+    return found
 
 
 #: Split comparisons named in the caution; the others are counted.
