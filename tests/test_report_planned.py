@@ -369,6 +369,10 @@ def test_the_atlas_reads_the_planned_comparisons_where_a_study_declares_them(tmp
     assert "Pairs every study tested (planned family of each study)" in text
     assert "Read from each study's planned comparisons" in text
     assert "Accuracy, for the studies that score it" not in text
+    attn = atlas.cells[0].comparisons["attn"]
+    assert attn.direction == "worse"  # +0.02 nats on every seed
+    entry = f"{attn.mean:+.4f} [{attn.ci_low:+.4f}, {attn.ci_high:+.4f}] {attn.verdict}, worse"
+    assert f"| {entry} |" in text
 
 
 def test_the_atlas_shows_planned_accuracy_in_points(tmp_path):

@@ -192,10 +192,37 @@ def test_the_validation_losses_in_results_are_the_selection_runs():
                 record = json.loads((study / "selection" / run / "result.json").read_text())
                 assert cell.split()[0] == f"{record['validation_loss']:.4f}", (title, row[0], rank)
                 checked += 1
-    assert checked == 48
+    assert checked == 24  # the tables of 3e-3 (chosen) and 1e-2
 
 
 _QUOTE = re.compile(r"<!-- table from results/([\w.-]+)/report/report.md -->")
+_ATLAS_QUOTE = "<!-- table from results/atlas/atlas.md -->"
+ATLAS = ROOT / "docs" / "results" / "atlas"
+
+
+def test_the_committed_atlas_regenerates_from_the_committed_cells(tmp_path, monkeypatch):
+    # docs/results/atlas/atlas.md is `loraplace report CELL ... --atlas docs/results/atlas`
+    # run from the repository root on the studies its last line names.
+    from loraplace.report.atlas import write_atlas
+
+    committed = (ATLAS / "atlas.md").read_text()
+    studies = next(line for line in committed.splitlines() if line.startswith("Studies: "))
+    cells = re.findall(r"`([^`]+)`", studies)
+    assert cells and all((ROOT / cell / "study.yaml").is_file() for cell in cells)
+    monkeypatch.chdir(ROOT)
+    assert (write_atlas(cells, tmp_path) / "atlas.md").read_text() == committed
+
+
+def test_the_atlas_tables_results_quotes_are_rows_of_the_committed_atlas():
+    lines = (ROOT / "docs" / "RESULTS.md").read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == _ATLAS_QUOTE]
+    assert starts, "RESULTS.md quotes no atlas table"
+    atlas = [line.strip() for line in (ATLAS / "atlas.md").read_text().splitlines()]
+    for start in starts:
+        header, rule, *rows = _table_lines(lines, start + 1)
+        assert header in atlas and atlas[atlas.index(header) + 1] == rule, header
+        table = _table_lines(atlas, atlas.index(header) + 2)
+        assert rows and all(row in table for row in rows), rows
 
 
 def _quoted_tables(text: str) -> list[tuple[str, list[str]]]:

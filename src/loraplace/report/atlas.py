@@ -243,7 +243,8 @@ def _entry(c: Comparison | None, factor: float = 1.0) -> str:
         if c.ci_low is not None and c.ci_high is not None and math.isfinite(c.ci_low)
         else ""
     )
-    return f"{factor * c.mean:{spec}}{interval} {c.verdict}"
+    direction = f", {c.direction}" if c.direction else ""
+    return f"{factor * c.mean:{spec}}{interval} {c.verdict}{direction}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
