@@ -524,10 +524,9 @@ def _capacity(study: Study, a: Analysis) -> list[str]:
             flagged.append(text)
     if not flagged:
         return []
-    matched = _planned_at_equal_budget(study, rows)
     if study.sweep:
         hint = " The equal-budget comparison separates the two."
-    elif matched:
+    elif matched := _planned_at_equal_budget(study, rows):
         hint = " The planned comparisons also test " + "; ".join(matched) + " at an equal budget."
     elif study.config is not None and study.config.match_params is None:
         hint = (
